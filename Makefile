@@ -1,0 +1,31 @@
+# Two commands on a fresh machine:  make demo  (train a small BEGAN on built-in glyphs)
+#                                   make test  (the test suite)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# A CPU build of torch when the venv has none; bring your own CUDA build first to use a GPU.
+TORCH  ?= torch==2.13.0
+DEMO_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: install demo test test-fast lint
+
+$(BIN)/began-dist: setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(BIN)/began-dist
+
+demo: install
+	$(BIN)/began-dist train --config configs/demo_glyphs32.yaml run.dir=$(DEMO_DIR)
+	$(BIN)/began-dist sample $(DEMO_DIR) --out $(DEMO_DIR)/samples/final
+	@echo "sample grids:  $(DEMO_DIR)/samples/ (final: $(DEMO_DIR)/samples/final/grid.png)"
+	@echo "tensorboard:   $(BIN)/tensorboard --logdir $(DEMO_DIR)/tb"
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .

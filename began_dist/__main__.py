@@ -1,0 +1,3 @@
+from began_dist.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,232 @@
+"""Configuration as plain data.
+
+Four dataclasses (model, data, train, run) hold every option with its default,
+meaning and unit. `load_config` merges them with a YAML file and dotted
+`key=value` overrides through OmegaConf structured configs, then `validate`
+refuses anything impossible *before* any work starts, with a one-line message
+naming the field. The resolved config is saved as `RUN_DIR/config.yaml` and in
+every checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A refused option: the message names the field and what it allows (exit code 2)."""
+
+
+@dataclass
+class ModelConfig:
+    family: str = "began"  # model family: began | multigen | vaegan
+    image_size: int = 32  # image height = width, pixels; a power of two in 16..256
+    channels: int = 1  # image channels: 1 (grayscale) or 3 (RGB)
+    arch: str = "repeat"  # repeat (paper) | skip (h0 skip connections to every scale)
+    filters: int = 64  # n: conv filters of the first scale (encoder grows n, 2n, 3n, ...)
+    nz: int = 64  # Nz: generator latent size
+    nh: int = 64  # Nh: discriminator bottleneck (embedding) size
+    convs_per_scale: int = 2  # r: 3x3 convs per scale
+    vanishing_residual: bool = False  # paper's vanishing residual: conv layers start as identity
+    residual_steps: int = 16000  # steps over which the residual carry falls from 1 to 0
+    output: str = "linear"  # last layer: linear (paper) or tanh
+
+
+@dataclass
+class DataConfig:
+    source: str = "glyphs"  # glyphs | shapes | folder | shards
+    path: str = ""  # image folder (folder) or dataset directory (shards)
+    limit: int = 0  # use only the first N images (0 = all)
+    glyphs: int = 4096  # glyphs: number of CJK characters, from U+4E00 upwards
+    font: str = ""  # glyphs: font file (.ttf/.otf/.ttc); empty = bundled Noto Sans CJK
+    font_index: int = 2  # glyphs: face index inside a .ttc (Noto: 2 = Simplified Chinese)
+    shapes: str = "square+cross,square"  # shapes: CRS classes to train on (SPEC 2)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000  # total steps of the run (also on resume)
+    batch_size: int = 16  # global batch: images per step, all workers together
+    seed: int = 0  # fixes weights, data order and latents
+    gamma: float = 0.5  # diversity ratio E[L(G(z))] / E[L(x)], in (0, 1]
+    lambda_k: float = 0.001  # k_t learning rate
+    lr: float = 1.0e-4  # base Adam learning rate (G and D); live lr = lr x lr_state multiplier
+    beta1: float = 0.5  # Adam beta1
+    beta2: float = 0.999  # Adam beta2
+    lr_control: str = "m_stall"  # m_stall (paper) | decay (seed 004) | step (carpedm20) | none
+    lr_min: float = 2.0e-5  # floor of the live lr
+    lr_decay_factor: Optional[float] = None  # lr multiplier per decision; None: 0.5 (m_stall, step), 0.95 (decay)
+    lr_decay_every: Optional[int] = None  # steps between decay/step decisions; None: 2000 (decay), 100000 (step)
+    m_stall_window: int = 1000  # steps per window of M compared by m_stall
+    m_stall_eps: float = 0.0  # m_stall: halve unless mean M fell by more than this fraction
+    update_order: str = "alternating"  # alternating (D step, then G step with fresh z) | simultaneous
+    checkpoint_every: int = 1000  # steps between checkpoints (and one at the end)
+    log_every: int = 50  # steps between stats.jsonl / TensorBoard scalar lines
+    sample_every: int = 500  # steps between image grids in samples/ and TensorBoard
+    eval_every: int = 0  # steps between metric evaluations (0 = never)
+    compile: bool = False  # torch.compile the networks
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision on GPU)
+    device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda
+
+
+@dataclass
+class RunConfig:
+    dir: str = ""  # run directory; empty: runs/<family>-<YYYYmmdd-HHMMSS>
+    workers: int = 0  # 0 = local mode (one process); N = Ray Train workers
+    cpus_per_worker: float = 1.0  # Ray: CPUs per worker
+    gpus_per_worker: float = 0.0  # Ray: GPUs per worker
+    address: str = ""  # Ray cluster address; empty starts a local cluster
+    max_failures: int = 2  # Ray: worker-group restarts before the run fails
+    controller_failure_limit: int = 3  # Ray: placement failures before the run fails
+    checkpoints_to_keep: int = 3  # most recent checkpoints kept on disk
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+CHOICES = {
+    "model.family": ("began",),  # multigen and vaegan arrive with their issues
+    "model.arch": ("repeat", "skip"),
+    "model.output": ("linear", "tanh"),
+    "model.channels": (1, 3),
+    "data.source": ("glyphs", "shapes", "folder", "shards"),
+    "train.lr_control": ("m_stall", "decay", "step", "none"),
+    "train.update_order": ("alternating", "simultaneous"),
+    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.device": ("auto", "cpu", "cuda"),
+}
+IMAGE_SIZES = (16, 32, 64, 128, 256)
+LR_CONTROL_DEFAULTS = {"m_stall": (0.5, None), "decay": (0.95, 2000), "step": (0.5, 100000), "none": (1.0, None)}
+
+
+def _one_line(error: OmegaConfBaseException) -> str:
+    """OmegaConf errors span several lines; keep the first, with the dotted key."""
+    key = getattr(error, "full_key", None)
+    head = str(error).strip().splitlines()[0]
+    return f"{key}: {head}" if key and not head.startswith(str(key)) else head
+
+
+def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> DictConfig:
+    """Defaults <- YAML file <- dotted overrides, type-checked and validated."""
+    merged = OmegaConf.structured(Config)
+    try:
+        if path:
+            if not os.path.isfile(path):
+                raise ConfigError(f"--config: no such file {path!r}")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        merged = OmegaConf.merge(merged, parse_overrides(overrides))
+    except OmegaConfBaseException as error:
+        raise ConfigError(_one_line(error)) from None
+    validate(merged)
+    return merged
+
+
+def parse_overrides(overrides) -> DictConfig:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override {item!r}: expected dotted key=value, e.g. train.gamma=0.4")
+    return OmegaConf.from_dotlist(list(overrides))
+
+
+def from_container(data: dict[str, Any]) -> DictConfig:
+    """Rebuild a typed config from a plain dict (a checkpoint's or Ray's copy)."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), data)
+    except OmegaConfBaseException as error:
+        raise ConfigError(_one_line(error)) from None
+    validate(merged)
+    return merged
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Refuse impossible values, naming the field and what it allows."""
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r}: must be one of {', '.join(map(str, allowed))}")
+    m, d, t, r = cfg.model, cfg.data, cfg.train, cfg.run
+    if m.image_size not in IMAGE_SIZES:
+        raise ConfigError(f"model.image_size={m.image_size}: must be a power of two in 16..256 ({IMAGE_SIZES})")
+    _positive(cfg, "model.filters", "model.nz", "model.nh", "model.convs_per_scale", "model.residual_steps")
+    _positive(cfg, "train.steps", "train.batch_size", "train.lr", "train.checkpoint_every", "train.log_every")
+    _positive(cfg, "train.sample_every", "train.m_stall_window", "run.checkpoints_to_keep")
+    if not 0.0 < t.gamma <= 1.0:
+        raise ConfigError(f"train.gamma={t.gamma}: must be in (0, 1]")
+    if not 0.0 <= t.lambda_k <= 1.0:
+        raise ConfigError(f"train.lambda_k={t.lambda_k}: must be in [0, 1]")
+    for key in ("train.beta1", "train.beta2"):
+        if not 0.0 <= OmegaConf.select(cfg, key) < 1.0:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)}: must be in [0, 1)")
+    if not 0.0 <= t.lr_min <= t.lr:
+        raise ConfigError(f"train.lr_min={t.lr_min}: must be in [0, train.lr={t.lr}]")
+    if t.lr_decay_factor is not None and not 0.0 < t.lr_decay_factor <= 1.0:
+        raise ConfigError(f"train.lr_decay_factor={t.lr_decay_factor}: must be in (0, 1]")
+    if t.lr_decay_every is not None and t.lr_decay_every <= 0:
+        raise ConfigError(f"train.lr_decay_every={t.lr_decay_every}: must be a positive number of steps")
+    if not 0.0 <= t.m_stall_eps < 1.0:
+        raise ConfigError(f"train.m_stall_eps={t.m_stall_eps}: must be in [0, 1)")
+    if t.eval_every < 0:
+        raise ConfigError(f"train.eval_every={t.eval_every}: must be >= 0 (0 = never)")
+    if r.workers < 0:
+        raise ConfigError(f"run.workers={r.workers}: must be >= 0 (0 = local mode)")
+    if r.workers > 0 and t.batch_size % r.workers:
+        raise ConfigError(
+            f"train.batch_size={t.batch_size}: must be divisible by run.workers={r.workers} (global batch split evenly)"
+        )
+    if r.cpus_per_worker <= 0 or r.gpus_per_worker < 0:
+        raise ConfigError("run.cpus_per_worker must be > 0 and run.gpus_per_worker >= 0")
+    if r.max_failures < 0 or r.controller_failure_limit < 0:
+        raise ConfigError("run.max_failures and run.controller_failure_limit must be >= 0")
+    if d.source in ("folder", "shards") and not d.path:
+        raise ConfigError(f"data.path: required with data.source={d.source}")
+    if d.limit < 0 or d.glyphs <= 0:
+        raise ConfigError("data.limit must be >= 0 and data.glyphs > 0")
+    if t.precision != "fp32" and t.device == "cpu":
+        raise ConfigError(f"train.precision={t.precision}: mixed precision needs train.device=cuda or auto")
+
+
+def _positive(cfg: DictConfig, *keys: str) -> None:
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        if not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"{key}={value}: must be positive")
+
+
+def lr_schedule_params(train: TrainConfig | DictConfig) -> tuple[float, Optional[int]]:
+    """(factor, every) for the lr-control scheme, with the scheme's defaults filled in."""
+    factor, every = LR_CONTROL_DEFAULTS[train.lr_control]
+    if train.lr_decay_factor is not None:
+        factor = train.lr_decay_factor
+    if train.lr_decay_every is not None:
+        every = train.lr_decay_every
+    return factor, every
+
+
+def resolve_run_dir(cfg: DictConfig) -> str:
+    """Fill in the default run directory and make it absolute (before anything goes to Ray)."""
+    run_dir = cfg.run.dir or os.path.join("runs", f"{cfg.model.family}-{time.strftime('%Y%m%d-%H%M%S')}")
+    cfg.run.dir = os.path.abspath(os.path.expanduser(run_dir))
+    return cfg.run.dir
+
+
+def save_yaml(cfg: DictConfig, path: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as handle:
+        handle.write(OmegaConf.to_yaml(cfg, resolve=True))
+    os.replace(tmp, path)

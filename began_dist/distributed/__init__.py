@@ -1,0 +1,1 @@
+"""Process-group helpers (comm) and, later, the Ray Train launcher."""

@@ -1,0 +1,1 @@
+"""Evaluation: sampling and latent tools (metrics and reports arrive with their issue)."""

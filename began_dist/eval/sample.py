@@ -1,0 +1,77 @@
+"""`began-dist sample`: pictures from a run's checkpoint.
+
+Writes into OUT (default RUN_DIR/samples/step-XXXXXXXX/):
+  grid.png           G(z) for N random z
+  interpolation.png  slerp between pairs of random z, 10 steps a row
+  mirror.png         a real image and its horizontal flip, each inverted to z_r
+                     (Adam on |x - G(z_r)|), slerped; real images at the ends
+  g_vs_decoder.png   seed 004's Fig. 4: G(z) (left) next to D's decoder fed the
+                     same z (right); only when Nz = Nh
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from began_dist.config import from_container
+from began_dist.data import load_examples
+from began_dist.data.dataset import to_model_range
+from began_dist.eval.latent import interpolation_rows, invert
+from began_dist.images import save_grid
+from began_dist.objectives import get_family
+from began_dist.train import state as ckpt
+
+STEPS = 10  # images per interpolation row
+
+
+def load_run(run_dir: str, step: Optional[int] = None, device: str = "cpu"):
+    """(config, family with the checkpoint's weights, step) of a run directory."""
+    found = dict(ckpt.list_checkpoints(run_dir))
+    if not found:
+        raise FileNotFoundError(f"{run_dir}: no checkpoints to sample from")
+    if step is not None and step not in found:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint at step {step} (have {sorted(found)})")
+    step = max(found) if step is None else step
+    state = ckpt.load_checkpoint(found[step])
+    cfg = from_container(state["config"])
+    family = get_family(cfg.model.family)(cfg, torch.device(device))
+    family.load_state_dict(state)
+    family.set_step(step)
+    return cfg, family, step
+
+
+def write_samples(
+    run_dir: str, out: Optional[str] = None, n: int = 64, seed: int = 0, rows: int = 4, step: Optional[int] = None
+) -> list[str]:
+    cfg, family, step = load_run(run_dir, step)
+    out = out or os.path.join(run_dir, "samples", f"step-{step:08d}")
+    generator = torch.Generator().manual_seed(seed)
+    nz = family.latent_size
+
+    def uniform(count: int) -> torch.Tensor:
+        return torch.rand(count, nz, generator=generator) * 2 - 1
+
+    written = [save_grid(family.generate(uniform(n)), os.path.join(out, "grid.png"), scale=2)]
+    pairs = interpolation_rows(uniform(rows), uniform(rows), STEPS)
+    written.append(save_grid(family.generate(pairs), os.path.join(out, "interpolation.png"), STEPS, scale=2))
+    written.append(_mirror(cfg, family, rows, seed, os.path.join(out, "mirror.png")))
+    if cfg.model.nz == cfg.model.nh:
+        z = uniform(min(n, 32))
+        with torch.no_grad():
+            side_by_side = torch.stack([family.generate(z), family.D.decoder(z)], dim=1).flatten(0, 1)
+        written.append(save_grid(side_by_side, os.path.join(out, "g_vs_decoder.png"), 8, scale=2))
+    return written
+
+
+def _mirror(cfg, family, rows: int, seed: int, path: str) -> str:
+    """Real image -> z_r, its mirror -> z_r', slerp between them; the real pair at the row ends."""
+    real = to_model_range(load_examples(cfg, rows), family.device)
+    flipped = real.flip(-1)
+    z_real = invert(family.G, real, family.latent_size, seed=seed)
+    z_flip = invert(family.G, flipped, family.latent_size, seed=seed + 1)
+    path_images = family.generate(interpolation_rows(z_real, z_flip, STEPS)).view(rows, STEPS, *real.shape[1:])
+    framed = torch.cat([real[:, None], path_images, flipped[:, None]], dim=1).flatten(0, 1)
+    return save_grid(framed, path, STEPS + 2, scale=2)

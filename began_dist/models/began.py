@@ -1,0 +1,153 @@
+"""BEGAN networks (Berthelot, Schumm & Metz 2017), as SPEC section 1 lays them out.
+
+Every conv is 3x3 + ELU, no normalisation, no transposed convs, an 8x8
+bottleneck, so a size H has log2(H / 8) + 1 scales.
+
+    Generator G(z)      = Decoder(z)                       z: Nz
+    Discriminator D(x)  = Decoder(Encoder(x))              h: Nh (an auto-encoder)
+    Encoder: conv(n); per scale s: r x conv(s*n), then (s < S) stride-2 conv to (s+1)*n; FC -> Nh
+    Decoder: FC -> 8x8xn (= h0); per scale: r x conv(n), then (s < S) nearest x2 upsample; conv -> C
+
+`arch="skip"` concatenates h0, upsampled, to the input of every decoder scale after
+the first (the paper's skip connections; seed 003's skip_repeat). The optional
+vanishing residual mixes each same-shape conv as carry * in + (1 - carry) * out,
+carry falling from 1 to 0 over the first `residual_steps` steps (`set_carry`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BOTTLENECK = 8  # spatial size of the innermost feature map, pixels
+
+
+def num_scales(image_size: int) -> int:
+    scales = int(math.log2(image_size // BOTTLENECK)) + 1
+    assert BOTTLENECK * 2 ** (scales - 1) == image_size, f"image_size {image_size} is not 8 x a power of two"
+    return scales
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
+
+
+class ConvStack(nn.Module):
+    """r x [conv3x3 + ELU] at one scale, optionally as vanishing residuals."""
+
+    def __init__(self, in_channels: int, out_channels: int, convs: int, vanishing_residual: bool):
+        super().__init__()
+        widths = [in_channels] + [out_channels] * convs
+        self.convs = nn.ModuleList(conv3x3(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.vanishing_residual = vanishing_residual
+
+    def forward(self, x: torch.Tensor, carry: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs:
+            out = F.elu(conv(x))
+            # The residual only bridges convs whose input and output shapes agree.
+            x = carry * x + (1 - carry) * out if self.vanishing_residual and out.shape == x.shape else out
+        return x
+
+
+class CarryMixin(nn.Module):
+    """Holds the vanishing-residual carry as a device buffer (not saved: it follows the step)."""
+
+    def _init_carry(self) -> None:
+        self.register_buffer("carry", torch.ones(()), persistent=False)
+
+    @torch.no_grad()
+    def set_carry(self, value: float) -> None:
+        self.carry.fill_(value)
+
+
+class Encoder(CarryMixin):
+    def __init__(self, image_size, channels, filters, latent, convs_per_scale, vanishing_residual=False):
+        super().__init__()
+        self._init_carry()
+        self.scales = num_scales(image_size)
+        n = filters
+        self.from_image = conv3x3(channels, n)
+        self.stacks = nn.ModuleList(
+            ConvStack(s * n, s * n, convs_per_scale, vanishing_residual) for s in range(1, self.scales + 1)
+        )
+        self.downs = nn.ModuleList(conv3x3(s * n, (s + 1) * n, stride=2) for s in range(1, self.scales))
+        self.fc = nn.Linear(BOTTLENECK * BOTTLENECK * self.scales * n, latent)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.elu(self.from_image(x))
+        for s, stack in enumerate(self.stacks):
+            x = stack(x, self.carry)
+            if s < len(self.downs):
+                x = F.elu(self.downs[s](x))
+        return self.fc(x.flatten(1))
+
+
+class Decoder(CarryMixin):
+    def __init__(
+        self,
+        image_size,
+        channels,
+        filters,
+        latent,
+        convs_per_scale,
+        arch="repeat",
+        vanishing_residual=False,
+        output="linear",
+    ):
+        super().__init__()
+        self._init_carry()
+        self.filters, self.skip, self.tanh = filters, arch == "skip", output == "tanh"
+        n = filters
+        scales = num_scales(image_size)
+        self.fc = nn.Linear(latent, BOTTLENECK * BOTTLENECK * n)
+        in_widths = [n] + [2 * n if self.skip else n] * (scales - 1)
+        self.stacks = nn.ModuleList(ConvStack(w, n, convs_per_scale, vanishing_residual) for w in in_widths)
+        self.to_image = conv3x3(n, channels)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h0 = self.fc(z).view(-1, self.filters, BOTTLENECK, BOTTLENECK)
+        x = h0
+        for s, stack in enumerate(self.stacks):
+            if s > 0:
+                x = F.interpolate(x, scale_factor=2, mode="nearest")
+                if self.skip:
+                    x = torch.cat([x, F.interpolate(h0, size=x.shape[-2:], mode="nearest")], dim=1)
+            x = stack(x, self.carry)
+        x = self.to_image(x)
+        return torch.tanh(x) if self.tanh else x
+
+
+class Generator(Decoder):
+    """G(z): a decoder from the Nz-dimensional latent, with its own weights."""
+
+
+class Discriminator(nn.Module):
+    """D(x) = Dec(Enc(x)): BEGAN's auto-encoder discriminator."""
+
+    def __init__(self, encoder: Encoder, decoder: Decoder):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+    def set_carry(self, value: float) -> None:
+        self.encoder.set_carry(value)
+        self.decoder.set_carry(value)
+
+
+def build_networks(model) -> tuple[Generator, Discriminator]:
+    """G and D from a `model` config section."""
+    m = model
+    shared = dict(image_size=m.image_size, channels=m.channels, filters=m.filters, convs_per_scale=m.convs_per_scale)
+    decoder_args = dict(shared, arch=m.arch, vanishing_residual=m.vanishing_residual, output=m.output)
+    generator = Generator(latent=m.nz, **decoder_args)
+    encoder = Encoder(latent=m.nh, vanishing_residual=m.vanishing_residual, **shared)
+    return generator, Discriminator(encoder, Decoder(latent=m.nh, **decoder_args))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,22 @@
+"""Model families: each supplies its networks, its training step and its checkpoint entries.
+
+A family is a class constructed as `Family(cfg, device)` with:
+  latents_per_step      how many global latent batches one step draws
+  latent_size           size of one latent vector
+  optimizers            the optimizers the lr controller drives
+  train_step(real, z)   one step; returns a dict of device scalars (the Contract's stats)
+  set_step(step)        schedules that follow the step (e.g. the vanishing-residual carry)
+  generate(z)           images from latents (no grad)
+  image_panels(real, z) named image batches for TensorBoard (images/<name>)
+  state_dict() / load_state_dict(state)   the family's checkpoint entries
+"""
+
+from __future__ import annotations
+
+
+def get_family(name: str):
+    if name == "began":
+        from began_dist.objectives.began import BeganFamily
+
+        return BeganFamily
+    raise KeyError(f"model.family={name!r} is not available")

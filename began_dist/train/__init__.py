@@ -1,0 +1,1 @@
+"""The per-worker training loop, checkpoints and run-directory logging."""

@@ -1,0 +1,118 @@
+"""What a run writes about itself: log.txt, stats.jsonl, TensorBoard (tb/), samples/.
+
+Only rank 0 writes; other ranks get a logger with `enabled=False`. On resume,
+stats.jsonl is cut back to the checkpoint's step and TensorBoard purges later
+steps, so no step is ever recorded twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from began_dist.images import make_grid, save_grid
+
+STATS_KEYS = ("step", "L_x", "L_Gz", "L_D", "L_G", "k_t", "M", "balance", "lr_G", "lr_D", "images_per_s", "time_s")
+TB_TAGS = {
+    "L_x": "loss/L_x",
+    "L_Gz": "loss/L_Gz",
+    "L_D": "loss/L_D",
+    "L_G": "loss/L_G",
+    "k_t": "equilibrium/k_t",
+    "M": "equilibrium/M",
+    "balance": "equilibrium/balance",
+    "lr_G": "lr/G",
+    "lr_D": "lr/D",
+    "images_per_s": "perf/images_per_s",
+}
+
+
+class _TqdmConsole(logging.Handler):
+    """Console output that does not tear the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stdout)
+
+
+def truncate_stats(path: str, last_step: int) -> None:
+    """Drop stats.jsonl lines after `last_step` (and a torn last line), atomically."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as handle:
+        for line in handle:
+            try:
+                if json.loads(line)["step"] <= last_step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+            except (ValueError, KeyError):
+                continue
+    with open(path + ".tmp", "w") as handle:
+        handle.writelines(kept)
+    os.replace(path + ".tmp", path)
+
+
+class RunLogger:
+    def __init__(self, run_dir: str, enabled: bool, start_step: int, total_steps: int, progress: bool = True):
+        self.run_dir, self.enabled = run_dir, enabled
+        self.bar = None
+        if not enabled:
+            return
+        os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)
+        self.stats_path = os.path.join(run_dir, "stats.jsonl")
+        truncate_stats(self.stats_path, start_step)
+        self.tb = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start_step + 1 if start_step else None)
+        self.log = logging.getLogger(f"began_dist.run.{id(self)}")
+        self.log.setLevel(logging.INFO)
+        self.log.propagate = False
+        file_handler = logging.FileHandler(os.path.join(run_dir, "log.txt"))
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        self.log.addHandler(file_handler)
+        self.log.addHandler(_TqdmConsole())
+        if progress:
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def info(self, message: str) -> None:
+        if self.enabled:
+            self.log.info(message)
+
+    def advance(self, steps: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+
+    def scalars(self, record: dict) -> None:
+        """One stats.jsonl line and the TensorBoard scalars for `record['step']`."""
+        if not self.enabled:
+            return
+        line = {key: record[key] for key in STATS_KEYS}
+        with open(self.stats_path, "a") as handle:
+            handle.write(json.dumps(line) + "\n")
+        for key, tag in TB_TAGS.items():
+            self.tb.add_scalar(tag, record[key], record["step"])
+        if self.bar is not None:
+            self.bar.set_postfix(M=f"{record['M']:.4f}", k_t=f"{record['k_t']:.4f}", refresh=False)
+        else:
+            self.info(f"step {record['step']}: M {record['M']:.4f} k_t {record['k_t']:.4f} L_x {record['L_x']:.4f}")
+
+    def images(self, step: int, panels: dict[str, torch.Tensor], sample_name: str = "G_fixed") -> None:
+        """TensorBoard images/<name> for each panel; samples/step-XXXXXXXX.png of G(z_fixed)."""
+        if not self.enabled:
+            return
+        for name, batch in panels.items():
+            self.tb.add_image(f"images/{name}", make_grid(batch), step, dataformats="CHW")
+        save_grid(panels[sample_name], os.path.join(self.run_dir, "samples", f"step-{step:08d}.png"))
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        self.tb.close()
+        for handler in list(self.log.handlers):
+            handler.close()
+            self.log.removeHandler(handler)

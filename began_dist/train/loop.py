@@ -1,0 +1,230 @@
+"""The per-worker training loop: the one loop of every mode.
+
+Local mode calls `train_loop(config)` in this process; Ray Train runs the same
+function in each worker. Rank and world size come from the environment, the
+global batch and its latents are sliced per rank (Contract: data parallelism),
+and every logged value is an all-reduced mean, so rank 0 speaks for all.
+
+    for each step:
+        x   <- this rank's slice of global batch b           (GlobalBatchSampler)
+        z   <- this rank's slice of the global latents       (LatentSource)
+        family.train_step(x, z)                              (D step, G step, k_t)
+        lr control, then log / images / checkpoint on their cadences
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from typing import Optional
+
+import torch
+
+from began_dist.config import from_container, save_yaml, to_container
+from began_dist.data import build_dataset
+from began_dist.data.dataset import to_model_range
+from began_dist.data.sampler import GlobalBatchSampler, LatentSource, fixed_latents
+from began_dist.distributed import comm
+from began_dist.objectives import get_family
+from began_dist.objectives.equilibrium import LrControl
+from began_dist.train import state as ckpt
+from began_dist.train.logging import RunLogger
+
+LOGGED_LOSSES = ("L_x", "L_Gz", "L_D", "L_G", "M", "balance")  # averaged over each log interval
+FIXED_SAMPLES = 64  # images in the G(z_fixed) grids
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss became NaN or inf (exit code 3); the last good checkpoint is kept."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT or SIGTERM arrived; a checkpoint was saved (exit code 130)."""
+
+
+class NonFiniteGuard:
+    """Remembers, on the device, the first step whose losses were not finite.
+
+    The host looks only when it logs or saves, so there is no sync per step, and
+    no checkpoint is ever written from a state that went through a bad step.
+    """
+
+    def __init__(self, keys: tuple[str, ...], device: torch.device):
+        self.keys = keys
+        self.first_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.values = torch.zeros(len(keys), device=device)
+
+    def observe(self, step: int, stats: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([stats[k].float() for k in self.keys])
+        new = ~torch.isfinite(values).all() & (self.first_step < 0)
+        self.first_step = torch.where(new, step, self.first_step)
+        self.values = torch.where(new, values, self.values)
+
+    def check(self) -> None:
+        step = int(self.first_step)
+        if step >= 0:
+            losses = ", ".join(f"{k}={v:g}" for k, v in zip(self.keys, self.values.tolist()))
+            raise NonFiniteLoss(f"non-finite loss at step {step}: {losses}")
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """A flag set by SIGINT/SIGTERM (main thread only), so the loop can save and stop."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda *_: requested.set())
+    try:
+        yield requested
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """The state of one worker's run and the steps that move it forward."""
+
+    def __init__(self, config: dict):
+        self.cfg = cfg = from_container(config)
+        self.run_dir = cfg.run.dir
+        self.rank, self.world = comm.rank(), comm.world_size()
+        self.device = comm.pick_device(cfg.train.device)
+        seed, batch = cfg.train.seed, cfg.train.batch_size
+        torch.manual_seed(seed)  # same initial weights on every rank
+        self.family = get_family(cfg.model.family)(cfg, self.device)
+        self.dataset = build_dataset(cfg)
+        self.sampler = GlobalBatchSampler(len(self.dataset), batch, seed, self.rank, self.world)
+        self.latents = LatentSource(seed, self.family.latent_size, batch, self.rank, self.world)
+        self.lr_control = LrControl(cfg.train)
+        self.fixed_z = fixed_latents(seed, FIXED_SAMPLES, self.family.latent_size)
+        self.step, self.elapsed_s = 0, 0.0
+        self.guard = NonFiniteGuard(LOGGED_LOSSES, self.device)
+        self.last_checkpoint: Optional[str] = None
+
+    # -- checkpoints --------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = self.family.state_dict()
+        state.update(
+            step=self.step,
+            lr_state=self.lr_control.state_dict(),
+            rng={**ckpt.capture_rng(self.device), "latent": self.latents.state_dict()},
+            data=self.sampler.state_dict(),
+            fixed_z=self.fixed_z,
+            config=to_container(self.cfg),
+            elapsed_s=self.elapsed_s,
+        )
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.family.load_state_dict(state)
+        self.step, self.elapsed_s = int(state["step"]), float(state.get("elapsed_s", 0.0))
+        self.lr_control.load_state_dict(state["lr_state"], self.device)
+        ckpt.restore_rng(state["rng"], self.device)
+        self.latents.load_state_dict(state["rng"]["latent"])
+        self.sampler.load_state_dict(state["data"])
+        self.fixed_z = state["fixed_z"]
+
+    def save(self) -> None:
+        self.guard.check()  # never save a state that went through a non-finite step
+        if self.rank == 0:
+            keep = self.cfg.run.checkpoints_to_keep
+            self.last_checkpoint = ckpt.save_checkpoint(self.state_dict(), self.run_dir, self.step, keep)
+
+    def restore_latest(self) -> Optional[str]:
+        path = ckpt.latest_checkpoint(self.run_dir)
+        if path:
+            self.load_state_dict(ckpt.load_checkpoint(path))
+            self.last_checkpoint = path
+        return path
+
+    # -- the loop -----------------------------------------------------------------------
+    def run(self, progress: bool = True) -> dict:
+        cfg, t = self.cfg, self.cfg.train
+        resumed_from = self.restore_latest()
+        self.lr_control.apply(*self.family.optimizers)
+        log = RunLogger(self.run_dir, self.rank == 0, self.step, t.steps, progress)
+        if self.rank == 0:
+            save_yaml(cfg, os.path.join(self.run_dir, "config.yaml"))
+        log.info(self._banner(resumed_from))
+        snapshot_real = to_model_range(
+            self.dataset.batch(torch.arange(min(FIXED_SAMPLES, len(self.dataset)))), self.device
+        )
+        totals = torch.zeros(len(LOGGED_LOSSES), device=self.device)
+        interval_steps, interval_start, record = 0, time.perf_counter(), None
+        try:
+            with stop_requests() as stop:
+                while self.step < t.steps:
+                    stats = self._one_step()
+                    totals += torch.stack([stats[k] for k in LOGGED_LOSSES])
+                    interval_steps += 1
+                    log.advance()
+                    done = self.step
+                    if done % t.log_every == 0 or done == t.steps:
+                        now = time.perf_counter()
+                        record = self._record(totals / interval_steps, interval_steps, now - interval_start)
+                        log.scalars(record)
+                        totals.zero_()
+                        interval_steps, interval_start = 0, now
+                    if done % t.sample_every == 0 or done == t.steps:
+                        log.images(done, self.family.image_panels(snapshot_real, self.fixed_z))
+                    if done % t.checkpoint_every == 0 or done == t.steps:
+                        self.save()
+                        log.info(f"step {done}: checkpoint {self.last_checkpoint}")
+                    if stop.is_set():
+                        self.save()
+                        log.info(f"interrupted at step {done}: checkpoint {self.last_checkpoint}")
+                        raise Interrupted(f"interrupted at step {done}; resume with --resume {self.run_dir}")
+        except NonFiniteLoss as error:
+            log.info(f"stopped: {error}; last good checkpoint: {self.last_checkpoint}")
+            raise
+        finally:
+            log.close()
+        log.info(f"done: {self.step} steps in {self.run_dir}")
+        return {"step": self.step, "run_dir": self.run_dir, "checkpoint": self.last_checkpoint, "stats": record}
+
+    def _one_step(self) -> dict[str, torch.Tensor]:
+        started = time.perf_counter()
+        self.family.set_step(self.step)
+        real = to_model_range(self.dataset.batch(self.sampler.next_indices()), self.device)
+        z = self.latents.next(self.family.latents_per_step, self.device)
+        stats = self.family.train_step(real, z)
+        self.step += 1
+        self.guard.observe(self.step, stats)
+        if self.lr_control.observe(self.step, stats["M"]):
+            self.lr_control.apply(*self.family.optimizers)
+        self.elapsed_s += time.perf_counter() - started
+        return stats
+
+    def _record(self, means: torch.Tensor, steps: int, seconds: float) -> dict:
+        self.guard.check()
+        record = dict(zip(LOGGED_LOSSES, means.tolist()))  # one host sync per log interval
+        lr = self.lr_control.lr
+        record.update(
+            step=self.step,
+            k_t=float(self.family.k_t),
+            lr_G=lr,
+            lr_D=lr,
+            images_per_s=steps * self.cfg.train.batch_size / max(seconds, 1e-9),
+            time_s=round(self.elapsed_s, 3),
+        )
+        return record
+
+    def _banner(self, resumed_from: Optional[str]) -> str:
+        m, t = self.cfg.model, self.cfg.train
+        where = f"resumed from {resumed_from} at step {self.step}" if resumed_from else "new run"
+        return (
+            f"{where}: {m.family} {m.image_size}px {m.arch} n={m.filters} nz={m.nz} nh={m.nh} "
+            f"on {self.device} x {self.world}; {len(self.dataset)} images ({self.cfg.data.source}); "
+            f"batch {t.batch_size}, gamma {t.gamma}, steps {t.steps}; run dir {self.run_dir}"
+        )
+
+
+def train_loop(config: dict) -> dict:
+    """Run (or continue) the training of `config` in this worker; returns the final step and stats."""
+    return Trainer(config).run()
