@@ -46,22 +46,3 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(tensor)
         tensor /= dist.get_world_size()
     return tensor
-
-
-def average_gradients(module: torch.nn.Module) -> None:
-    """Average the gradients of `module` across ranks with one flat all-reduce.
-
-    Only the network trained in the current phase calls this, so the frozen one
-    never communicates.
-    """
-    if not (_initialized() and dist.get_world_size() > 1):
-        return
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    all_reduce_mean(flat)
-    offset = 0
-    for grad in grads:
-        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
-        offset += grad.numel()

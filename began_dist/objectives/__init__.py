@@ -5,6 +5,7 @@ A family is a class constructed as `Family(cfg, device)` with:
   latent_size           size of one latent vector
   optimizers            the optimizers the lr controller drives
   train_step(real, z)   one step; returns a dict of device scalars (the Contract's stats)
+  distribute(wrap)      train through wrap(network) (DDP under Ray Train), one per network
   set_step(step)        schedules that follow the step (e.g. the vanishing-residual carry)
   generate(z)           images from latents (no grad)
   image_panels(real, z) named image batches for TensorBoard (images/<name>)

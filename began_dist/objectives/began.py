@@ -25,6 +25,10 @@ class BeganFamily:
         self.latent_size = cfg.model.nz
         self.vanishing_residual, self.residual_steps = cfg.model.vanishing_residual, cfg.model.residual_steps
         self.G, self.D = (net.to(device) for net in build_networks(cfg.model))
+        # The modules each phase trains through: G and D themselves, or their DDP wrappers
+        # (`distribute`). The frozen network of a phase is always called unwrapped, so it
+        # neither all-reduces nor waits for gradients it will never get.
+        self.G_train, self.D_train = self.G, self.D
         adam = dict(lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
         self.opt_G = torch.optim.Adam(self.G.parameters(), **adam)
         self.opt_D = torch.optim.Adam(self.D.parameters(), **adam)
@@ -39,11 +43,11 @@ class BeganFamily:
                 fake_D = self.G(z_D)
             loss_real, loss_D = self._d_phase(real, fake_D)
             self.opt_D.step()
-            loss_G = self._g_phase(self.G(z_G))
+            loss_G = self._g_phase(self.G_train(z_G))
             self.opt_G.step()
         else:
             # Simultaneous (carpedm20-TF): one z, both gradients at the current weights, then both steps.
-            fake = self.G(latents[0])
+            fake = self.G_train(latents[0])
             loss_real, loss_D = self._d_phase(real, fake.detach())
             loss_G = self._g_phase(fake)
             self.opt_D.step()
@@ -54,12 +58,11 @@ class BeganFamily:
         """(1) D step: minimise L_D = L(x) - k_t L(G(z_D)); G is not back-propagated (fake is detached)."""
         n = real.shape[0]
         both = torch.cat([real, fake])  # one forward: D has no batch statistics, so this equals two
-        error = (self.D(both) - both).abs()
+        error = (self.D_train(both) - both).abs()
         loss_real, loss_fake = error[:n].mean(), error[n:].mean()
         loss_D = loss_real - self.k_t * loss_fake
         self.opt_D.zero_grad(set_to_none=True)
         loss_D.backward()
-        comm.average_gradients(self.D)
         return loss_real.detach(), loss_D.detach()
 
     def _g_phase(self, fake: torch.Tensor) -> torch.Tensor:
@@ -69,7 +72,6 @@ class BeganFamily:
         self.opt_G.zero_grad(set_to_none=True)
         loss_G.backward()
         self.D.requires_grad_(True)
-        comm.average_gradients(self.G)
         return loss_G.detach()
 
     def _equilibrium(self, loss_real, loss_G, loss_D) -> dict[str, torch.Tensor]:
@@ -87,7 +89,11 @@ class BeganFamily:
             "balance": balance(loss_real, loss_G, self.gamma),
         }
 
-    # -- schedules, sampling, checkpoints ------------------------------------------------
+    # -- distribution, schedules, sampling, checkpoints ----------------------------------
+    def distribute(self, wrap) -> None:
+        """Train through `wrap(network)` (e.g. DDP), one wrapper per network."""
+        self.G_train, self.D_train = wrap(self.G), wrap(self.D)
+
     def set_step(self, step: int) -> None:
         if self.vanishing_residual:
             carry = max(0.0, 1.0 - step / self.residual_steps)
