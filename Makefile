@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 DEMO_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install demo test test-fast lint
+.PHONY: install demo test test-fast lint bench
 
 $(BIN)/began-dist: setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,10 @@ install: $(BIN)/began-dist
 demo: install
 	$(BIN)/began-dist train --config configs/demo_glyphs32.yaml run.dir=$(DEMO_DIR)
 	$(BIN)/began-dist sample $(DEMO_DIR) --out $(DEMO_DIR)/samples/final
+	$(BIN)/began-dist eval $(DEMO_DIR) --checkpoint all --n 512
+	$(BIN)/began-dist report $(DEMO_DIR)
 	@echo "sample grids:  $(DEMO_DIR)/samples/ (final: $(DEMO_DIR)/samples/final/grid.png)"
+	@echo "report:        $(DEMO_DIR)/report.html"
 	@echo "tensorboard:   $(BIN)/tensorboard --logdir $(DEMO_DIR)/tb"
 
 test: install
@@ -29,3 +32,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
+
+# Training-step speed against a plain port, same run (BENCH_ARGS="--sizes 32 --repeats 7", "--compile").
+bench: install
+	$(BIN)/python benchmarks/step_speed.py $(BENCH_ARGS)

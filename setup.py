@@ -20,7 +20,8 @@ setup(
         "matplotlib>=3.7",
         "numpy>=1.24",
         "noto-cjk-sans-otc>=0.0.1",  # OFL CJK font for the built-in glyph data
+        "fonttools>=4.40",  # glyph sources: font character maps (--charset common)
     ],
-    extras_require={"test": ["pytest>=7.4", "ruff>=0.4"]},
+    extras_require={"test": ["pytest>=7.4", "pytest-timeout>=2.2", "ruff>=0.4"]},
     entry_points={"console_scripts": ["began-dist=began_dist.cli:main"]},
 )

@@ -4,6 +4,15 @@ One process (local mode; CUDA when present, else the CPU):
     began-dist train --config configs/demo_glyphs32.yaml run.dir=runs/demo
     began-dist train --resume runs/demo train.steps=4000
     began-dist sample runs/demo --n 64
+    began-dist eval runs/demo --metrics swd,msssim,ndb,recon --checkpoint all --n 2048
+    began-dist report runs/demo [runs/other ...]
+Sharded datasets (docs/data.md), then train with data.source=shards data.path=DIR:
+    began-dist prepare data/img_align_celeba data/celeba64 --format arrow --size 64 --shards 16
+    began-dist prepare --verify data/celeba64
+Ray Train on this machine (a local Ray cluster on 127.0.0.1) or on a cluster:
+    began-dist train --config C.yaml --workers 2 run.dir=runs/ddp
+    began-dist train --config C.yaml --workers 8 --gpus-per-worker 1 --address auto run.dir=/shared/runs/x
+    began-dist train --resume /shared/runs/x --workers 4
 
 Exit codes: 0 done; 2 refused input (before any work); 3 stopped on a non-finite
 loss (last good checkpoint kept); 130 interrupted (checkpoint saved).
@@ -49,6 +58,33 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--n", type=int, default=64, help="images in the sample grid")
     sample.add_argument("--checkpoint", type=int, help="step of the checkpoint (default: the latest)")
     sample.add_argument("--seed", type=int, default=0, help="seed of the latents")
+
+    prepare = commands.add_parser("prepare", help="write a sharded dataset (Arrow/HDF5), or --verify one")
+    prepare.add_argument("source", nargs="?", help="folder, archive, HDF5 file, or glyphs|shapes|cns|fashion-mnist")
+    prepare.add_argument("out", nargs="?", help="output dataset directory (shapes: OUT/train and OUT/heldout)")
+    prepare.add_argument("--verify", metavar="DATASET_DIR", help="recompute the checksums of DATASET_DIR's shards")
+    prepare.add_argument("--format", choices=("arrow", "hdf5"), default="arrow", help="shard file format")
+    prepare.add_argument("--size", type=int, default=64, help="output image height = width, pixels")
+    prepare.add_argument("--shards", type=int, default=1, help="number of shard files")
+    prepare.add_argument("--kind", help="source kind (default: inferred from SOURCE)")
+    prepare.add_argument("--crop", help="carpedm20|center160|center|none (celeba default carpedm20, else center)")
+    prepare.add_argument("--channels", type=int, default=0, help="1 or 3 (default: the source's own)")
+    prepare.add_argument("--fonts", default="", help="glyphs: font files PATH[:FACE],... (default bundled Noto)")
+    prepare.add_argument("--charset", default="", help="glyphs: hex RANGE (4E00-9FFF), a FILE of chars, or common")
+    prepare.add_argument("--source-size", type=int, default=0, help="hdf5-flat: H of the flattened source rows")
+    prepare.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted in the manifest)")
+    prepare.add_argument("--jobs", type=int, default=0, help="worker processes (0: auto)")
+    prepare.add_argument("--limit", type=int, default=0, help="keep only the first N items (0 = all)")
+
+    evaluate = commands.add_parser("eval", help="sample-quality metrics of checkpoints (metric-<name>.jsonl, tb/)")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--metrics", help="comma-separated metric names (default: swd,msssim,ndb,recon)")
+    evaluate.add_argument("--checkpoint", default="latest", help="STEP, 'latest' or 'all'")
+    evaluate.add_argument("--n", type=int, default=2048, help="images per set (real and generated)")
+
+    report = commands.add_parser("report", help="RUN_DIR/report.html: curves, metrics, samples, config")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one run, or several side by side")
+    report.add_argument("--out", help="output file (default: RUN_DIR/report.html of the first run)")
     return parser
 
 
@@ -74,10 +110,11 @@ def prepare_train(args):
         run_dir = resolve_run_dir(cfg)
         if ckpt.list_checkpoints(run_dir):
             raise ConfigError(f"run.dir={run_dir}: already has checkpoints; continue it with --resume {run_dir}")
-    if cfg.train.compile or cfg.train.precision != "fp32":
-        raise ConfigError("train.compile / train.precision: only compile=false, precision=fp32 are available yet")
-    if cfg.run.workers > 0:
-        raise ConfigError(f"run.workers={cfg.run.workers}: the Ray Train backend is not built yet; use 0 (local)")
+    if cfg.train.precision != "fp32" and cfg.train.device == "auto":
+        import torch  # deferred: the other commands start faster without it
+
+        if not (torch.cuda.is_available() or (cfg.run.workers > 0 and cfg.run.gpus_per_worker > 0)):
+            raise ConfigError(f"train.precision={cfg.train.precision}: mixed precision needs a GPU; no CUDA device")
     check_source(cfg)
     return cfg
 
@@ -99,14 +136,21 @@ def run_train(args) -> int:
     cfg = prepare_train(args)
     os.makedirs(cfg.run.dir, exist_ok=True)
     try:
-        result = train_loop(OmegaConf.to_container(cfg, resolve=True))
+        if cfg.run.workers > 0:
+            from began_dist.distributed.ray_train import run_on_ray
+
+            result = run_on_ray(cfg)
+            if result.get("status") == "non_finite":
+                raise NonFiniteLoss(result["error"])
+        else:
+            result = train_loop(OmegaConf.to_container(cfg, resolve=True))
     except NonFiniteLoss as error:
         print(f"began-dist: {error}", file=sys.stderr)
         return EXIT_NON_FINITE
     except Interrupted as error:
         print(f"began-dist: {error}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    run_dir = result["run_dir"]
+    run_dir = cfg.run.dir
     print(f"samples:     {os.path.join(run_dir, 'samples')}")
     print(f"tensorboard: tensorboard --logdir {os.path.join(run_dir, 'tb')}")
     return EXIT_OK
@@ -124,6 +168,47 @@ def run_sample(args) -> int:
     return EXIT_OK
 
 
+def run_eval(args) -> int:
+    from began_dist.eval.evaluate import evaluate_run, summary
+
+    if args.n < 2:
+        raise ConfigError(f"--n {args.n}: must be at least 2")
+    try:
+        results = evaluate_run(args.run_dir, args.metrics, args.checkpoint, args.n)
+    except FileNotFoundError as error:
+        raise ConfigError(str(error)) from None
+    for step in sorted({result["step"] for result in results}):
+        print(f"step {step}: {summary([r for r in results if r['step'] == step])}")
+    return EXIT_OK
+
+
+def run_report(args) -> int:
+    from began_dist.eval.report import write_report
+
+    try:
+        print(write_report(args.run_dirs, args.out))
+    except FileNotFoundError as error:
+        raise ConfigError(str(error)) from None
+    return EXIT_OK
+
+
+def run_prepare(args) -> int:
+    from began_dist.data import prepare as prep
+
+    if args.verify:
+        if args.source or args.out:
+            raise DataError("prepare --verify DATASET_DIR takes no SOURCE or OUT")
+        return EXIT_OK if prep.verify(args.verify) else EXIT_REFUSED
+    if not (args.source and args.out):
+        raise DataError("prepare: give SOURCE and OUT (or --verify DATASET_DIR)")
+    names = ("format", "size", "shards", "kind", "crop", "channels", "fonts", "charset", "source_size", "skip_bad",
+             "jobs", "limit")
+    options = prep.PrepareOptions(**{name: getattr(args, name) or prep.PrepareOptions.__dataclass_fields__[name]
+                                     .default for name in names})
+    prep.prepare(args.source, args.out, options)
+    return EXIT_OK
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -132,7 +217,8 @@ def main(argv=None) -> int:
     if args.command == "train":
         args.overrides = list(args.overrides) + extra  # key=value items after a flag
     try:
-        return {"train": run_train, "sample": run_sample}[args.command](args)
+        run = {"train": run_train, "sample": run_sample, "prepare": run_prepare, "eval": run_eval, "report": run_report}
+        return run[args.command](args)
     except (ConfigError, DataError) as error:
         print(f"began-dist: {error}", file=sys.stderr)
         return EXIT_REFUSED

@@ -71,6 +71,8 @@ class TrainConfig:
     log_every: int = 50  # steps between stats.jsonl / TensorBoard scalar lines
     sample_every: int = 500  # steps between image grids in samples/ and TensorBoard
     eval_every: int = 0  # steps between metric evaluations (0 = never)
+    eval_metrics: str = "swd,msssim,ndb,recon"  # metrics run every eval_every steps (rank 0)
+    eval_n: int = 1024  # images per set (real and generated) in those evaluations
     compile: bool = False  # torch.compile the networks
     precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision on GPU)
     device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda
@@ -85,6 +87,8 @@ class RunConfig:
     address: str = ""  # Ray cluster address; empty starts a local cluster
     max_failures: int = 2  # Ray: worker-group restarts before the run fails
     controller_failure_limit: int = 3  # Ray: placement failures before the run fails
+    placement_strategy: str = "PACK"  # Ray: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD (one worker per node)
+    worker_resources: dict[str, float] = field(default_factory=dict)  # Ray: extra custom resources per worker
     checkpoints_to_keep: int = 3  # most recent checkpoints kept on disk
 
 
@@ -106,6 +110,7 @@ CHOICES = {
     "train.update_order": ("alternating", "simultaneous"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
+    "run.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
 }
 IMAGE_SIZES = (16, 32, 64, 128, 256)
 LR_CONTROL_DEFAULTS = {"m_stall": (0.5, None), "decay": (0.95, 2000), "step": (0.5, 100000), "none": (1.0, None)}
@@ -183,6 +188,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.m_stall_eps={t.m_stall_eps}: must be in [0, 1)")
     if t.eval_every < 0:
         raise ConfigError(f"train.eval_every={t.eval_every}: must be >= 0 (0 = never)")
+    if t.eval_every:
+        _check_eval(t)
     if r.workers < 0:
         raise ConfigError(f"run.workers={r.workers}: must be >= 0 (0 = local mode)")
     if r.workers > 0 and t.batch_size % r.workers:
@@ -199,6 +206,17 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("data.limit must be >= 0 and data.glyphs > 0")
     if t.precision != "fp32" and t.device == "cpu":
         raise ConfigError(f"train.precision={t.precision}: mixed precision needs train.device=cuda or auto")
+
+
+def _check_eval(t: DictConfig) -> None:
+    from began_dist.eval.metrics import parse_metrics  # the metric registry, only when evaluation is on
+
+    try:
+        parse_metrics(t.eval_metrics)
+    except ConfigError as error:
+        raise ConfigError(f"train.eval_metrics: {error}") from None
+    if t.eval_n < 2:
+        raise ConfigError(f"train.eval_n={t.eval_n}: must be at least 2")
 
 
 def _positive(cfg: DictConfig, *keys: str) -> None:

@@ -1,9 +1,12 @@
 import os
 
-import pytest
-import torch
+# Ray reads this when it is first imported: keep every test node and worker on 127.0.0.1.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
-from began_dist.cli import main
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from began_dist.cli import main  # noqa: E402
 
 # Tiny runs: 16 px, a few filters, few glyphs. Steps are what each test sets.
 TINY = [
@@ -23,6 +26,7 @@ TINY = [
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one)")
     config.addinivalue_line("markers", "slow: longer end-to-end runs")
+    config.addinivalue_line("markers", "ray: runs on the session's real Ray cluster")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
@@ -48,3 +52,62 @@ def train_cli(tmp_path):
         return main(args), run_dir
 
     return run
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """One real Ray cluster for the whole session, all on 127.0.0.1, with token auth.
+
+    A head (1 CPU, dashboard on 127.0.0.1) and three worker nodes (1 CPU and one
+    `train_slot` each): training workers ask for a slot, so two of them land on two
+    different worker nodes and the third node is spare capacity for failure tests.
+    """
+    import secrets
+    import socket
+    import sys
+
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    token_file = tmp_path_factory.mktemp("ray-auth") / "token"
+    token_file.write_text(secrets.token_hex(32))
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "PATH")}
+    os.environ.update(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(token_file),
+        # Job drivers start from the head's environment: let them find `began-dist`.
+        PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+    )
+    from ray._raylet import Config
+
+    Config.initialize("")  # re-read RAY_AUTH_MODE in this process, as Ray's own token setup does
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dashboard_port = probe.getsockname()[1]
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "node_ip_address": "127.0.0.1",
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": dashboard_port,
+        },
+    )
+    workers = [
+        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", resources={"train_slot": 1}) for _ in range(3)
+    ]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    cluster.dashboard_url = f"http://127.0.0.1:{dashboard_port}"
+    cluster.training_nodes = workers
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

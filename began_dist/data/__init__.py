@@ -8,8 +8,9 @@ import torch
 
 from began_dist.data import sources
 from began_dist.data.dataset import DataError, ImageDataset, InMemoryDataset
+from began_dist.data.reader import ShardedDataset
 
-__all__ = ["DataError", "ImageDataset", "build_dataset", "check_source", "load_examples"]
+__all__ = ["DataError", "ImageDataset", "ShardedDataset", "build_dataset", "check_source", "load_examples"]
 
 
 def check_source(cfg) -> None:
@@ -22,9 +23,19 @@ def check_source(cfg) -> None:
     elif d.source == "shapes":
         sources.crs_shapes(16, _shape_kinds(d), limit=1)
     elif d.source == "shards":
-        raise DataError("data.source=shards: the sharded reader is not built yet; use glyphs, shapes or folder")
+        _check_shards(cfg, ShardedDataset(d.path, limit=d.limit))
     if cfg.model.channels != 1 and d.source in ("glyphs", "shapes"):
         raise DataError(f"model.channels={cfg.model.channels}: data.source={d.source} is grayscale; use 1")
+
+
+def _check_shards(cfg, dataset: ShardedDataset) -> None:
+    """The prepared images must be the model's size and channels (prepare again at another --size)."""
+    m = cfg.model
+    if (dataset.image_size, dataset.channels) != (m.image_size, m.channels):
+        raise DataError(
+            f"data.path={cfg.data.path}: images are {dataset.image_size} px x {dataset.channels} channels, the model "
+            f"wants model.image_size={m.image_size}, model.channels={m.channels}"
+        )
 
 
 def _shape_kinds(d) -> list[str]:
@@ -34,6 +45,11 @@ def _shape_kinds(d) -> list[str]:
 def build_dataset(cfg) -> ImageDataset:
     """The dataset named by `cfg.data`, at `cfg.model.image_size` and `cfg.model.channels`."""
     d, size = cfg.data, cfg.model.image_size
+    if d.source == "shards":
+        dataset = ShardedDataset(d.path, limit=d.limit)  # checks every shard (checksums once per process)
+        _check_shards(cfg, dataset)
+        _check_size(d, len(dataset), cfg.train.batch_size)
+        return dataset
     check_source(cfg)
     if d.source == "glyphs":
         images, _ = sources.render_glyphs(size, d.glyphs, d.font, d.font_index)
@@ -43,12 +59,14 @@ def build_dataset(cfg) -> ImageDataset:
     else:
         images, labels = sources.image_folder(d.path, size, cfg.model.channels, limit=d.limit)
     images, labels = images[: d.limit or None], None if labels is None else labels[: d.limit or None]
-    if len(images) < cfg.train.batch_size:
-        raise DataError(
-            f"data.source={d.source}: {len(images)} images, fewer than train.batch_size={cfg.train.batch_size}"
-        )
+    _check_size(d, len(images), cfg.train.batch_size)
     tensor = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     return InMemoryDataset(tensor, None if labels is None else torch.from_numpy(labels), name=d.source)
+
+
+def _check_size(d, count: int, batch_size: int) -> None:
+    if count < batch_size:
+        raise DataError(f"data.source={d.source}: {count} images, fewer than train.batch_size={batch_size}")
 
 
 def load_examples(cfg, count: int) -> torch.Tensor:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from began_dist.data.dataset import DataError
+
 
 class GlobalBatchSampler:
     def __init__(self, num_images: int, global_batch: int, seed: int, rank: int = 0, world: int = 1):
@@ -39,7 +41,11 @@ class GlobalBatchSampler:
         return {"epoch": self.epoch, "offset": self.offset, "seed": self.seed, "num_images": self.num_images}
 
     def load_state_dict(self, state: dict) -> None:
+        saved = int(state.get("num_images", self.num_images))
+        if saved != self.num_images:  # other data: the saved position would silently mean other images
+            raise DataError(f"the checkpoint's data position is for {saved} images, the dataset has {self.num_images}")
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
+        self.seed, self._perm_epoch = int(state.get("seed", self.seed)), -1  # keep the saved order
 
 
 class LatentSource:

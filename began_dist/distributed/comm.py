@@ -7,6 +7,8 @@ set up by TorchTrainer: gloo on CPU, NCCL on GPU).
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import os
 
 import torch
@@ -46,3 +48,37 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(tensor)
         tensor /= dist.get_world_size()
     return tensor
+
+
+def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`module` in its own DistributedDataParallel when there are several ranks, else itself.
+
+    Buffers are not broadcast: the only buffer (the residual carry) follows the step on every rank.
+    """
+    if not (_initialized() and dist.get_world_size() > 1):
+        return module
+    device_ids = [device.index] if device.type == "cuda" else None
+    ddp = torch.nn.parallel.DistributedDataParallel
+    no_buffer_sync = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+        else {"broadcast_buffers": False}
+    )
+    return ddp(module, device_ids=device_ids, **no_buffer_sync)
+
+
+def replica_digests(tensors: list[torch.Tensor]) -> list[str]:
+    """A SHA-256 of `tensors` from every rank (rank order): equal digests = bit-identical replicas."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return gather_objects(digest.hexdigest())
+
+
+def gather_objects(value) -> list:
+    """`value` from every rank, in rank order (a one-item list at world size 1)."""
+    if not (_initialized() and dist.get_world_size() > 1):
+        return [value]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered

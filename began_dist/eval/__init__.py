@@ -1,1 +1,2 @@
-"""Evaluation: sampling and latent tools (metrics and reports arrive with their issue)."""
+"""Evaluation: sampling and latent tools, the metric registry (metrics.py, one module per metric),
+`began-dist eval` (evaluate.py) and the HTML run report (report.py)."""

@@ -146,7 +146,22 @@ def build_networks(model) -> tuple[Generator, Discriminator]:
     decoder_args = dict(shared, arch=m.arch, vanishing_residual=m.vanishing_residual, output=m.output)
     generator = Generator(latent=m.nz, **decoder_args)
     encoder = Encoder(latent=m.nh, vanishing_residual=m.vanishing_residual, **shared)
-    return generator, Discriminator(encoder, Decoder(latent=m.nh, **decoder_args))
+    discriminator = Discriminator(encoder, Decoder(latent=m.nh, **decoder_args))
+    generator.apply(glorot_init)
+    discriminator.apply(glorot_init)
+    return generator, discriminator
+
+
+def glorot_init(module: nn.Module) -> None:
+    """Glorot-uniform weights and zero biases, as the TensorFlow BEGANs (slim's defaults).
+
+    PyTorch's default init (uniform with variance 1 / (3 fan_in), non-zero biases) shrinks
+    the signal at every layer: at 32 px, n = 32 its G(z) varies across z by ~5 % of its
+    magnitude and training starts collapsed; with Glorot it varies by ~100 %.
+    """
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.xavier_uniform_(module.weight)
+        nn.init.zeros_(module.bias)
 
 
 def count_parameters(module: nn.Module) -> int:

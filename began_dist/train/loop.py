@@ -28,10 +28,13 @@ from began_dist.data import build_dataset
 from began_dist.data.dataset import to_model_range
 from began_dist.data.sampler import GlobalBatchSampler, LatentSource, fixed_latents
 from began_dist.distributed import comm
+from began_dist.eval.evaluate import evaluate_family, summary, truncate_metrics
+from began_dist.eval.metrics import parse_metrics
 from began_dist.objectives import get_family
 from began_dist.objectives.equilibrium import LrControl
 from began_dist.train import state as ckpt
 from began_dist.train.logging import RunLogger
+from began_dist.train.reporting import Reporter
 
 LOGGED_LOSSES = ("L_x", "L_Gz", "L_D", "L_G", "M", "balance")  # averaged over each log interval
 FIXED_SAMPLES = 64  # images in the G(z_fixed) grids
@@ -90,14 +93,16 @@ def stop_requests():
 class Trainer:
     """The state of one worker's run and the steps that move it forward."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, reporter: Optional[Reporter] = None, device: Optional[torch.device] = None):
         self.cfg = cfg = from_container(config)
         self.run_dir = cfg.run.dir
+        self.reporter = reporter or Reporter()
         self.rank, self.world = comm.rank(), comm.world_size()
-        self.device = comm.pick_device(cfg.train.device)
+        self.device = device or comm.pick_device(cfg.train.device)
         seed, batch = cfg.train.seed, cfg.train.batch_size
         torch.manual_seed(seed)  # same initial weights on every rank
         self.family = get_family(cfg.model.family)(cfg, self.device)
+        self.family.distribute(lambda network: comm.wrap_ddp(network, self.device))
         self.dataset = build_dataset(cfg)
         self.sampler = GlobalBatchSampler(len(self.dataset), batch, seed, self.rank, self.world)
         self.latents = LatentSource(seed, self.family.latent_size, batch, self.rank, self.world)
@@ -106,6 +111,7 @@ class Trainer:
         self.step, self.elapsed_s = 0, 0.0
         self.guard = NonFiniteGuard(LOGGED_LOSSES, self.device)
         self.last_checkpoint: Optional[str] = None
+        self.eval_cache: dict = {}  # real-side metric work, shared by the evaluations of this run
 
     # -- checkpoints --------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -130,18 +136,20 @@ class Trainer:
         self.sampler.load_state_dict(state["data"])
         self.fixed_z = state["fixed_z"]
 
-    def save(self) -> None:
+    def save(self, metrics: Optional[dict] = None) -> None:
         self.guard.check()  # never save a state that went through a non-finite step
+        path = None
         if self.rank == 0:
             keep = self.cfg.run.checkpoints_to_keep
-            self.last_checkpoint = ckpt.save_checkpoint(self.state_dict(), self.run_dir, self.step, keep)
+            path = self.last_checkpoint = ckpt.save_checkpoint(self.state_dict(), self.run_dir, self.step, keep)
+        self.reporter.report(metrics or {"step": self.step}, path)
 
     def restore_latest(self) -> Optional[str]:
-        path = ckpt.latest_checkpoint(self.run_dir)
-        if path:
-            self.load_state_dict(ckpt.load_checkpoint(path))
-            self.last_checkpoint = path
-        return path
+        state, source = self.reporter.load_latest(self.run_dir)
+        if state is not None:
+            self.load_state_dict(state)
+            self.last_checkpoint = source
+        return source
 
     # -- the loop -----------------------------------------------------------------------
     def run(self, progress: bool = True) -> dict:
@@ -151,6 +159,7 @@ class Trainer:
         log = RunLogger(self.run_dir, self.rank == 0, self.step, t.steps, progress)
         if self.rank == 0:
             save_yaml(cfg, os.path.join(self.run_dir, "config.yaml"))
+            truncate_metrics(self.run_dir, self.step)  # as stats.jsonl: no step recorded twice
         log.info(self._banner(resumed_from))
         snapshot_real = to_model_range(
             self.dataset.batch(torch.arange(min(FIXED_SAMPLES, len(self.dataset)))), self.device
@@ -169,12 +178,16 @@ class Trainer:
                         now = time.perf_counter()
                         record = self._record(totals / interval_steps, interval_steps, now - interval_start)
                         log.scalars(record)
+                        if done % t.checkpoint_every and done != t.steps:
+                            self.reporter.report(record)  # checkpoint steps report with their checkpoint
                         totals.zero_()
                         interval_steps, interval_start = 0, now
-                    if done % t.sample_every == 0 or done == t.steps:
+                    if self.rank == 0 and (done % t.sample_every == 0 or done == t.steps):
                         log.images(done, self.family.image_panels(snapshot_real, self.fixed_z))
+                    if self.rank == 0 and t.eval_every and (done % t.eval_every == 0 or done == t.steps):
+                        self._evaluate(log)
                     if done % t.checkpoint_every == 0 or done == t.steps:
-                        self.save()
+                        self.save(record if record and record["step"] == done else None)
                         log.info(f"step {done}: checkpoint {self.last_checkpoint}")
                     if stop.is_set():
                         self.save()
@@ -185,8 +198,32 @@ class Trainer:
             raise
         finally:
             log.close()
+        digests = self._replica_digests()
         log.info(f"done: {self.step} steps in {self.run_dir}")
-        return {"step": self.step, "run_dir": self.run_dir, "checkpoint": self.last_checkpoint, "stats": record}
+        return {
+            "step": self.step,
+            "run_dir": self.run_dir,
+            "checkpoint": self.last_checkpoint,
+            "stats": record,
+            "replica_digests": digests,
+        }
+
+    def _replica_digests(self) -> list[str]:
+        """Each rank's digest of its networks and k_t; replicas that drifted apart would differ."""
+        tensors = [t for name in ("G", "D") for t in self.family.state_dict()[name].values()]
+        digests = comm.replica_digests([*tensors, self.family.k_t])
+        if len(set(digests)) > 1:
+            raise RuntimeError(f"replicas differ at step {self.step}: {digests}")
+        return digests
+
+    def _evaluate(self, log: RunLogger) -> None:
+        """train.eval_every (rank 0): metrics of the current weights into metric-<name>.jsonl and TensorBoard."""
+        t = self.cfg.train
+        names = parse_metrics(t.eval_metrics)
+        results = evaluate_family(
+            self.cfg, self.family, self.dataset, self.step, self.run_dir, names, t.eval_n, self.eval_cache, log.tb
+        )
+        log.info(f"step {self.step}: {summary(results)}")
 
     def _one_step(self) -> dict[str, torch.Tensor]:
         started = time.perf_counter()
@@ -225,6 +262,6 @@ class Trainer:
         )
 
 
-def train_loop(config: dict) -> dict:
+def train_loop(config: dict, reporter: Optional[Reporter] = None, progress: bool = True) -> dict:
     """Run (or continue) the training of `config` in this worker; returns the final step and stats."""
-    return Trainer(config).run()
+    return Trainer(config, reporter).run(progress)

@@ -1,0 +1,382 @@
+"""`began-dist prepare`: turn a source into a dataset directory (manifest + shards).
+
+A source becomes a list of small item descriptions (paths, code points, shape
+parameters, row ranges...) and a loader that turns a slice of them into images
+and labels. Each shard is one slice, written by a worker process (`--jobs`), to a
+temp name and renamed when complete; `manifest.json` is written last, so a crash
+never leaves a manifest that points at a partial shard.
+
+    began-dist prepare data/img_align_celeba data/celeba64 --format arrow --size 64 --shards 16
+    began-dist prepare cifar-10-python.tar.gz data/cifar32 --format hdf5 --size 32 --shards 4
+    began-dist prepare glyphs data/glyphs64 --format arrow --size 64 --shards 8 --fonts A.ttc:2,B.ttf
+    began-dist prepare shapes data/crs --format arrow --size 64 --shards 4   (-> data/crs/{train,heldout})
+    began-dist prepare --verify data/celeba64
+"""
+
+from __future__ import annotations
+
+import glob
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from began_dist.data import format as fmt
+from began_dist.data import sources
+from began_dist.data.dataset import DataError
+
+KINDS = ("folder", "celeba", "cifar10", "hdf5-flat", "glyphs", "cns", "fashion-mnist", "shapes")
+GRAY_KINDS = ("glyphs", "cns", "fashion-mnist", "shapes")  # sources that are one-channel by nature
+PARALLEL_MIN_ITEMS = 4096  # --jobs 0: below this many items, one process is faster than spawning workers
+SHAPES_SPLITS = {"train": ["square+cross", "square"], "heldout": ["cross"]}  # SPEC 2: cross alone is held out
+
+
+@dataclass
+class PrepareOptions:
+    format: str = "arrow"  # arrow | hdf5
+    size: int = 64  # output height = width, pixels
+    shards: int = 1  # shard files (per dataset directory)
+    kind: str = ""  # source kind (KINDS); empty = inferred from SOURCE
+    crop: str = ""  # folder/celeba crop preset (sources.CROPS); empty = center (celeba: carpedm20)
+    channels: int = 0  # 1 or 3; 0 = the source's own (1 for glyph/shape/IDX sources, else 3)
+    fonts: str = ""  # glyphs: PATH[:FACE],... ; empty = the bundled Noto Sans CJK SC
+    charset: str = ""  # glyphs: RANGE | FILE | common (default)
+    source_size: int = 0  # hdf5-flat: H of the flattened rows; 0 = inferred as a square RGB image
+    skip_bad: bool = False  # skip unreadable files (counted in the manifest) instead of refusing
+    jobs: int = 0  # worker processes writing shards; 0 = min(shards, CPUs) for large sources, else 1
+    limit: int = 0  # keep only the first N items (0 = all); for shapes an evenly spread subset
+
+
+@dataclass
+class Plan:
+    """What to write: items split into shards, the loader that renders them, and manifest facts."""
+
+    kind: str
+    loader: Callable  # loader(items, **kwargs) -> (images NHWC uint8, labels dict, skipped dict)
+    items: Any  # a list, or a tuple of arrays sliced together
+    kwargs: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # extra manifest keys (classes, fonts, ...)
+
+
+# -- kind inference ------------------------------------------------------------------------
+def infer_kind(source: str) -> str:
+    """The source kind when it is obvious from SOURCE; DataError asking for --kind otherwise."""
+    if source in ("glyphs", "shapes", "cns", "fashion-mnist", "cifar10"):
+        return source
+    lower = source.lower().rstrip("/")
+    if lower.endswith((".tar.gz", ".tgz", ".tar")):
+        return "cifar10"
+    if lower.endswith((".h5", ".hdf5")):
+        return "hdf5-flat"
+    if os.path.isdir(source):
+        if glob.glob(os.path.join(source, "*-idx3-ubyte*")):
+            return "fashion-mnist"
+        if os.path.isdir(os.path.join(source, "a1")) and "cns" in lower:
+            return "cns"
+        if os.path.basename(lower) == "img_align_celeba" or os.path.isdir(os.path.join(source, "img_align_celeba")):
+            return "celeba"
+        return "folder"
+    if not os.path.exists(source):
+        raise DataError(f"prepare: no such source {source!r}")
+    raise DataError(f"prepare: cannot tell what {source!r} is; give --kind ({', '.join(KINDS)})")
+
+
+# -- plans, one per kind -------------------------------------------------------------------
+def plan_source(source: str, options: PrepareOptions, kind: str) -> Plan:
+    planners = {
+        "folder": _plan_folder, "celeba": _plan_folder, "cifar10": _plan_cifar10, "hdf5-flat": _plan_hdf5_flat,
+        "glyphs": _plan_glyphs, "cns": _plan_cns, "fashion-mnist": _plan_fashion_mnist,
+    }
+    return planners[kind](source, options, kind)
+
+
+def _plan_folder(source: str, options: PrepareOptions, kind: str) -> Plan:
+    root = source
+    if kind == "celeba" and os.path.isdir(os.path.join(source, "img_align_celeba")):
+        root = os.path.join(source, "img_align_celeba")
+    paths = sources.list_images(root)
+    classes, class_ids = sources.folder_classes(root, paths)
+    crop = options.crop or ("carpedm20" if kind == "celeba" else "center")
+    if crop not in sources.CROPS:
+        raise DataError(f"--crop {crop!r}: must be one of {', '.join(sources.CROPS)}")
+    items = list(zip(paths, class_ids.tolist()))
+    kwargs = {"size": options.size, "channels": options.channels, "crop": crop}
+    return Plan(kind, load_image_files, items, kwargs, {"classes": classes, "crop": crop})
+
+
+def load_image_files(items, size: int, channels: int, crop: str):
+    images, classes, bad = [], [], []
+    for path, class_id in items:
+        try:
+            images.append(sources.load_image(path, size, channels, crop))
+            classes.append(class_id)
+        except DataError:
+            bad.append(path)
+    stacked = np.stack(images) if images else np.zeros((0, size, size, channels), np.uint8)
+    return stacked, {"class": np.array(classes, np.int64)}, {"bad_files": bad}
+
+
+def _plan_cifar10(source: str, options: PrepareOptions, kind: str) -> Plan:
+    images, labels, split = sources.read_cifar10(source)
+    info = {"classes": list(sources.CIFAR_CLASSES), "splits": ["train", "test"]}
+    return Plan(kind, load_arrays, (images, labels, split), {"size": options.size, "names": ("class", "split")}, info)
+
+
+def _plan_fashion_mnist(source: str, options: PrepareOptions, kind: str) -> Plan:
+    root = sources.FASHION_ROOT if source == "fashion-mnist" else source
+    images, labels, split = sources.read_fashion_mnist(root)
+    info = {"splits": ["train", "test"]}
+    return Plan(kind, load_arrays, (images, labels, split), {"size": options.size, "names": ("class", "split")}, info)
+
+
+def load_arrays(items, size: int, names: tuple[str, ...]):
+    images, *labels = items
+    return sources.resize_images(images, size), dict(zip(names, labels)), {}
+
+
+def _plan_hdf5_flat(source: str, options: PrepareOptions, kind: str) -> Plan:
+    count, side, channels = sources.hdf5_flat_shape(source, options.source_size)
+    rows = np.arange(count)  # items are row numbers; a shard reads its contiguous range
+    kwargs = {"path": os.path.abspath(source), "side": side, "source_channels": channels, "size": options.size}
+    return Plan(kind, load_hdf5_rows, rows, kwargs, {"source_size": side, "source_channels": channels})
+
+
+def load_hdf5_rows(rows, path: str, side: int, source_channels: int, size: int):
+    if not len(rows):
+        return np.zeros((0, size, size, source_channels), np.uint8), {}, {}
+    images = sources.read_hdf5_flat(path, int(rows[0]), int(rows[-1]) + 1, side, source_channels)
+    return sources.resize_images(images, size), {}, {}
+
+
+def _plan_glyphs(source: str, options: PrepareOptions, kind: str) -> Plan:
+    fonts = sources.parse_fonts(options.fonts)
+    for path, face in fonts:
+        sources.load_font(path, face, 16)  # refuse a missing or unreadable font before any work
+    codes = sources.parse_charset(options.charset, fonts)
+    if not codes:
+        raise DataError(f"--charset {options.charset or 'common'}: no characters (the fonts share none?)")
+    items = [(code, style) for code in codes for style in range(len(fonts))]  # every style of a char together
+    info = {"fonts": [{"file": path, "face": face} for path, face in fonts], "charset": options.charset or "common"}
+    return Plan(kind, load_glyphs, items, {"fonts": fonts, "size": options.size}, info)
+
+
+def load_glyphs(items, fonts: list[tuple[str, int]], size: int):
+    """Render (code point, style) items; glyphs a font lacks (tofu or blank) are left out and counted."""
+    images = np.zeros((len(items), size, size, 1), np.uint8)
+    real = np.zeros(len(items), bool)
+    for style, (path, face) in enumerate(fonts):
+        rows = [i for i, (_, s) in enumerate(items) if s == style]
+        rendered, is_real = sources.render_font_glyphs([items[i][0] for i in rows], path, face, size)
+        images[rows], real[rows] = rendered, is_real
+    codes = np.array([code for code, _ in items], np.int32)
+    styles = np.array([style for _, style in items], np.int16)
+    missing = {str(style): int(((styles == style) & ~real).sum()) for style in range(len(fonts))}
+    return images[real], {"codepoint": codes[real], "style": styles[real]}, {"missing_glyphs": missing}
+
+
+def _plan_cns(source: str, options: PrepareOptions, kind: str) -> Plan:
+    root = sources.CNS_ROOT if source == "cns" else source
+    items = sources.cns_files(root)
+    return Plan(kind, load_cns, items, {"size": options.size}, {"planes": list(sources.CNS_PLANES)})
+
+
+def load_cns(items, size: int):
+    images, codes, planes, bad = [], [], [], []
+    for path, code, plane in items:
+        try:
+            images.append(sources.load_cns_glyph(path, size))
+            codes.append(code)
+            planes.append(plane)
+        except DataError:
+            bad.append(path)
+    stacked = np.stack(images) if images else np.zeros((0, size, size, 1), np.uint8)
+    labels = {"codepoint": np.array(codes, np.int32), "plane": np.array(planes, np.uint8)}
+    return stacked, labels, {"bad_files": bad}
+
+
+def load_shapes(items, size: int):
+    images, y, masks = sources.crs_render(list(items), size)
+    return images, {"y": y, "masks": masks}, {}
+
+
+# -- writing ---------------------------------------------------------------------------------
+def _slice(items, start: int, stop: int):
+    return tuple(part[start:stop] for part in items) if isinstance(items, tuple) else items[start:stop]
+
+
+def _count(items) -> int:
+    return len(items[0]) if isinstance(items, tuple) else len(items)
+
+
+def _write_one(task: tuple) -> tuple[dict, dict]:
+    """Worker: render one shard's items and write the shard (temp name, then rename)."""
+    loader, items, kwargs, path, format_name, channels = task
+    images, labels, skipped = loader(items, **kwargs)
+    images = sources.to_channels(images, channels)
+    return fmt.write_shard(path, format_name, np.ascontiguousarray(images), labels), skipped
+
+
+def _merge_skipped(parts: list[dict]) -> dict:
+    merged: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, list):
+                merged.setdefault(key, []).extend(value)
+            else:
+                for sub, count in value.items():
+                    merged.setdefault(key, {})[sub] = merged.get(key, {}).get(sub, 0) + count
+    return merged
+
+
+def _clear_shards(out_dir: str) -> None:
+    for path in glob.glob(os.path.join(out_dir, "shard-*")):
+        os.remove(path)
+
+
+def write_dataset(plan: Plan, out_dir: str, options: PrepareOptions, source: str) -> dict:
+    """Write the plan's shards (in parallel with --jobs), then the manifest; returns the manifest."""
+    if os.path.exists(os.path.join(out_dir, fmt.MANIFEST)):
+        raise DataError(f"prepare: {out_dir} already holds a dataset (manifest.json); choose another OUT")
+    total = _count(plan.items)
+    if options.shards < 1 or options.shards > total:
+        raise DataError(f"--shards {options.shards}: must be in 1..{total} (the number of items)")
+    os.makedirs(out_dir, exist_ok=True)
+    _clear_shards(out_dir)  # leftovers of a crashed run: no manifest names them
+    channels = options.channels or (1 if plan.kind in GRAY_KINDS else 3)
+    bounds = np.linspace(0, total, options.shards + 1).round().astype(int)
+    tasks = [
+        (plan.loader, _slice(plan.items, bounds[i], bounds[i + 1]), plan.kwargs,
+         os.path.join(out_dir, fmt.shard_name(i, options.format)), options.format, channels)
+        for i in range(options.shards)
+    ]
+    try:
+        results = _run_tasks(tasks, options.jobs or _auto_jobs(options.shards, total), total, out_dir)
+        skipped = _merge_skipped([s for _, s in results])
+        bad = skipped.get("bad_files", [])
+        if bad and not options.skip_bad:
+            listing = "\n  ".join(bad[:50]) + ("\n  ..." if len(bad) > 50 else "")
+            raise DataError(f"prepare: {len(bad)} unreadable image file(s) (use --skip-bad to skip them):\n  {listing}")
+    except BaseException:
+        _clear_shards(out_dir)
+        raise
+    manifest = _manifest(plan, options, source, channels, [entry for entry, _ in results], skipped)
+    if manifest["count"] == 0:
+        _clear_shards(out_dir)
+        raise DataError(f"prepare: {source}: no images left to write")
+    fmt.write_manifest(out_dir, manifest)
+    return manifest
+
+
+def _auto_jobs(shards: int, items: int) -> int:
+    """Worker processes only when there is enough work to pay for starting them (a few seconds each)."""
+    return min(shards, os.cpu_count() or 1) if items >= PARALLEL_MIN_ITEMS else 1
+
+
+def _run_tasks(tasks: list[tuple], jobs: int, total: int, out_dir: str) -> list[tuple[dict, dict]]:
+    progress = tqdm(total=total, desc=f"prepare {os.path.basename(out_dir)}", unit="img")
+    try:
+        if jobs <= 1:
+            results = []
+            for task in tasks:
+                results.append(_write_one(task))
+                progress.update(_count(task[1]))
+            return results
+        # spawn, not fork: the parent may hold pyarrow/torch threads, which fork does not copy safely
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_write_one, task) for task in tasks]
+            for future, task in zip(futures, tasks):
+                future.result()
+                progress.update(_count(task[1]))
+            return [future.result() for future in futures]
+    finally:
+        progress.close()
+
+
+def _manifest(plan: Plan, options: PrepareOptions, source: str, channels: int, shards: list[dict],
+              skipped: dict) -> dict:
+    labels, shapes = _label_schema(plan)
+    return {
+        "format_version": fmt.FORMAT_VERSION,
+        "format": options.format,
+        "height": options.size,
+        "width": options.size,
+        "channels": channels,
+        "dtype": "uint8",
+        "labels": labels,
+        "label_shapes": shapes,
+        "count": sum(shard["count"] for shard in shards),
+        "shards": shards,
+        "source": {"kind": plan.kind, "path": source if source in KINDS else os.path.abspath(source)},
+        "options": {key: value for key, value in asdict(options).items() if key not in ("jobs",)},
+        "skipped": {"bad_files": skipped.get("bad_files", []), "count": len(skipped.get("bad_files", [])),
+                    **({"missing_glyphs": skipped["missing_glyphs"]} if "missing_glyphs" in skipped else {})},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **plan.info,
+    }
+
+
+def _label_schema(plan: Plan) -> tuple[dict, dict]:
+    """Label dtypes and shapes, from a one-item dry run of the loader (also valid when every shard is empty)."""
+    _, labels, _ = plan.loader(_slice(plan.items, 0, 1), **plan.kwargs)
+    return fmt.label_dtypes(labels), fmt.label_shapes(labels)
+
+
+# -- the command -----------------------------------------------------------------------------
+def prepare(source: str, out_dir: str, options: PrepareOptions) -> list[str]:
+    """Prepare SOURCE into OUT (for shapes: OUT/train and OUT/heldout); returns the dataset directories."""
+    _check_options(options)
+    kind = options.kind or infer_kind(source)
+    if kind not in KINDS:
+        raise DataError(f"--kind {kind!r}: must be one of {', '.join(KINDS)}")
+    if kind == "shapes":
+        written = []
+        for split, kinds in SHAPES_SPLITS.items():
+            grid = sources.crs_grid(kinds, options.limit)
+            plan = Plan(kind, load_shapes, grid, {"size": options.size}, {"shapes": kinds, "split": split})
+            written.append(_write(plan, os.path.join(out_dir, split), options, source))
+        return written
+    plan = plan_source(source, options, kind)
+    if options.limit:
+        plan.items = _slice(plan.items, 0, options.limit)
+    return [_write(plan, out_dir, options, source)]
+
+
+def _write(plan: Plan, out_dir: str, options: PrepareOptions, source: str) -> str:
+    manifest = write_dataset(plan, out_dir, options, source)
+    skipped = manifest["skipped"]
+    note = f", skipped {skipped['count']} unreadable" if skipped["count"] else ""
+    if "missing_glyphs" in skipped:
+        note += f", glyphs missing per font {skipped['missing_glyphs']}"
+    print(f"{out_dir}: {manifest['count']} images in {len(manifest['shards'])} {options.format} shards{note}")
+    return out_dir
+
+
+def _check_options(options: PrepareOptions) -> None:
+    if options.format not in fmt.FORMATS:
+        raise DataError(f"--format {options.format!r}: must be arrow or hdf5")
+    if not 1 <= options.size <= 4096:
+        raise DataError(f"--size {options.size}: must be a positive number of pixels")
+    if options.channels not in (0, 1, 3):
+        raise DataError(f"--channels {options.channels}: must be 1 or 3")
+    if options.jobs < 0 or options.limit < 0 or options.source_size < 0:
+        raise DataError("--jobs, --limit and --source-size must be >= 0")
+
+
+def verify(dataset_dir: str, out: Optional[Callable[[str], None]] = print) -> bool:
+    """`prepare --verify`: recompute every shard's checksum and check its schema; print a table."""
+    from began_dist.data.reader import verify_shards
+
+    rows = verify_shards(dataset_dir)
+    width = max([len(row["file"]) for row in rows] + [5])
+    out(f"{'shard':<{width}}  {'images':>8}  {'bytes':>12}  {'sha256':<16}  status")
+    for row in rows:
+        out(f"{row['file']:<{width}}  {row['count']:>8}  {row['bytes']:>12}  {row['sha256'][:16]:<16}  {row['status']}")
+    bad = [row for row in rows if row["status"] != "ok"]
+    out(f"{dataset_dir}: {len(rows) - len(bad)} of {len(rows)} shards ok")
+    return not bad

@@ -1,0 +1,23 @@
+"""Every built-in metric, registered by importing its module; `compute` runs one by name."""
+
+from __future__ import annotations
+
+from began_dist.config import ConfigError
+from began_dist.eval import kid, msssim, ndb, recon, swd  # noqa: F401  (each registers itself)
+from began_dist.eval.registry import REGISTRY, MetricContext, compute
+
+DEFAULT_METRICS = ("swd", "msssim", "ndb", "recon")  # kid needs its feature net trained first (eval/kid.py)
+
+__all__ = ["DEFAULT_METRICS", "REGISTRY", "MetricContext", "compute", "parse_metrics"]
+
+
+def parse_metrics(text: str) -> list[str]:
+    """'swd,msssim' -> ['swd', 'msssim']; an unknown name is a ConfigError naming what is available."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in REGISTRY]
+    if unknown or not names:
+        raise ConfigError(
+            f"metrics {text!r}: unknown {', '.join(unknown) or '(none given)'}; "
+            f"available: {', '.join(sorted(REGISTRY))}"
+        )
+    return names

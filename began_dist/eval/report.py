@@ -1,0 +1,386 @@
+"""`began-dist report RUN_DIR [RUN_DIR ...]`: a self-contained HTML page about one run, or several side by side.
+
+Reads what a run directory says about itself (config.yaml, stats.jsonl,
+metric-<name>.jsonl, samples/step-XXXXXXXX.png, checkpoints/) and writes one
+HTML file with every image embedded: a summary table; curves of L(x), L(G(z)),
+k_t, M and lr; every metric over steps with its real-data reference; the fixed-z
+grid at several steps and an animated GIF of its progression; held-out images
+and their reconstructions; the config (for several runs, the keys that differ).
+Several runs share each plot, one colour per run.
+"""
+
+from __future__ import annotations
+
+import base64
+import glob
+import html
+import io
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from began_dist.data import load_examples  # noqa: E402
+from began_dist.eval.recon import heldout_images  # noqa: E402
+from began_dist.eval.sample import load_run  # noqa: E402
+from began_dist.images import grid_image  # noqa: E402
+from began_dist.train import state as ckpt  # noqa: E402
+
+CURVES = (  # (panel title, [(stats.jsonl key, label)], log-scale y)
+    ("Reconstruction losses", [("L_x", "L(x)"), ("L_Gz", "L(G(z))")], False),
+    ("Convergence measure M", [("M", "M")], False),
+    ("Equilibrium term k_t", [("k_t", "k_t")], False),
+    ("Learning rate", [("lr_G", "lr")], True),
+)
+METRICS = {  # metric -> (panel title, headline key, reference key, what the reference is)
+    "swd": ("SWD x1e3 (lower is better)", "swd", "swd_floor", "real vs real floor"),
+    "msssim": ("MS-SSIM of pairs (lower = more diverse)", "msssim", "msssim_real", "real pairs"),
+    "ndb": ("NDB / K: share of different bins (lower is better)", "ndb", "ndb_real", "second real sample"),
+    "recon": ("L1 reconstruction of held-out images", "recon", "recon_train", "training images"),
+    "kid": ("KID on GlyphNet features (lower is better)", "kid", "kid_real", "real vs real"),
+}
+PROGRESSION_STEPS = 6  # fixed-z grids shown as stills
+GIF_FRAMES = 40
+RECON_IMAGES = 16
+COLOURS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+_STEP_PNG = re.compile(r"step-(\d+)\.png$")
+
+
+@dataclass
+class Run:
+    path: str
+    name: str
+    config: dict
+    config_text: str
+    stats: list[dict]
+    metrics: dict[str, list[dict]] = field(default_factory=dict)
+    samples: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _jsonl(path: str) -> list[dict]:
+    rows = []
+    with open(path) as handle:
+        for line in handle:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue  # a torn last line
+    return rows
+
+
+def _by_step(rows: list[dict]) -> list[dict]:
+    """One row per step (the last written wins), in step order."""
+    return sorted({row["step"]: row for row in rows if "step" in row}.values(), key=lambda row: row["step"])
+
+
+def load(run_dir: str) -> Run:
+    config_path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{run_dir}: no config.yaml; is it a run directory?")
+    with open(config_path) as handle:
+        text = handle.read()
+    stats_path = os.path.join(run_dir, "stats.jsonl")
+    run = Run(
+        path=run_dir,
+        name=os.path.basename(os.path.normpath(run_dir)),
+        config=OmegaConf.to_container(OmegaConf.create(text)),
+        config_text=text,
+        stats=_by_step(_jsonl(stats_path)) if os.path.isfile(stats_path) else [],
+    )
+    for path in sorted(glob.glob(os.path.join(run_dir, "metric-*.jsonl"))):
+        name = os.path.basename(path)[len("metric-") : -len(".jsonl")]
+        run.metrics[name] = _by_step(_jsonl(path))
+    for path in glob.glob(os.path.join(run_dir, "samples", "step-*.png")):
+        match = _STEP_PNG.search(path)
+        if match:
+            run.samples.append((int(match.group(1)), path))
+    run.samples.sort()
+    return run
+
+
+# -- embedded pictures ----------------------------------------------------------------------
+def _data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _shown_width(image: Image.Image) -> int:
+    """An integer multiple of the grid's width near 300 px, so pixels stay square and sharp."""
+    return image.width * max(1, round(300 / image.width))
+
+
+def _grid_figure(path: str, caption: str) -> str:
+    image = Image.open(path)
+    return _img(_png(image), caption, width_px=_shown_width(image))
+
+
+def _png(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return _data_uri(buffer.getvalue(), "image/png")
+
+
+def _figure(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return _data_uri(buffer.getvalue(), "image/png")
+
+
+def _gif(paths: list[str]) -> Optional[str]:
+    if len(paths) < 2:
+        return None
+    picked = [paths[round(i * (len(paths) - 1) / (GIF_FRAMES - 1))] for i in range(GIF_FRAMES)]
+    frames = [Image.open(path).convert("L") for path in dict.fromkeys(picked)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=350, loop=0)
+    return _data_uri(buffer.getvalue(), "image/gif")
+
+
+def _img(uri: str, caption: str, css: str = "pixel", width_px: int = 0) -> str:
+    size = f' style="width: {width_px}px"' if width_px else ""
+    image = f'<img class="{css}" src="{uri}" alt="{html.escape(caption)}"{size}>'
+    return f"<figure>{image}<figcaption>{caption}</figcaption></figure>"
+
+
+# -- plots ----------------------------------------------------------------------------------
+def _panel(title: str, runs: list[Run], series, log_y: bool = False) -> Optional[str]:
+    """One plot; `series(run)` yields (steps, values, label, line style) for a run. None when nothing to plot."""
+    figure, axes = plt.subplots(figsize=(4.6, 3.0))
+    plotted = False
+    for i, run in enumerate(runs):
+        colour = COLOURS[i % len(COLOURS)] if len(runs) > 1 else None  # one colour per run
+        for steps, values, label, style in series(run):
+            if not steps:
+                continue
+            name = f"{run.name}: {label}" if len(runs) > 1 else label
+            marker = "o" if len(steps) < 12 else None
+            axes.plot(steps, values, style, color=colour, marker=marker, markersize=3, linewidth=1.3, label=name)
+            plotted = True
+    if not plotted:
+        plt.close(figure)
+        return None
+    axes.set_title(title, fontsize=10)
+    axes.set_xlabel("step", fontsize=9)
+    axes.tick_params(labelsize=8)
+    axes.grid(alpha=0.3)
+    if log_y:
+        axes.set_yscale("log")
+    else:
+        axes.ticklabel_format(axis="y", useOffset=False)
+    axes.legend(fontsize=7, frameon=False)
+    return _figure(figure)
+
+
+def _curve(key: str, label: str, style: str):
+    def series(run: Run):
+        rows = [row for row in run.stats if key in row]
+        yield [row["step"] for row in rows], [row[key] for row in rows], label, style
+
+    return series
+
+
+def _metric_series(name: str):
+    _, headline, reference, reference_label = METRICS.get(name, (name, name, "", ""))
+
+    def series(run: Run):
+        rows = run.metrics.get(name, [])
+        for key, label, style in ((headline, name, "-"), (reference, reference_label, "--")):
+            kept = [row for row in rows if key in row]
+            yield [row["step"] for row in kept], [row[key] for row in kept], label, style
+
+    return series
+
+
+def _plots(runs: list[Run]) -> tuple[list[str], list[str]]:
+    curves = []
+    for title, keys, log_y in CURVES:
+
+        def series(run: Run, keys=keys):
+            for (key, label), style in zip(keys, ("-", ":")):
+                yield from _curve(key, label, style)(run)
+
+        curves.append(_panel(title, runs, series, log_y))
+    names = _metric_names(runs)
+    metrics = [_panel(METRICS.get(name, (name,))[0], runs, _metric_series(name)) for name in names]
+    return [c for c in curves if c], [m for m in metrics if m]
+
+
+def _metric_names(runs: list[Run]) -> list[str]:
+    """Metrics any run has: the built-in ones in their order, then others by name."""
+    order = list(METRICS)
+    found = {name for run in runs for name in run.metrics}
+    return sorted(found, key=lambda name: (order.index(name) if name in order else len(order), name))
+
+
+# -- sections -------------------------------------------------------------------------------
+def _last(rows: list[dict], key: str) -> str:
+    for row in reversed(rows):
+        if key in row:
+            return f"{row[key]:.4g}"
+    return "&ndash;"
+
+
+def _summary(runs: list[Run]) -> str:
+    head = ["run", "family", "size", "gamma", "steps", "M", "k_t", "images/s", "train time"]
+    metric_names = _metric_names(runs)
+    head += [f"{name} ({METRICS[name][3]})" if name in METRICS else name for name in metric_names]
+    rows = []
+    for run in runs:
+        model, train = run.config.get("model", {}), run.config.get("train", {})
+        last = run.stats[-1] if run.stats else {}
+        cells = [
+            html.escape(run.name),
+            model.get("family", "?"),
+            f"{model.get('image_size', '?')} px",
+            str(train.get("gamma", "?")),
+            f"{last.get('step', 0)} / {train.get('steps', '?')}",
+            _last(run.stats, "M"),
+            _last(run.stats, "k_t"),
+            _last(run.stats, "images_per_s"),
+            f"{last.get('time_s', 0) / 60:.1f} min",
+        ]
+        for name in metric_names:
+            rows_of = run.metrics.get(name, [])
+            _, headline, reference, _ = METRICS.get(name, (name, name, "", ""))
+            cells.append(
+                f"{_last(rows_of, headline)} ({_last(rows_of, reference)})" if reference else _last(rows_of, headline)
+            )
+        rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    header = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+    return f"<table class='summary'>{header}{''.join(rows)}</table>"
+
+
+def _progression(run: Run) -> str:
+    if not run.samples:
+        return "<p class='note'>No sample grids yet (samples/step-XXXXXXXX.png, written every train.sample_every).</p>"
+    count = len(run.samples)
+    shown = min(PROGRESSION_STEPS, count)
+    picks = sorted({round(i * (count - 1) / max(1, shown - 1)) for i in range(shown)})
+    stills = [_grid_figure(run.samples[i][1], f"step {run.samples[i][0]}") for i in picks]
+    gif = _gif([path for _, path in run.samples])
+    if gif:
+        width = _shown_width(Image.open(run.samples[-1][1]))
+        stills.append(_img(gif, f"animation, {count} grids", width_px=width))
+    return "<div class='row'>" + "".join(stills) + "</div>"
+
+
+def _reconstructions(run: Run) -> str:
+    if not ckpt.list_checkpoints(run.path):
+        return "<p class='note'>No checkpoint to reconstruct with.</p>"
+    cfg, family, step = load_run(run.path)
+    images = heldout_images(cfg, RECON_IMAGES)
+    which = "held-out"
+    if images is None:
+        images, which = load_examples(cfg, RECON_IMAGES), "training"
+    x = images.float() / 127.5 - 1
+    reconstruct = getattr(family, "reconstruct", None) or family.D
+    with torch.no_grad():
+        pairs = torch.cat([x, reconstruct(x.to(family.device)).cpu()])
+    picture = grid_image(pairs, columns=RECON_IMAGES, scale=3 if cfg.model.image_size <= 32 else 2)
+    return _img(_png(picture), f"step {step}: {which} images (top) and their reconstructions D(x) (bottom)")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _config(runs: list[Run]) -> str:
+    if len(runs) == 1:
+        return f"<pre>{html.escape(runs[0].config_text)}</pre>"
+    flat = [_flatten(run.config) for run in runs]
+    keys = sorted({k for f in flat for k in f if k != "run.dir" and len({repr(g.get(k)) for g in flat}) > 1})
+    head = "<tr><th>key</th>" + "".join(f"<th>{html.escape(run.name)}</th>" for run in runs) + "</tr>"
+    body = "".join(
+        f"<tr><td>{k}</td>" + "".join(f"<td>{html.escape(str(f.get(k, '')))}</td>" for f in flat) + "</tr>"
+        for k in keys
+    )
+    full = "".join(
+        f"<details><summary>{html.escape(run.name)}: config.yaml</summary>"
+        f"<pre>{html.escape(run.config_text)}</pre></details>"
+        for run in runs
+    )
+    return f"<h3>Keys that differ</h3><table class='summary'>{head}{body}</table>{full}"
+
+
+STYLE = """
+body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 24px auto; max-width: 1500px;
+       padding: 0 16px; color: #222; background: #fafafa; }
+h1 { font-size: 22px; margin-bottom: 2px; } h2 { font-size: 17px; margin-top: 30px; border-bottom: 1px solid #ddd; }
+h3 { font-size: 14px; } .meta, .note { color: #666; font-size: 13px; }
+table.summary { border-collapse: collapse; font-size: 13px; background: #fff; }
+table.summary td, table.summary th { border: 1px solid #ddd; padding: 4px 8px; text-align: left; }
+table.summary td { white-space: nowrap; }
+table.summary th { background: #f0f0f0; font-weight: 600; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); gap: 10px; }
+.grid img { width: 100%; background: #fff; border: 1px solid #e4e4e4; }
+.row { display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }
+figure { margin: 0; } figcaption { font-size: 12px; color: #555; text-align: center; margin-top: 3px; }
+img.pixel { image-rendering: pixelated; border: 1px solid #ccc; }
+img.recon { image-rendering: pixelated; max-width: 100%; border: 1px solid #ccc; }
+pre { background: #fff; border: 1px solid #ddd; padding: 10px; font-size: 12px; overflow-x: auto; }
+details { margin: 6px 0; }
+"""
+
+
+def render(runs: list[Run]) -> str:
+    curves, metrics = _plots(runs)
+    title = "BEGAN run report: " + ", ".join(run.name for run in runs)
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+        f"<p class='meta'>{'<br>'.join(html.escape(os.path.abspath(run.path)) for run in runs)}<br>"
+        f"written {time.strftime('%Y-%m-%d %H:%M:%S')}</p>",
+        "<h2>Summary</h2>",
+        _summary(runs),
+        "<p class='note'>Metric cells: latest value (reference in brackets). M = L(x) + |gamma L(x) - L(G(z))| "
+        "tracks convergence within one configuration; SWD compares across gamma and model size.</p>",
+        "<h2>Training curves</h2><div class='grid'>" + "".join(f"<img src='{c}'>" for c in curves) + "</div>",
+        "<h2>Sample-quality metrics</h2>",
+    ]
+    if metrics:
+        parts.append("<div class='grid'>" + "".join(f"<img src='{m}'>" for m in metrics) + "</div>")
+    else:
+        parts.append(
+            "<p class='note'>No metric-*.jsonl yet: run <code>began-dist eval RUN_DIR</code> "
+            "or train with <code>train.eval_every</code>.</p>"
+        )
+    if len(runs) > 1:
+        latest = [
+            _grid_figure(run.samples[-1][1], f"{html.escape(run.name)}, step {run.samples[-1][0]}")
+            for run in runs
+            if run.samples
+        ]
+        parts.append("<h2>Latest fixed-z samples, side by side</h2><div class='row'>" + "".join(latest) + "</div>")
+    for run in runs:
+        label = f" &middot; {html.escape(run.name)}" if len(runs) > 1 else ""
+        parts.append(f"<h2>Fixed-z samples over training{label}</h2>{_progression(run)}")
+        parts.append(f"<h2>Reconstructions{label}</h2>{_reconstructions(run).replace('pixel', 'recon')}")
+    parts.append(f"<h2>Config</h2>{_config(runs)}</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(run_dirs: list[str], out: Optional[str] = None) -> str:
+    """Write the report of one or several runs; returns its path (default: the first run's report.html)."""
+    runs = [load(run_dir) for run_dir in run_dirs]
+    out = out or os.path.join(run_dirs[0], "report.html")
+    tmp = f"{out}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(render(runs))
+    os.replace(tmp, out)
+    return out

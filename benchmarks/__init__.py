@@ -1,0 +1,1 @@
+"""Speed benchmarks (`make bench`) and the plain reference step they measure against."""

@@ -1,0 +1,228 @@
+"""How fast each data path delivers training-ready batches, next to what a training step consumes.
+
+    .venv/bin/python benchmarks/data_speed.py                  # 64 px, 2048 images, ~1 min
+    .venv/bin/python benchmarks/data_speed.py --size 128 --images 4096 --workers 4
+
+Every row times the same thing: the sampler's next global batch of random indices
+-> uint8 images -> float32 in [-1, 1] (`to_model_range`), on the CPU. Rows:
+- an in-RAM numpy array (the ceiling: the reader's gather and convert without files), and
+  the torch tensor the built-in sources use;
+- Arrow and HDF5 shards (`began-dist prepare` output) in this process, and through a
+  DataLoader with worker processes;
+- an image folder decoded on the fly: PNG and JPEG stored at the target size (decode
+  cost only, the most favourable case for a folder), and CelebA-sized 178x218 JPEGs
+  cropped and resized as `prepare` does (what training from img_align_celeba costs);
+- the BEGAN training step at the same size (this repo's step, default model sizes),
+  i.e. the images/s a reader must at least deliver.
+All baselines are measured in the same run, on the same (possibly shared) CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from began_dist.config import load_config  # noqa: E402
+from began_dist.data import prepare as prep  # noqa: E402
+from began_dist.data import sources  # noqa: E402
+from began_dist.data.dataset import InMemoryDataset, to_model_range  # noqa: E402
+from began_dist.data.reader import ShardedDataset  # noqa: E402
+from began_dist.data.sampler import GlobalBatchSampler, LatentSource  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+def synthetic_images(count: int, size: int, seed: int = 0) -> np.ndarray:
+    """Smooth colour blobs plus a little noise: compress like photos, unlike pure noise."""
+    rng = np.random.default_rng(seed)
+    images = np.empty((count, size, size, 3), np.uint8)
+    for i in range(count):
+        coarse = Image.fromarray(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)).resize((size, size), Image.BICUBIC)
+        images[i] = np.clip(np.asarray(coarse, np.int16) + rng.integers(-8, 8, (size, size, 3)), 0, 255)
+    return images
+
+
+def write_folder(images: np.ndarray, root: str, suffix: str) -> list[str]:
+    os.makedirs(root, exist_ok=True)
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(os.path.join(root, f"{i:06d}{suffix}"))
+        Image.fromarray(image).save(paths[-1], quality=90) if suffix == ".jpg" else Image.fromarray(image).save(
+            paths[-1]
+        )
+    return paths
+
+
+class FolderDataset:
+    """Decodes (and crops, resizes) each image file when asked, as a torchvision ImageFolder would."""
+
+    def __init__(self, paths: list[str], size: int, crop: str = "center"):
+        self.paths, self.size, self.crop = paths, size, crop
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def batch(self, indices: torch.Tensor) -> torch.Tensor:
+        images = np.stack([sources.load_image(self.paths[i], self.size, 3, self.crop) for i in indices.tolist()])
+        return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+class NumpyDataset:
+    """The ceiling: all images in one in-RAM numpy array (N, H, W, C); the shard reader's exact
+    output path (a gather, then channels first) without any file or block lookup."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, indices: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.images[indices.numpy()]).permute(0, 3, 1, 2).contiguous()
+
+
+class EndlessBatches:
+    """The sampler's global batches, forever (a DataLoader batch_sampler)."""
+
+    def __init__(self, count: int, batch: int):
+        self.sampler = GlobalBatchSampler(count, batch, seed=1)
+
+    def __iter__(self):
+        while True:
+            yield self.sampler.next_indices().tolist()
+
+
+def in_process(dataset, batch: int):
+    """A reader: one random global batch -> float32 [-1, 1]; returns the number of images read."""
+    batches = iter(EndlessBatches(len(dataset), batch))
+    return lambda: len(to_model_range(dataset.batch(torch.tensor(next(batches))), CPU))
+
+
+def through_dataloader(dataset, batch: int, workers: int):
+    """The same through a DataLoader with worker processes (batched fetch via __getitems__)."""
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=EndlessBatches(len(dataset), batch),
+                                         num_workers=workers, collate_fn=lambda x: x, prefetch_factor=4)
+    batches = iter(loader)
+    return lambda: len(to_model_range(next(batches), CPU))
+
+
+def measure(readers: dict, seconds: float, rounds: int = 3) -> dict[str, tuple[float, float]]:
+    """(images per wall second, images per CPU second of this process) per reader.
+
+    Each is the best of `rounds` windows taken round-robin over the readers, so load from other
+    jobs on a shared CPU falls on every row alike. The CPU-second figure is what one process on a
+    core of its own delivers (for DataLoader rows the work is in the workers, so only wall time counts).
+    """
+    best = {name: (0.0, 0.0) for name in readers}
+    for read in readers.values():
+        read()  # open files, start workers, warm caches
+    for _ in range(rounds):
+        for name, read in readers.items():
+            done, wall, cpu = 0, time.perf_counter(), time.process_time()
+            while time.perf_counter() - wall < seconds / rounds:
+                done += read()
+            wall, cpu = time.perf_counter() - wall, max(time.process_time() - cpu, 1e-9)
+            best[name] = (max(best[name][0], done / wall), max(best[name][1], done / cpu))
+    return best
+
+
+def step_rate(size: int, batch: int, steps: int) -> float:
+    """Images/s one BEGAN training step consumes at this size (default model, this CPU)."""
+    from began_dist.objectives import get_family
+
+    cfg = load_config(None, [f"model.image_size={size}", "model.channels=3", f"train.batch_size={batch}",
+                             "train.device=cpu"])
+    family = get_family(cfg.model.family)(cfg, CPU)
+    latents = LatentSource(0, family.latent_size, batch)
+    real = torch.rand(batch, 3, size, size) * 2 - 1
+    family.train_step(real, latents.next(family.latents_per_step, CPU))  # warm-up
+    started = time.perf_counter()
+    for _ in range(steps):
+        family.train_step(real, latents.next(family.latents_per_step, CPU))
+    return steps * batch / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=64, help="image side, pixels")
+    parser.add_argument("--images", type=int, default=2048, help="images in the prepared datasets")
+    parser.add_argument("--folder-images", type=int, default=512, help="images in the PNG / JPEG folders")
+    parser.add_argument("--batch", type=int, default=64, help="global batch per read")
+    parser.add_argument("--seconds", type=float, default=3.0, help="timing per row (in 3 round-robin windows)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    parser.add_argument("--step-batch", type=int, default=16, help="batch of the training step row")
+    parser.add_argument("--steps", type=int, default=2, help="timed training steps")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # one process = one core for the reader rows
+
+    with tempfile.TemporaryDirectory() as tmp:
+        images = synthetic_images(args.images, args.size)
+        png = write_folder(images[: args.folder_images], os.path.join(tmp, "png"), ".png")
+        jpg = write_folder(images[: args.folder_images], os.path.join(tmp, "jpg"), ".jpg")
+        celeba = write_folder(synthetic_images(args.folder_images, 218)[:, :, 20:198], os.path.join(tmp, "celeba"),
+                              ".jpg")  # 178x218 like img_align_celeba
+        source = os.path.join(tmp, "source")
+        write_folder(images, source, ".png")
+        shards = {}
+        for fmt in ("arrow", "hdf5"):
+            shards[fmt] = os.path.join(tmp, fmt)
+            prep.prepare(source, shards[fmt], prep.PrepareOptions(format=fmt, size=args.size, shards=4, jobs=1))
+
+        ram = InMemoryDataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+        readers = {
+            "in-RAM numpy array (ceiling)": in_process(NumpyDataset(images), args.batch),
+            "in-RAM torch tensor (built-in sources)": in_process(ram, args.batch),
+        }
+        for fmt in ("arrow", "hdf5"):
+            readers[f"{fmt} shards, 1 process"] = in_process(ShardedDataset(shards[fmt]), args.batch)
+            readers[f"{fmt} shards, DataLoader x{args.workers} workers"] = through_dataloader(
+                ShardedDataset(shards[fmt]), args.batch, args.workers
+            )
+        readers["PNG folder, decoded per batch"] = in_process(FolderDataset(png, args.size), args.batch)
+        readers["JPEG folder, decoded per batch"] = in_process(FolderDataset(jpg, args.size), args.batch)
+        readers["CelebA-like JPEG 178x218 + crop/resize"] = in_process(
+            FolderDataset(celeba, args.size, "carpedm20"), args.batch
+        )
+        rows = list(measure(readers, args.seconds).items())
+        del readers  # stops the DataLoader workers
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    step = step_rate(args.size, args.step_batch, args.steps)
+    print_table(rows, step, args)
+
+
+def print_table(rows: list[tuple[str, tuple[float, float]]], step: float, args) -> None:
+    rates = dict(rows)
+    ceiling, folder = rates["in-RAM numpy array (ceiling)"][1], rates["PNG folder, decoded per batch"][1]
+    print(f"\ndata_speed: {args.size} px RGB, batch {args.batch}, {args.images} images, float32 [-1, 1] on CPU, "
+          f"1 torch thread; load {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(f"| {'source':<40} | {'img/s wall':>10} | {'img/CPU-s':>10} | {'vs in-RAM':>9} | {'vs PNG folder':>13} |")
+    print(f"|{'-' * 42}|{'-' * 12}|{'-' * 12}|{'-' * 11}|{'-' * 15}|")
+    for name, (wall, cpu) in rows:
+        if "DataLoader" in name:  # its work is in the worker processes: only the wall figure means anything
+            print(f"| {name:<40} | {wall:>10,.0f} | {'-':>10} | {'-':>9} | {'-':>13} |")
+        else:
+            print(f"| {name:<40} | {wall:>10,.0f} | {cpu:>10,.0f} | {cpu / ceiling:>8.0%} | {cpu / folder:>12.1f}x |")
+    name = f"BEGAN train step ({args.size} px, batch {args.step_batch})"
+    print(f"| {name:<40} | {step:>10,.1f} | {'-':>10} | {'-':>9} | {'-':>13} |")
+    arrow, celeba = rates["arrow shards, 1 process"][1], rates["CelebA-like JPEG 178x218 + crop/resize"][1]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    print(f"goals (arrow, 1 process, per CPU-second): >= 5,000 img/s: {verdict(arrow >= 5000)} ({arrow:,.0f}); "
+          f">= 20x image folder: CelebA-like {verdict(arrow >= 20 * celeba)} ({arrow / celeba:.0f}x), "
+          f"64 px PNG decode-only {verdict(arrow >= 20 * folder)} ({arrow / folder:.1f}x); "
+          f">= 50% of in-RAM: {verdict(arrow >= 0.5 * ceiling)} ({arrow / ceiling:.0%})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""`began-dist eval` and `train.eval_every`: metric files, TensorBoard tags, refusals, resume."""
+
+import json
+import os
+
+import pytest
+import torch
+from conftest import TINY
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from began_dist.cli import main
+from began_dist.data import build_dataset
+from began_dist.eval.metrics import MetricContext, compute
+from began_dist.eval.sample import load_run
+from began_dist.objectives import get_family
+
+EVAL = ["train.eval_every=4", "train.eval_n=32", "train.steps=8"]
+
+
+def metric_lines(run_dir, name):
+    with open(os.path.join(run_dir, f"metric-{name}.jsonl")) as handle:
+        return [json.loads(line) for line in handle]
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("eval") / "run")
+    assert main(["train", *TINY, *EVAL, f"run.dir={run_dir}"]) == 0
+    return run_dir
+
+
+def test_eval_every_writes_metric_files_and_tensorboard(evaluated_run):
+    for name in ("swd", "msssim", "ndb", "recon"):
+        lines = metric_lines(evaluated_run, name)
+        assert [line["step"] for line in lines] == [4, 8]
+        assert all(line["metric"] == name and line["n"] == 32 and line[name] >= 0 for line in lines)
+    assert {"swd_16", "swd_floor"} <= set(metric_lines(evaluated_run, "swd")[0])
+    events = EventAccumulator(os.path.join(evaluated_run, "tb")).Reload()
+    tags = events.Tags()["scalars"]
+    assert {"metrics/swd", "metrics/swd_floor", "metrics/msssim", "metrics/ndb", "metrics/recon"} <= set(tags)
+    assert [event.step for event in events.Scalars("metrics/swd")] == [4, 8]
+
+
+def test_eval_command_appends_for_every_checkpoint(evaluated_run, capsys):
+    assert main(["eval", evaluated_run, "--metrics", "swd,recon", "--checkpoint", "all", "--n", "16"]) == 0
+    printed = capsys.readouterr().out
+    assert "step 4: swd" in printed and "step 8: swd" in printed and "floor" in printed
+    lines = metric_lines(evaluated_run, "swd")
+    assert [(line["step"], line["n"]) for line in lines[-2:]] == [(4, 16), (8, 16)]
+    assert len(metric_lines(evaluated_run, "msssim")) == 2  # only the metrics asked for
+
+
+def test_eval_is_reproducible(evaluated_run):
+    assert main(["eval", evaluated_run, "--metrics", "swd,ndb", "--checkpoint", "8", "--n", "32"]) == 0
+    for name in ("swd", "ndb"):
+        during_training, again = metric_lines(evaluated_run, name)[1], metric_lines(evaluated_run, name)[-1]
+        assert again["step"] == during_training["step"] == 8
+        assert again[name] == pytest.approx(during_training[name], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--metrics", "swd,fid"], "unknown fid"),
+        (["--checkpoint", "5"], "no checkpoint at step 5"),
+        (["--checkpoint", "last"], "give a step"),
+        (["--n", "1"], "at least 2"),
+    ],
+)
+def test_eval_refuses_bad_input(evaluated_run, capsys, args, message):
+    assert main(["eval", evaluated_run, *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_eval_needs_checkpoints_and_known_metrics_in_config(tmp_path, capsys):
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "no checkpoints" in capsys.readouterr().err
+    code = main(["train", *TINY, "train.eval_every=4", "train.eval_metrics=swd,fid", f"run.dir={tmp_path / 'r'}"])
+    assert code == 2 and "train.eval_metrics" in capsys.readouterr().err
+
+
+def test_resume_drops_metric_lines_after_the_checkpoint(train_cli):
+    code, run_dir = train_cli(*EVAL, "train.eval_metrics=recon")
+    with open(os.path.join(run_dir, "metric-recon.jsonl"), "a") as handle:
+        handle.write(json.dumps({"metric": "recon", "step": 10, "recon": 1.0}) + "\n")  # from a lost process
+    code, _ = train_cli("train.steps=12", run_dir=run_dir, resume=True)
+    assert code == 0
+    assert [line["step"] for line in metric_lines(run_dir, "recon")] == [4, 8, 12]
+
+
+def test_short_training_improves_heldout_reconstruction_over_initial_weights(tmp_path):
+    run_dir = str(tmp_path / "run")
+    assert main(["train", *TINY, "train.steps=30", "train.lr=5e-4", f"run.dir={run_dir}"]) == 0
+    cfg, trained, step = load_run(run_dir)
+    torch.manual_seed(cfg.train.seed)  # as the Trainer: the run's initial weights
+    initial = get_family(cfg.model.family)(cfg, torch.device("cpu"))
+    dataset, cache = build_dataset(cfg), {}
+    before = compute("recon", MetricContext(cfg, initial, dataset, 0, 32, cache=cache))
+    after = compute("recon", MetricContext(cfg, trained, dataset, step, 32, cache=cache))
+    assert after["recon"] < 0.8 * before["recon"], (before, after)
+
+
+def test_real_side_work_is_shared_across_checkpoints(evaluated_run):
+    cfg, family, step = load_run(evaluated_run)
+    dataset, cache = build_dataset(cfg), {}
+    compute("swd", MetricContext(cfg, family, dataset, step, 16, cache=cache))
+    shared = {key: value for key, value in cache.items() if key[0] != "fake"}
+    assert ("swd_real", 16, 0) in shared
+    compute("swd", MetricContext(cfg, family, dataset, step - 4, 16, cache=cache))
+    assert all(cache[key] is value for key, value in shared.items())  # reused, not recomputed
+    assert sum(key[0] == "fake" for key in cache) == 1
