@@ -33,7 +33,7 @@ from began_dist.data.sampler import GlobalBatchSampler, LatentSource  # noqa: E4
 from began_dist.eval.metrics import MetricContext, compute  # noqa: E402
 from began_dist.objectives import get_family  # noqa: E402
 from began_dist.objectives.equilibrium import convergence  # noqa: E402
-from began_dist.train.loop import Trainer  # noqa: E402
+from began_dist.train.loop import LOGGED_LOSSES, Trainer  # noqa: E402
 from benchmarks.reference_step import reference_step  # noqa: E402
 
 SLICE_S = 5.0  # wall seconds per turn of each trainer
@@ -59,7 +59,10 @@ def ours(config: dict) -> tuple[Timed, object]:
     """The training loop's step, and the dataset it built (shared with the reference and the metrics)."""
     trainer = Trainer(config, device=torch.device("cpu"))
     trainer.lr_control.apply(*trainer.family.optimizers)
-    return Timed("ours (Trainer step)", trainer.family, trainer._one_step), trainer.dataset
+    def step() -> dict:
+        return dict(zip(LOGGED_LOSSES, trainer._one_step()))
+
+    return Timed("ours (Trainer step)", trainer.family, step), trainer.dataset
 
 
 def reference(cfg, dataset) -> Timed:

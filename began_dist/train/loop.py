@@ -60,8 +60,8 @@ class NonFiniteGuard:
         self.first_step = torch.full((), -1, dtype=torch.long, device=device)
         self.values = torch.zeros(len(keys), device=device)
 
-    def observe(self, step: int, stats: dict[str, torch.Tensor]) -> None:
-        values = torch.stack([stats[k].float() for k in self.keys])
+    def observe(self, step: int, values: torch.Tensor) -> None:
+        """`values`: this step's losses in the order of `keys`, one device vector."""
         new = ~torch.isfinite(values).all() & (self.first_step < 0)
         self.first_step = torch.where(new, step, self.first_step)
         self.values = torch.where(new, values, self.values)
@@ -169,8 +169,7 @@ class Trainer:
         try:
             with stop_requests() as stop:
                 while self.step < t.steps:
-                    stats = self._one_step()
-                    totals += torch.stack([stats[k] for k in LOGGED_LOSSES])
+                    totals += self._one_step()
                     interval_steps += 1
                     log.advance()
                     done = self.step
@@ -225,18 +224,20 @@ class Trainer:
         )
         log.info(f"step {self.step}: {summary(results)}")
 
-    def _one_step(self) -> dict[str, torch.Tensor]:
+    def _one_step(self) -> torch.Tensor:
+        """One training step; returns its LOGGED_LOSSES as one device vector (no host sync)."""
         started = time.perf_counter()
         self.family.set_step(self.step)
         real = to_model_range(self.dataset.batch(self.sampler.next_indices()), self.device)
         z = self.latents.next(self.family.latents_per_step, self.device)
         stats = self.family.train_step(real, z)
         self.step += 1
-        self.guard.observe(self.step, stats)
+        losses = torch.stack([stats[k].float() for k in LOGGED_LOSSES])  # built once: guard and log totals
+        self.guard.observe(self.step, losses)
         if self.lr_control.observe(self.step, stats["M"]):
             self.lr_control.apply(*self.family.optimizers)
         self.elapsed_s += time.perf_counter() - started
-        return stats
+        return losses
 
     def _record(self, means: torch.Tensor, steps: int, seconds: float) -> dict:
         self.guard.check()
