@@ -13,6 +13,9 @@ Ray Train on this machine (a local Ray cluster on 127.0.0.1) or on a cluster:
     began-dist train --config C.yaml --workers 2 run.dir=runs/ddp
     began-dist train --config C.yaml --workers 8 --gpus-per-worker 1 --address auto run.dir=/shared/runs/x
     began-dist train --resume /shared/runs/x --workers 4
+Ray Tune sweeps (tune/*.yaml; docs/tune.md):
+    began-dist tune tune/gamma.yaml run.dir=runs/gamma [tune.num_samples=2] [train.steps=4000]
+    began-dist tune tune/gamma.yaml run.dir=runs/gamma --resume
 
 Exit codes: 0 done; 2 refused input (before any work); 3 stopped on a non-finite
 loss (last good checkpoint kept); 130 interrupted (checkpoint saved).
@@ -81,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--metrics", help="comma-separated metric names (default: swd,msssim,ndb,recon)")
     evaluate.add_argument("--checkpoint", default="latest", help="STEP, 'latest' or 'all'")
     evaluate.add_argument("--n", type=int, default=2048, help="images per set (real and generated)")
+
+    tune = commands.add_parser("tune", help="a Ray Tune sweep of training runs (tune/*.yaml)")
+    tune.add_argument("spec", metavar="SPEC", help="sweep spec YAML (base, space, scheduler, metric, ...)")
+    tune.add_argument("overrides", nargs="*", help="tune.<key>=value for the spec, dotted key=value for the base")
+    tune.add_argument("--address", help="alias of run.address (an existing Ray cluster)")
+    tune.add_argument("--resume", action="store_true", help="continue the interrupted sweep in run.dir")
 
     report = commands.add_parser("report", help="RUN_DIR/report.html: curves, metrics, samples, config")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one run, or several side by side")
@@ -192,6 +201,37 @@ def run_report(args) -> int:
     return EXIT_OK
 
 
+def run_tune(args) -> int:
+    from began_dist.tune.spec import load_spec
+    from began_dist.tune.sweep import (
+        SweepInterrupted,
+        best_line,
+        default_sweep_dir,
+        format_table,
+        prepare_sweep_dir,
+        run_sweep,
+        trial_base,
+    )
+
+    overrides = list(args.overrides) + ([f"run.address={args.address}"] if args.address else [])
+    spec, base = load_spec(args.spec, overrides)
+    if args.resume and not base.run.dir:
+        raise ConfigError("--resume: give the sweep's directory as run.dir=SWEEP_DIR")
+    base.run.dir = base.run.dir or default_sweep_dir(spec)
+    resolve_run_dir(base)
+    spec, base = prepare_sweep_dir(spec, trial_base(spec, base), args.resume)
+    try:
+        rows = run_sweep(spec, base, args.resume)
+    except SweepInterrupted as error:
+        print(f"began-dist: {error}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(format_table(rows))
+    print(best_line(spec, rows) or "no trial reported the objective")
+    print(f"results: {os.path.join(base.run.dir, 'results.csv')}")
+    print(f"report:  began-dist report {base.run.dir}")
+    return EXIT_OK
+
+
 def run_prepare(args) -> int:
     from began_dist.data import prepare as prep
 
@@ -212,12 +252,19 @@ def run_prepare(args) -> int:
 def main(argv=None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and (args.command != "train" or any(item.startswith("-") for item in extra)):
+    if extra and (args.command not in ("train", "tune") or any(item.startswith("-") for item in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command == "train":
+    if args.command in ("train", "tune"):
         args.overrides = list(args.overrides) + extra  # key=value items after a flag
     try:
-        run = {"train": run_train, "sample": run_sample, "prepare": run_prepare, "eval": run_eval, "report": run_report}
+        run = {
+            "train": run_train,
+            "sample": run_sample,
+            "prepare": run_prepare,
+            "eval": run_eval,
+            "report": run_report,
+            "tune": run_tune,
+        }
         return run[args.command](args)
     except (ConfigError, DataError) as error:
         print(f"began-dist: {error}", file=sys.stderr)

@@ -74,8 +74,12 @@ def check_placement(run) -> None:
         raise ConfigError(f"run.workers: cannot place {asked}: {has}")
 
 
-def run_on_ray(cfg) -> dict:
-    """Train `cfg` with `cfg.run.workers` Ray Train workers; returns rank 0's result."""
+def run_on_ray(cfg, callbacks: tuple = ()) -> dict:
+    """Train `cfg` with `cfg.run.workers` Ray Train workers; returns rank 0's result.
+
+    `callbacks`: Ray Train callbacks, e.g. Tune's `TuneReportCallback` when this run
+    is a nested Tune trial (its storage, RUN_DIR/ray, is then the trial's own).
+    """
     run = cfg.run
     if not (run.address or os.environ.get("RAY_ADDRESS")):
         # A local cluster: keep every process on 127.0.0.1. Ray reads this when first imported.
@@ -107,6 +111,7 @@ def run_on_ray(cfg) -> dict:
                     max_failures=run.max_failures, controller_failure_limit=run.controller_failure_limit
                 ),
                 checkpoint_config=CheckpointConfig(num_to_keep=run.checkpoints_to_keep),
+                callbacks=list(callbacks),
             ),
         )
         result = trainer.fit()

@@ -376,7 +376,11 @@ def render(runs: list[Run]) -> str:
 
 
 def write_report(run_dirs: list[str], out: Optional[str] = None) -> str:
-    """Write the report of one or several runs; returns its path (default: the first run's report.html)."""
+    """Write the report of one or several runs, or of a sweep; returns its path (default: the first's report.html)."""
+    from began_dist.eval.sweep_report import is_sweep, write_sweep_report
+
+    if len(run_dirs) == 1 and is_sweep(run_dirs[0]):
+        return write_sweep_report(run_dirs[0], out or "")
     runs = [load(run_dir) for run_dir in run_dirs]
     out = out or os.path.join(run_dirs[0], "report.html")
     tmp = f"{out}.tmp"

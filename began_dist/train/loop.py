@@ -112,6 +112,7 @@ class Trainer:
         self.guard = NonFiniteGuard(LOGGED_LOSSES, self.device)
         self.last_checkpoint: Optional[str] = None
         self.eval_cache: dict = {}  # real-side metric work, shared by the evaluations of this run
+        self.eval_latest: dict = {}  # headline value of each metric's latest evaluation, reported beside M
 
     # -- checkpoints --------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -142,7 +143,7 @@ class Trainer:
         if self.rank == 0:
             keep = self.cfg.run.checkpoints_to_keep
             path = self.last_checkpoint = ckpt.save_checkpoint(self.state_dict(), self.run_dir, self.step, keep)
-        self.reporter.report(metrics or {"step": self.step}, path)
+        self.reporter.report({**(metrics or {"step": self.step}), **self.eval_latest}, path)
 
     def restore_latest(self) -> Optional[str]:
         state, source = self.reporter.load_latest(self.run_dir)
@@ -178,7 +179,8 @@ class Trainer:
                         record = self._record(totals / interval_steps, interval_steps, now - interval_start)
                         log.scalars(record)
                         if done % t.checkpoint_every and done != t.steps:
-                            self.reporter.report(record)  # checkpoint steps report with their checkpoint
+                            # checkpoint steps report with their checkpoint
+                            self.reporter.report({**record, **self.eval_latest})
                         totals.zero_()
                         interval_steps, interval_start = 0, now
                     if self.rank == 0 and (done % t.sample_every == 0 or done == t.steps):
@@ -222,6 +224,7 @@ class Trainer:
         results = evaluate_family(
             self.cfg, self.family, self.dataset, self.step, self.run_dir, names, t.eval_n, self.eval_cache, log.tb
         )
+        self.eval_latest = {result["metric"]: result[result["metric"]] for result in results}
         log.info(f"step {self.step}: {summary(results)}")
 
     def _one_step(self) -> torch.Tensor:

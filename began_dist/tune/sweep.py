@@ -1,0 +1,275 @@
+"""`began-dist tune SPEC`: a Ray Tune sweep whose trials run the training loop.
+
+    SWEEP_DIR/sweep.yaml        the resolved spec (what --resume runs again)
+    SWEEP_DIR/base.yaml         the training config every trial starts from
+    SWEEP_DIR/trials/<id>/      each trial's run directory (the Contract's layout)
+    SWEEP_DIR/tune/             Tune's experiment state and checkpoints (Tuner.restore)
+    SWEEP_DIR/results.csv       every trial: searched values, M, SWD, k_t, steps; best first
+
+The objective is M (minimised), from all-reduced values, unless the spec names an
+evaluation metric; SWD and k_t are reported beside it in every case, because M is
+confounded across gamma and Nh.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from typing import Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from began_dist.config import ConfigError, save_yaml, to_container, validate
+from began_dist.train import state as ckpt
+from began_dist.tune.spec import SweepSpec, parse_domain, read_saved_spec, save_spec
+from began_dist.tune.trial import run_trial, trial_dir
+
+EXPERIMENT = "tune"  # SWEEP_DIR/tune: Tune's storage name, fixed so --resume finds it
+ALWAYS_REPORTED = ("M", "swd", "k_t")
+
+
+class SweepInterrupted(RuntimeError):
+    """SIGINT arrived; Tune saved the sweep's state (exit 130, resume with --resume)."""
+
+
+# -- the base config each trial starts from ------------------------------------------------
+def trial_base(spec: SweepSpec, base: DictConfig) -> DictConfig:
+    """What every trial needs on top of the spec's base, checked once here."""
+    cfg = base.copy()
+    t = cfg.train
+    if spec.scheduler_type == "pbt":
+        interval = spec.scheduler["perturbation_interval"]
+        if interval % t.checkpoint_every:
+            t.checkpoint_every = interval  # an exploit copies the checkpoint of the perturbation step
+    t.log_every = math.gcd(t.log_every, t.checkpoint_every)  # every checkpoint report carries M
+    # SWD (and the objective, when it is a metric) beside M: evaluated at least at each checkpoint.
+    metrics = [name for name in t.eval_metrics.split(",") if name] if t.eval_every else []
+    for name in ("swd", spec.metric):
+        if name != "M" and name not in metrics:
+            metrics.append(name)
+    t.eval_metrics = ",".join(metrics)
+    t.eval_every = t.eval_every or t.checkpoint_every
+    cfg.run.workers = spec.workers_per_trial if spec.workers_per_trial > 1 else 0
+    cfg.run.cpus_per_worker, cfg.run.gpus_per_worker = float(spec.cpus_per_worker), float(spec.gpus_per_worker)
+    if cfg.data.path:
+        cfg.data.path = os.path.abspath(cfg.data.path)  # trials run in Tune's trial directories
+    validate(cfg)
+    return cfg
+
+
+def prepare_sweep_dir(spec: SweepSpec, base: DictConfig, resume: bool) -> tuple[SweepSpec, DictConfig]:
+    """Create (or, with --resume, reopen) SWEEP_DIR; refuse a clash before any Ray work."""
+    sweep_dir = base.run.dir
+    spec_path, base_path = os.path.join(sweep_dir, "sweep.yaml"), os.path.join(sweep_dir, "base.yaml")
+    saved = read_saved_spec(spec_path)
+    if resume:
+        if saved is None or not os.path.isdir(os.path.join(sweep_dir, EXPERIMENT)):
+            raise ConfigError(f"--resume: run.dir={sweep_dir} holds no sweep to resume")
+        resumed = OmegaConf.load(base_path)
+        resumed.run.dir, resumed.run.address = sweep_dir, base.run.address
+        return saved, resumed
+    if saved is not None or os.path.isdir(os.path.join(sweep_dir, EXPERIMENT)):
+        raise ConfigError(f"run.dir={sweep_dir}: already holds a sweep; continue it with --resume")
+    os.makedirs(sweep_dir, exist_ok=True)
+    save_spec(spec, spec_path)
+    save_yaml(base, base_path)
+    return spec, base
+
+
+def default_sweep_dir(spec: SweepSpec) -> str:
+    return os.path.join("runs", f"tune-{spec.name or 'sweep'}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+# -- Tune objects --------------------------------------------------------------------------
+def _domain(name: str, values: list, for_pbt: bool = False):
+    from ray import tune
+
+    if for_pbt and name in ("grid", "choice"):
+        return list(values)  # PBT mutates a list by stepping to a neighbouring value
+    return {
+        "grid": lambda: tune.grid_search(values),
+        "choice": lambda: tune.choice(values),
+        "uniform": lambda: tune.uniform(*values),
+        "loguniform": lambda: tune.loguniform(*values),
+        "randint": lambda: tune.randint(*values),
+    }[name]()
+
+
+def param_space(spec: SweepSpec) -> dict:
+    return {group: _domain(*parse_domain(domain, f"space.{group}")) for group, domain in spec.space.items()}
+
+
+def scheduler(spec: SweepSpec, steps: int):
+    """Tune's scheduler for the spec; times are training steps (the `step` every result carries)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    settings = {key: value for key, value in spec.scheduler.items() if key != "type"}
+    if spec.scheduler_type == "asha":
+        settings.setdefault("max_t", steps)
+        return ASHAScheduler(time_attr="step", **settings)
+    if spec.scheduler_type == "pbt":
+        mutations = {
+            group: _domain(*parse_domain(domain, f"space.{group}"), for_pbt=True)
+            for group, domain in spec.space.items()
+        }
+        return PopulationBasedTraining(time_attr="step", hyperparam_mutations=mutations, **settings)
+    return FIFOScheduler()
+
+
+def trial_resources(spec: SweepSpec) -> dict:
+    if spec.workers_per_trial > 1:
+        return {"CPU": spec.driver_cpus}  # the nested TorchTrainer's workers ask for their own
+    return {"CPU": spec.cpus_per_worker, "GPU": spec.gpus_per_worker}
+
+
+def check_trial_placement(spec: SweepSpec, base: DictConfig) -> None:
+    """Refuse a trial the cluster can never place, naming the spec key (not wait forever)."""
+    from began_dist.distributed.ray_train import check_placement
+
+    run = base.run.copy()
+    run.workers = spec.workers_per_trial
+    try:
+        check_placement(run)
+    except ConfigError as error:
+        raise ConfigError(f"workers_per_trial/cpus_per_worker/gpus_per_worker: {error}") from None
+
+
+def build_tuner(spec: SweepSpec, base: DictConfig, resume: bool):
+    from ray import tune
+
+    sweep_dir = base.run.dir
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=to_container(base), spec=spec.to_dict(), sweep_dir=sweep_dir),
+        trial_resources(spec),
+    )
+    experiment = os.path.join(sweep_dir, EXPERIMENT)
+    if resume:
+        return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=spec.metric,
+            mode=spec.mode,
+            scheduler=scheduler(spec, base.train.steps),
+            num_samples=spec.num_samples,
+            max_concurrent_trials=spec.max_concurrent_trials or None,
+            reuse_actors=False,  # a fresh process per trial: its own seeds, threads and CUDA state
+        ),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT,
+            storage_path=sweep_dir,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=base.run.checkpoints_to_keep),
+            failure_config=tune.FailureConfig(max_failures=base.run.max_failures),
+            verbose=1,
+        ),
+    )
+
+
+def run_sweep(spec: SweepSpec, base: DictConfig, resume: bool = False) -> list[dict]:
+    """Run (or resume) the sweep; returns the results table, best trial first."""
+    from began_dist.distributed.ray_train import connect
+
+    if spec.metric != "M":
+        # The objective is known only once a trial has evaluated; earlier results lack it.
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    started_here = connect(base.run.address)
+    try:
+        check_trial_placement(spec, base)
+        grid = build_tuner(spec, base, resume).fit()
+        trials = grid._experiment_analysis.trials  # statuses: ResultGrid's Results do not carry them
+    finally:
+        if started_here:
+            import ray
+
+            ray.shutdown()
+    rows = results_table(spec, base, trials)
+    write_results(rows, os.path.join(base.run.dir, "results.csv"))
+    if len(rows) < expected_trials(spec) or any(row["status"] == "unfinished" for row in rows):
+        raise SweepInterrupted(f"sweep interrupted; resume with: began-dist tune SPEC --resume run.dir={base.run.dir}")
+    return rows
+
+
+def expected_trials(spec: SweepSpec) -> int:
+    """Trials the sweep makes: num_samples x the grid's points (other domains are sampled per sample)."""
+    count = spec.num_samples
+    for domain in spec.space.values():
+        name, values = parse_domain(domain, "space")
+        count *= len(values) if name == "grid" else 1
+    return count
+
+
+# -- results -------------------------------------------------------------------------------
+def results_table(spec: SweepSpec, base: DictConfig, trials) -> list[dict]:
+    """One row per trial: its id, status, searched values, steps, M, SWD, k_t; sorted by the objective."""
+    rows = []
+    for trial in trials:
+        last = trial.last_result or {}
+        row = {"trial": trial.trial_id, "status": _status(trial.status, last, base.train.steps)}
+        for group in spec.space:
+            row[group] = trial.config.get(group)
+        row["step"] = last.get("step")
+        for key in dict.fromkeys((spec.metric, *ALWAYS_REPORTED)):
+            row[key] = last.get(key)
+        row["checkpoint"] = ckpt.latest_checkpoint(trial_dir(base.run.dir, trial.trial_id))
+        rows.append(row)
+    sign = 1 if spec.mode == "min" else -1
+
+    def objective(row: dict) -> float:
+        value = row.get(spec.metric)
+        return sign * value if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
+
+    return sorted(rows, key=objective)
+
+
+def _status(tune_status: str, last: dict, steps: int) -> str:
+    """done | stopped early (by the scheduler) | non-finite | error | unfinished (interrupted: --resume)."""
+    if last.get("status") == "non_finite":
+        return "non-finite"
+    if tune_status == "ERROR":
+        return "error"
+    if last.get("done"):  # Tune marks a trial's last result done when it returned or was stopped
+        return "done" if (last.get("step") or 0) >= steps else "stopped early"
+    return "unfinished"
+
+
+def write_results(rows: list[dict], path: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["trial"])
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def format_table(rows: list[dict]) -> str:
+    """The results as an aligned text table (the checkpoint column left out: printed for the best)."""
+    if not rows:
+        return "(no trials)"
+    columns = [key for key in rows[0] if key != "checkpoint"]
+    cells = [[_cell(row.get(key)) for key in columns] for row in rows]
+    widths = [max(len(key), *(len(line[i]) for line in cells)) for i, key in enumerate(columns)]
+    lines = ["  ".join(key.ljust(width) for key, width in zip(columns, widths))]
+    lines += ["  ".join(text.ljust(width) for text, width in zip(line, widths)) for line in cells]
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def best_line(spec: SweepSpec, rows: list[dict]) -> Optional[str]:
+    if not rows or rows[0].get(spec.metric) is None:
+        return None
+    best = rows[0]
+    values = ", ".join(f"{group}={best[group]}" for group in spec.space)
+    return (
+        f"best trial {best['trial']} ({values}): {spec.metric}={_cell(best[spec.metric])}\n"
+        f"best checkpoint: {best['checkpoint']}"
+    )

@@ -1,0 +1,217 @@
+"""Ray Tune sweeps: specs refused before any Ray work, then real sweeps on the session's cluster."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from began_dist.cli import main
+from began_dist.train import state as ckpt
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(REPO, "tune", "smoke.yaml")
+
+
+def write_spec(tmp_path, name="spec.yaml", **changes):
+    with open(SMOKE) as handle:
+        spec = yaml.safe_load(handle)
+    spec.update(changes)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def read_results(sweep_dir):
+    with open(os.path.join(sweep_dir, "results.csv")) as handle:
+        return list(csv.DictReader(handle))
+
+
+def stats_lines(run_dir):
+    with open(os.path.join(run_dir, "stats.jsonl")) as handle:
+        return [json.loads(line) for line in handle]
+
+
+# -- refused before any trial (no Ray) -------------------------------------------------------
+@pytest.mark.parametrize(
+    "changes, named",
+    [
+        ({"schedular": {"type": "asha"}}, "spec key 'schedular': unknown"),
+        ({"space": {"train.gama": {"grid": [0.3]}}}, "space.train.gama: 'train.gama' is not a training config key"),
+        ({"space": {"train.gamma": {"normal": [0.3, 0.1]}}}, "space.train.gamma: unknown domain 'normal'"),
+        ({"space": {"train.gamma": {"grid": [0.3, 1.5]}}}, "space.train.gamma: value 1.5: train.gamma=1.5"),
+        ({"space": {"model.nz,model.nh": {"grid": [[8, 8], [16]]}}}, "space.model.nz,model.nh: each value"),
+        (
+            {"space": {"model.nz": {"grid": [8, 16]}}, "scheduler": {"type": "pbt", "perturbation_interval": 8}},
+            "space.model.nz: PBT can only mutate values a checkpoint survives",
+        ),
+        (
+            {"scheduler": {"type": "pbt", "perturbation_interval": 8}, "workers_per_trial": 2},
+            "workers_per_trial: PBT trials run the loop in the trial itself",
+        ),
+        ({"scheduler": {"type": "asha", "grace": 8}}, "scheduler.grace: not a setting of the asha scheduler"),
+        ({"metric": "fid"}, "metric='fid'"),
+        ({"base": {"train.gamma": 3}}, "base: train.gamma=3"),
+        ({"base": {"run.dir": "/tmp/x"}}, "base.run.dir: set by the sweep"),
+    ],
+)
+def test_bad_spec_is_refused_naming_the_key(tmp_path, capsys, changes, named):
+    spec = write_spec(tmp_path, **changes)
+    sweep_dir = tmp_path / "sweep"
+    assert main(["tune", spec, f"run.dir={sweep_dir}"]) == 2
+    assert named in capsys.readouterr().err
+    assert not sweep_dir.exists()  # refused before anything was created or started
+
+
+def test_spec_overrides_and_trial_config(tmp_path):
+    from began_dist.tune.spec import apply_params, load_spec
+    from began_dist.tune.sweep import trial_base
+
+    spec, base = load_spec(SMOKE, ["tune.metric=swd", "tune.num_samples=3", "train.steps=40", "train.log_every=3"])
+    assert (spec.metric, spec.num_samples, base.train.steps) == ("swd", 3, 40)
+    trial = trial_base(spec, base)
+    assert trial.train.eval_every == trial.train.checkpoint_every == 8  # the objective at every checkpoint
+    assert trial.train.eval_metrics == "swd" and trial.train.log_every == 1  # gcd(3, 8): M at each checkpoint
+    cfg = apply_params(OmegaConf.to_container(trial), {"train.gamma": 0.7, "model.nz,model.nh": [16, 32]})
+    assert (cfg.train.gamma, cfg.model.nz, cfg.model.nh) == (0.7, 16, 32)
+    with pytest.raises(Exception, match="no such file"):
+        load_spec(str(tmp_path / "missing.yaml"))
+
+
+# -- real sweeps on the session's Ray cluster -----------------------------------------------
+@pytest.mark.ray
+@pytest.mark.slow
+def test_smoke_sweep_with_asha_stops_a_trial_early_and_writes_the_table(ray_cluster, tmp_path, capsys):
+    sweep_dir = tmp_path / "smoke"
+    code = main(["tune", SMOKE, f"run.dir={sweep_dir}", "--address", ray_cluster.address])
+    assert code == 0
+    out = capsys.readouterr().out
+    rows = read_results(sweep_dir)
+    assert sorted(float(row["train.gamma"]) for row in rows) == [0.3, 0.5, 0.7, 1.0]
+    statuses = [row["status"] for row in rows]
+    assert "stopped early" in statuses and "done" in statuses  # ASHA cut at least one at a rung
+    for row in rows:
+        steps = int(row["step"])
+        assert steps in (8, 16, 24)
+        assert float(row["swd"]) > 0 and 0 <= float(row["k_t"]) <= 1  # SWD and k_t beside M
+        assert row["checkpoint"].endswith(f"step-{steps:08d}.pt") and os.path.isfile(row["checkpoint"])
+        trial = sweep_dir / "trials" / row["trial"]
+        assert stats_lines(trial)[-1]["step"] == steps  # the trial's own Contract-layout run dir
+        assert os.path.isfile(trial / "metric-swd.jsonl")
+    done_m = [float(row["M"]) for row in rows if row["status"] == "done"]
+    assert [float(row["M"]) for row in rows] == sorted(float(row["M"]) for row in rows)  # best first
+    assert f"best checkpoint: {rows[0]['checkpoint']}" in out and done_m
+
+    report = sweep_dir / "report.html"
+    assert main(["report", str(sweep_dir)]) == 0
+    page = report.read_text()
+    assert "train.gamma" in page and rows[0]["trial"] in page and "data:image/png;base64" in page
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_pbt_exploit_continues_from_the_copied_checkpoint_with_the_new_lr(ray_cluster, tmp_path):
+    spec = write_spec(
+        tmp_path,
+        space={"train.lr": {"loguniform": [1.0e-5, 1.0e-2]}},
+        scheduler={"type": "pbt", "perturbation_interval": 4, "quantile_fraction": 0.5, "resample_probability": 0.0},
+        num_samples=2,
+    )
+    sweep_dir = tmp_path / "pbt"
+    args = ["tune", spec, f"run.dir={sweep_dir}", "train.steps=16", "train.lr_control=none", "train.lr_min=0"]
+    assert main([*args, "--address", ray_cluster.address]) == 0
+    rows = read_results(sweep_dir)
+    assert len(rows) == 2 and all(row["status"] == "done" for row in rows)
+    exploited = []
+    for row in rows:
+        trial = sweep_dir / "trials" / row["trial"]
+        log = (trial / "log.txt").read_text().splitlines()
+        exploits = [line for line in log if "resumed from PBT exploit: checkpoint of" in line]
+        if not exploits:
+            continue
+        donor = next(other for other in rows if other["trial"] != row["trial"])
+        assert f"trials/{donor['trial']} (step " in exploits[-1]
+        step = int(exploits[-1].split("(step ")[1].split(",")[0])
+        after = [line for line in stats_lines(trial) if line["step"] > step]
+        assert after and after[0]["step"] == step + 2  # continues at the copied checkpoint's step (log_every 2)
+        assert all(line["lr_G"] == pytest.approx(float(row["train.lr"]), rel=1e-9) for line in after)
+        before = [line["lr_G"] for line in stats_lines(trial) if line["step"] <= step]
+        assert before[-1] != pytest.approx(after[0]["lr_G"])  # the perturbed lr applies from there on
+        exploited.append(row["trial"])
+    assert exploited, "no trial was exploited"
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster, tmp_path):
+    sweep_dir = tmp_path / "resume"
+    spec = write_spec(
+        tmp_path, scheduler={"type": "none"}, max_concurrent_trials=1, space={"train.gamma": {"grid": [0.4, 0.6, 0.8]}}
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "began_dist",
+        "tune",
+        spec,
+        f"run.dir={sweep_dir}",
+        "train.steps=40",
+        "--address",
+        ray_cluster.address,
+    ]
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    finished = None
+    deadline = time.time() + 240
+    while finished is None and time.time() < deadline and driver.poll() is None:
+        for trial in sorted((sweep_dir / "trials").glob("*")) if (sweep_dir / "trials").is_dir() else []:
+            if any(step == 40 for step, _ in ckpt.list_checkpoints(str(trial))):
+                finished = trial
+        time.sleep(0.2)
+    assert finished is not None, "no trial finished"
+    time.sleep(3)  # the next trial starts
+    driver.send_signal(signal.SIGINT)
+    output, _ = driver.communicate(timeout=120)
+    assert driver.returncode == 130, output[-3000:]
+    assert "--resume" in output
+    before = (finished / "stats.jsonl").read_text()
+    interrupted = read_results(sweep_dir)
+    assert any(row["status"] != "done" for row in interrupted)
+
+    assert main(["tune", spec, f"run.dir={sweep_dir}", "--resume", "--address", ray_cluster.address]) == 0
+    rows = read_results(sweep_dir)
+    assert len(rows) == 3 and all(row["status"] == "done" for row in rows)
+    assert (finished / "stats.jsonl").read_text() == before  # the finished trial was not re-run
+    assert (finished / "log.txt").read_text().count("new run:") == 1
+    for row in rows:
+        assert [line["step"] for line in stats_lines(sweep_dir / "trials" / row["trial"])] == list(range(2, 41, 2))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_nested_two_worker_trial(ray_cluster, tmp_path):
+    spec = write_spec(
+        tmp_path,
+        space={"train.gamma": {"grid": [0.5]}},
+        scheduler={"type": "none"},
+        workers_per_trial=2,
+        base={
+            **yaml.safe_load(open(SMOKE))["base"],
+            "run.worker_resources": {"train_slot": 1},
+            "run.controller_failure_limit": 1,
+            "train.steps": 8,
+        },
+    )
+    sweep_dir = tmp_path / "nested"
+    assert main(["tune", spec, f"run.dir={sweep_dir}", "--address", ray_cluster.address]) == 0
+    (row,) = read_results(sweep_dir)
+    assert row["status"] == "done" and int(row["step"]) == 8 and float(row["swd"]) > 0
+    trial = sweep_dir / "trials" / row["trial"]
+    assert os.path.isdir(trial / "ray" / "train")  # the nested TorchTrainer's storage: the trial's own
+    assert [step for step, _ in ckpt.list_checkpoints(str(trial))] == [8]
+    assert "on cpu x 2" in (trial / "log.txt").read_text()  # two DDP workers
