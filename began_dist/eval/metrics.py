@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from began_dist.config import ConfigError
-from began_dist.eval import kid, msssim, ndb, recon, swd  # noqa: F401  (each registers itself)
+from began_dist.eval import inception, kid, msssim, ndb, recon, swd  # noqa: F401  (each registers itself)
 from began_dist.eval.registry import REGISTRY, MetricContext, compute
 
 DEFAULT_METRICS = ("swd", "msssim", "ndb", "recon")  # kid needs its feature net trained first (eval/kid.py)
