@@ -13,6 +13,9 @@ Ray Train on this machine (a local Ray cluster on 127.0.0.1) or on a cluster:
     began-dist train --config C.yaml --workers 2 run.dir=runs/ddp
     began-dist train --config C.yaml --workers 8 --gpus-per-worker 1 --address auto run.dir=/shared/runs/x
     began-dist train --resume /shared/runs/x --workers 4
+Multi-generator BEGAN (docs/multigen.md):
+    began-dist train --config configs/multigen_crs.yaml run.dir=runs/mg
+    began-dist decompose runs/mg
 Ray Tune sweeps (tune/*.yaml; docs/tune.md):
     began-dist tune tune/gamma.yaml run.dir=runs/gamma [tune.num_samples=2] [train.steps=4000]
     began-dist tune tune/gamma.yaml run.dir=runs/gamma --resume
@@ -90,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("overrides", nargs="*", help="tune.<key>=value for the spec, dotted key=value for the base")
     tune.add_argument("--address", help="alias of run.address (an existing Ray cluster)")
     tune.add_argument("--resume", action="store_true", help="continue the interrupted sweep in run.dir")
+
+    decompose = commands.add_parser("decompose", help="multigen: parts of real images, recombinations, each G_k")
+    decompose.add_argument("run_dir")
+    decompose.add_argument("--out", help="output directory (default RUN_DIR/decompose/step-XXXXXXXX)")
+    decompose.add_argument("--checkpoint", type=int, help="step of the checkpoint (default: the latest)")
+    decompose.add_argument("--seed", type=int, default=0, help="seed of the latents and the real images picked")
 
     report = commands.add_parser("report", help="RUN_DIR/report.html: curves, metrics, samples, config")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one run, or several side by side")
@@ -201,6 +210,18 @@ def run_report(args) -> int:
     return EXIT_OK
 
 
+def run_decompose(args) -> int:
+    from began_dist.eval.decompose import decompose
+
+    try:
+        paths = decompose(args.run_dir, args.out, args.checkpoint, args.seed)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(str(error)) from None
+    for path in paths:
+        print(path)
+    return EXIT_OK
+
+
 def run_tune(args) -> int:
     from began_dist.tune.spec import load_spec
     from began_dist.tune.sweep import (
@@ -264,6 +285,7 @@ def main(argv=None) -> int:
             "eval": run_eval,
             "report": run_report,
             "tune": run_tune,
+            "decompose": run_decompose,
         }
         return run[args.command](args)
     except (ConfigError, DataError) as error:

@@ -25,18 +25,33 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class MultigenConfig:
+    """model.multigen.*: the multi-generator family (SPEC 2; docs/multigen.md). Defaults are seed 000's recipe."""
+
+    z_sizes: list[int] = field(default_factory=lambda: [4, 16])  # latent size of each G_k (K = len); D's code alike
+    reconstruction: str = "l1"  # L_rec: l1 (BEGAN, seed) | l2 (mean squared error)
+    latent_loss: str = "l2"  # L_z(dz_f): l2 = ||z - dz|| per image (seed README) | l1 | mse
+    latent_weight: float = 1.0  # weight of L_z in every combined term (L_rec + w L_z)
+    real_code_loss: str = "moments"  # L_z(dz_r): moments = real codes match U(-1,1)'s mean and variance (seed) | none
+    latent_adversarial: bool = True  # seed: L_D has -k_t L_z(dz_f); false: D minimises +L_z(dz_f) too (InfoGAN-style)
+    real_recon_weight: float = 0.0  # G rebuilds real images from D's detached real codes: |sum y_k G_k(E(x)_k) - x|
+    diversity_weight: float = 0.0  # mode seeking per generator: 1 / (mean|G_k(z)-G_k(z')| / mean|z_k-z'_k| + 1e-5)
+
+
+@dataclass
 class ModelConfig:
     family: str = "began"  # model family: began | multigen | vaegan
     image_size: int = 32  # image height = width, pixels; a power of two in 16..256
     channels: int = 1  # image channels: 1 (grayscale) or 3 (RGB)
     arch: str = "repeat"  # repeat (paper) | skip (h0 skip connections to every scale)
     filters: int = 64  # n: conv filters of the first scale (encoder grows n, 2n, 3n, ...)
-    nz: int = 64  # Nz: generator latent size
-    nh: int = 64  # Nh: discriminator bottleneck (embedding) size
+    nz: Optional[int] = None  # Nz: generator latent size; empty = the family's default (64); not for multigen
+    nh: Optional[int] = None  # Nh: discriminator bottleneck size; empty = the family's default (64); not for multigen
     convs_per_scale: int = 2  # r: 3x3 convs per scale
     vanishing_residual: bool = False  # paper's vanishing residual: conv layers start as identity
     residual_steps: int = 16000  # steps over which the residual carry falls from 1 to 0
     output: str = "linear"  # last layer: linear (paper) or tanh
+    multigen: Optional[MultigenConfig] = None  # family multigen only; filled with its defaults for that family
 
 
 @dataclass
@@ -101,7 +116,7 @@ class Config:
 
 
 CHOICES = {
-    "model.family": ("began",),  # multigen and vaegan arrive with their issues
+    "model.family": ("began", "multigen"),  # vaegan arrives with its issue
     "model.arch": ("repeat", "skip"),
     "model.output": ("linear", "tanh"),
     "model.channels": (1, 3),
@@ -112,6 +127,14 @@ CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "run.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
 }
+MULTIGEN_CHOICES = {
+    "model.multigen.reconstruction": ("l1", "l2"),
+    "model.multigen.latent_loss": ("l2", "l1", "mse"),
+    "model.multigen.real_code_loss": ("moments", "none"),
+}
+DEFAULT_LATENT = 64  # model.nz and model.nh of the families that have them
+FAMILY_ONLY = {"model.multigen": ("multigen",)}  # keys that mean something for these families only
+FAMILY_REFUSED = {"model.nz": ("multigen",), "model.nh": ("multigen",)}  # keys these families have no use for
 IMAGE_SIZES = (16, 32, 64, 128, 256)
 LR_CONTROL_DEFAULTS = {"m_stall": (0.5, None), "decay": (0.95, 2000), "step": (0.5, 100000), "none": (1.0, None)}
 
@@ -134,6 +157,7 @@ def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[st
         merged = OmegaConf.merge(merged, parse_overrides(overrides))
     except OmegaConfBaseException as error:
         raise ConfigError(_one_line(error)) from None
+    apply_family_defaults(merged)
     validate(merged)
     return merged
 
@@ -145,12 +169,30 @@ def parse_overrides(overrides) -> DictConfig:
     return OmegaConf.from_dotlist(list(overrides))
 
 
+def apply_family_defaults(cfg: DictConfig) -> None:
+    """Refuse keys the chosen family has no use for (naming them), then fill in that family's defaults."""
+    family = cfg.model.family
+    for key, families in FAMILY_ONLY.items():
+        if OmegaConf.select(cfg, key) is not None and family not in families:
+            raise ConfigError(f"{key}: only for model.family={'|'.join(families)}, not {family}")
+    for key, families in FAMILY_REFUSED.items():
+        if OmegaConf.select(cfg, key) is not None and family in families:
+            raise ConfigError(f"{key}: not used by model.family={family}; remove it (see docs/multigen.md)")
+    if family == "multigen":
+        if cfg.model.multigen is None:
+            cfg.model.multigen = MultigenConfig()
+    else:
+        for key in ("nz", "nh"):
+            cfg.model[key] = DEFAULT_LATENT if cfg.model[key] is None else cfg.model[key]
+
+
 def from_container(data: dict[str, Any]) -> DictConfig:
     """Rebuild a typed config from a plain dict (a checkpoint's or Ray's copy)."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), data)
     except OmegaConfBaseException as error:
         raise ConfigError(_one_line(error)) from None
+    apply_family_defaults(merged)
     validate(merged)
     return merged
 
@@ -168,7 +210,10 @@ def validate(cfg: DictConfig) -> None:
     m, d, t, r = cfg.model, cfg.data, cfg.train, cfg.run
     if m.image_size not in IMAGE_SIZES:
         raise ConfigError(f"model.image_size={m.image_size}: must be a power of two in 16..256 ({IMAGE_SIZES})")
-    _positive(cfg, "model.filters", "model.nz", "model.nh", "model.convs_per_scale", "model.residual_steps")
+    _positive(cfg, "model.filters", "model.convs_per_scale", "model.residual_steps")
+    _positive(cfg, *(key for key in ("model.nz", "model.nh") if OmegaConf.select(cfg, key) is not None))
+    if m.family == "multigen":
+        _check_multigen(cfg)
     _positive(cfg, "train.steps", "train.batch_size", "train.lr", "train.checkpoint_every", "train.log_every")
     _positive(cfg, "train.sample_every", "train.m_stall_window", "run.checkpoints_to_keep")
     if not 0.0 < t.gamma <= 1.0:
@@ -206,6 +251,28 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("data.limit must be >= 0 and data.glyphs > 0")
     if t.precision != "fp32" and t.device == "cpu":
         raise ConfigError(f"train.precision={t.precision}: mixed precision needs train.device=cuda or auto")
+
+
+def _check_multigen(cfg: DictConfig) -> None:
+    mg, t = cfg.model.multigen, cfg.train
+    for key, allowed in MULTIGEN_CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r}: must be one of {', '.join(allowed)}")
+    if not mg.z_sizes or any(size <= 0 for size in mg.z_sizes):
+        raise ConfigError(f"model.multigen.z_sizes={list(mg.z_sizes)}: one positive latent size per generator")
+    for key in ("latent_weight", "real_recon_weight", "diversity_weight"):
+        if mg[key] < 0:
+            raise ConfigError(f"model.multigen.{key}={mg[key]}: must be >= 0")
+    if cfg.data.source not in ("shapes", "shards"):
+        raise ConfigError(f"data.source={cfg.data.source}: model.family=multigen needs labelled data (shapes|shards)")
+    for key, value, allowed in (
+        ("train.update_order", t.update_order, "alternating"),
+        ("train.compile", t.compile, False),
+        ("train.precision", t.precision, "fp32"),
+    ):
+        if value != allowed:
+            raise ConfigError(f"{key}={value}: model.family=multigen supports only {allowed}")
 
 
 def _check_eval(t: DictConfig) -> None:

@@ -21,9 +21,11 @@ def check_source(cfg) -> None:
     elif d.source == "glyphs":
         sources.load_font(d.font or sources.default_font(), d.font_index, 16)
     elif d.source == "shapes":
-        sources.crs_shapes(16, _shape_kinds(d), limit=1)
+        _check_labels(cfg, torch.from_numpy(sources.crs_shapes(16, _shape_kinds(d), limit=1)[1]))
     elif d.source == "shards":
-        _check_shards(cfg, ShardedDataset(d.path, limit=d.limit))
+        dataset = ShardedDataset(d.path, limit=d.limit)
+        _check_shards(cfg, dataset)
+        _check_labels(cfg, dataset.labels)
     if cfg.model.channels != 1 and d.source in ("glyphs", "shapes"):
         raise DataError(f"model.channels={cfg.model.channels}: data.source={d.source} is grayscale; use 1")
 
@@ -36,6 +38,16 @@ def _check_shards(cfg, dataset: ShardedDataset) -> None:
             f"data.path={cfg.data.path}: images are {dataset.image_size} px x {dataset.channels} channels, the model "
             f"wants model.image_size={m.image_size}, model.channels={m.channels}"
         )
+
+
+def _check_labels(cfg, labels) -> None:
+    """model.family=multigen: one component label per generator (y in {0, 1}^K)."""
+    if cfg.model.family != "multigen":
+        return
+    z_sizes = list(cfg.model.multigen.z_sizes)
+    if labels is None or labels.ndim != 2 or labels.shape[1] != len(z_sizes):
+        found = "none" if labels is None else f"{labels.shape[1] if labels.ndim == 2 else 1} per image"
+        raise DataError(f"model.multigen.z_sizes={z_sizes}: one generator per component label; the data has {found}")
 
 
 def _shape_kinds(d) -> list[str]:

@@ -139,11 +139,17 @@ class Discriminator(nn.Module):
         self.decoder.set_carry(value)
 
 
+def network_args(model) -> tuple[dict, dict]:
+    """(arguments every network takes, a decoder's arguments) from a `model` config section."""
+    m = model
+    shared = dict(image_size=m.image_size, channels=m.channels, filters=m.filters, convs_per_scale=m.convs_per_scale)
+    return shared, dict(shared, arch=m.arch, vanishing_residual=m.vanishing_residual, output=m.output)
+
+
 def build_networks(model) -> tuple[Generator, Discriminator]:
     """G and D from a `model` config section."""
     m = model
-    shared = dict(image_size=m.image_size, channels=m.channels, filters=m.filters, convs_per_scale=m.convs_per_scale)
-    decoder_args = dict(shared, arch=m.arch, vanishing_residual=m.vanishing_residual, output=m.output)
+    shared, decoder_args = network_args(m)
     generator = Generator(latent=m.nz, **decoder_args)
     encoder = Encoder(latent=m.nh, vanishing_residual=m.vanishing_residual, **shared)
     discriminator = Discriminator(encoder, Decoder(latent=m.nh, **decoder_args))

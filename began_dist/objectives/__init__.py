@@ -5,6 +5,7 @@ A family is a class constructed as `Family(cfg, device)` with:
   latent_size           size of one latent vector
   optimizers            the optimizers the lr controller drives
   train_step(real, z)   one step; returns a dict of device scalars (the Contract's stats)
+  needs_labels          optional, True: train_step(real, z, labels=y) gets the images' labels (N, K)
   distribute(wrap)      train through wrap(network) (DDP under Ray Train), one per network
   set_step(step)        schedules that follow the step (e.g. the vanishing-residual carry)
   generate(z)           images from latents (no grad)
@@ -20,4 +21,8 @@ def get_family(name: str):
         from began_dist.objectives.began import BeganFamily
 
         return BeganFamily
+    if name == "multigen":
+        from began_dist.objectives.multigen import MultigenFamily
+
+        return MultigenFamily
     raise KeyError(f"model.family={name!r} is not available")

@@ -8,7 +8,7 @@ and every logged value is an all-reduced mean, so rank 0 speaks for all.
     for each step:
         x   <- this rank's slice of global batch b           (GlobalBatchSampler)
         z   <- this rank's slice of the global latents       (LatentSource)
-        family.train_step(x, z)                              (D step, G step, k_t)
+        family.train_step(x, z[, labels=y])                  (D step, G step, k_t; y: families that need labels)
         lr control, then log / images / checkpoint on their cadences
 """
 
@@ -162,9 +162,8 @@ class Trainer:
             save_yaml(cfg, os.path.join(self.run_dir, "config.yaml"))
             truncate_metrics(self.run_dir, self.step)  # as stats.jsonl: no step recorded twice
         log.info(self._banner(resumed_from))
-        snapshot_real = to_model_range(
-            self.dataset.batch(torch.arange(min(FIXED_SAMPLES, len(self.dataset)))), self.device
-        )
+        snapshot = torch.arange(min(FIXED_SAMPLES, len(self.dataset)))
+        snapshot_real = to_model_range(self.dataset.batch(snapshot), self.device)
         totals = torch.zeros(len(LOGGED_LOSSES), device=self.device)
         interval_steps, interval_start, record = 0, time.perf_counter(), None
         try:
@@ -184,7 +183,8 @@ class Trainer:
                         totals.zero_()
                         interval_steps, interval_start = 0, now
                     if self.rank == 0 and (done % t.sample_every == 0 or done == t.steps):
-                        log.images(done, self.family.image_panels(snapshot_real, self.fixed_z))
+                        panels = self.family.image_panels(snapshot_real, self.fixed_z, **self._labels(snapshot))
+                        log.images(done, panels)
                     if self.rank == 0 and t.eval_every and (done % t.eval_every == 0 or done == t.steps):
                         self._evaluate(log)
                     if done % t.checkpoint_every == 0 or done == t.steps:
@@ -231,9 +231,10 @@ class Trainer:
         """One training step; returns its LOGGED_LOSSES as one device vector (no host sync)."""
         started = time.perf_counter()
         self.family.set_step(self.step)
-        real = to_model_range(self.dataset.batch(self.sampler.next_indices()), self.device)
+        indices = self.sampler.next_indices()
+        real = to_model_range(self.dataset.batch(indices), self.device)
         z = self.latents.next(self.family.latents_per_step, self.device)
-        stats = self.family.train_step(real, z)
+        stats = self.family.train_step(real, z, **self._labels(indices))
         self.step += 1
         losses = torch.stack([stats[k].float() for k in LOGGED_LOSSES])  # built once: guard and log totals
         self.guard.observe(self.step, losses)
@@ -241,6 +242,13 @@ class Trainer:
             self.lr_control.apply(*self.family.optimizers)
         self.elapsed_s += time.perf_counter() - started
         return losses
+
+    def _labels(self, indices: torch.Tensor) -> dict:
+        """{"labels": the images' labels} for a family that needs them (the same indices: sliced per rank as
+        the images are), else nothing."""
+        if not getattr(self.family, "needs_labels", False):
+            return {}
+        return {"labels": self.dataset.labels[indices].to(self.device)}
 
     def _record(self, means: torch.Tensor, steps: int, seconds: float) -> dict:
         self.guard.check()
@@ -260,7 +268,7 @@ class Trainer:
         m, t = self.cfg.model, self.cfg.train
         where = f"resumed from {resumed_from} at step {self.step}" if resumed_from else "new run"
         return (
-            f"{where}: {m.family} {m.image_size}px {m.arch} n={m.filters} nz={m.nz} nh={m.nh} "
+            f"{where}: {m.family} {m.image_size}px {m.arch} n={m.filters} nz={self.family.latent_size} nh={m.nh} "
             f"on {self.device} x {self.world}; {len(self.dataset)} images ({self.cfg.data.source}); "
             f"batch {t.batch_size}, gamma {t.gamma}, steps {t.steps}; run dir {self.run_dir}"
         )

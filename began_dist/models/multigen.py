@@ -1,0 +1,95 @@
+"""Multi-generator BEGAN networks (SPEC 2, seed 000): one BEGAN decoder per component.
+
+    G(z)     = [G_k(z_k)]_k, image compose(G(z), y)   z = cat(z_1 .. z_K), z_k of size z_sizes[k]
+    D(x, y)  = compose([Dec_k(c_k)]_k, y), c = E(x) = cat(c_1 .. c_K), c_k of size z_sizes[k]
+    compose(parts, y) = 2 sum_k y_k parts_k - 1
+
+Parts are "ink" maps (0 = background, 1 = full white), so a part is the component drawn
+alone and the gated sum of parts is the image; `compose` maps ink to the model range
+[-1, 1] (background -1). The encoder E and the decoders are the BEGAN ones (began.py);
+D's code has one slice per generator, so L_z can compare the code of a fake with its z.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Optional
+
+import torch
+from torch import nn
+
+from began_dist.models.began import Decoder, Encoder, glorot_init, network_args
+
+
+def compose(parts: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(N, K, C, H, W) ink parts gated by labels y (N, K) in {0, 1} -> (N, C, H, W) images in the model range."""
+    assert parts.ndim == 5 and y.shape == parts.shape[:2], (tuple(parts.shape), tuple(y.shape))
+    return 2 * (parts * y.to(parts.dtype)[:, :, None, None, None]).sum(1) - 1
+
+
+def label_combinations(components: int) -> torch.Tensor:
+    """Every non-empty y in {0, 1}^K, all components on first: (2^K - 1, K)."""
+    return torch.tensor([y for y in itertools.product((0, 1), repeat=components) if any(y)][::-1])
+
+
+def part_images(parts: torch.Tensor) -> torch.Tensor:
+    """Ink parts (..., C, H, W) -> each drawn alone in the model range."""
+    return 2 * parts - 1
+
+
+class GatedDecoders(nn.Module):
+    """K BEGAN decoders, decoder k reading slice k of the latent; `parts` stacks their outputs."""
+
+    def __init__(self, z_sizes: list[int], decoder_args: dict):
+        super().__init__()
+        self.z_sizes = list(z_sizes)
+        self.decoders = nn.ModuleList(Decoder(latent=size, **decoder_args) for size in self.z_sizes)
+
+    def parts(self, latent: torch.Tensor) -> torch.Tensor:
+        """(N, sum z_sizes) -> (N, K, C, H, W) ink parts."""
+        slices = latent.split(self.z_sizes, dim=1)
+        return torch.stack([decoder(z) for decoder, z in zip(self.decoders, slices)], dim=1)
+
+    def compose(self, latent: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The gated sum; y = None switches every component on."""
+        parts = self.parts(latent)
+        return compose(parts, parts.new_ones(parts.shape[:2]) if y is None else y)
+
+    def set_carry(self, value: float) -> None:
+        for decoder in self.decoders:
+            decoder.set_carry(value)
+
+
+class MultiGenerator(GatedDecoders):
+    """G(z) -> the K parts [G_k(z_k)]; the image is `compose(G(z), y)` (one forward serves both)."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.parts(z)
+
+
+class MultiDiscriminator(nn.Module):
+    """D(x, y) -> (reconstruction, code): a shared encoder, K gated sub-decoders on the code's slices."""
+
+    def __init__(self, encoder: Encoder, decoders: GatedDecoders):
+        super().__init__()
+        self.encoder, self.decoders = encoder, decoders
+
+    def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        code = self.encoder(x)
+        return self.decoders.compose(code, y), code
+
+    def set_carry(self, value: float) -> None:
+        self.encoder.set_carry(value)
+        self.decoders.set_carry(value)
+
+
+def build_multigen(model) -> tuple[MultiGenerator, MultiDiscriminator]:
+    """G and D from a `model` config section with `model.multigen.z_sizes`."""
+    z_sizes = list(model.multigen.z_sizes)
+    shared, decoder_args = network_args(model)
+    generator = MultiGenerator(z_sizes, decoder_args)
+    encoder = Encoder(latent=sum(z_sizes), vanishing_residual=model.vanishing_residual, **shared)
+    discriminator = MultiDiscriminator(encoder, GatedDecoders(z_sizes, decoder_args))
+    generator.apply(glorot_init)
+    discriminator.apply(glorot_init)
+    return generator, discriminator

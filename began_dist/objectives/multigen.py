@@ -1,0 +1,218 @@
+"""The multi-generator BEGAN family (SPEC 2, seed 000): K generators, one gated auto-encoder D.
+
+Per step, with y the batch's component labels (the fakes take the real images' labels):
+  (1) D step: minimise L_D = T(x_r) - k_t T_D(x_f),   x_f = compose(G(z_D), y) detached
+  (2) G step: minimise L_G = T(x_f) [+ real_recon_weight R + diversity_weight V], D frozen
+  (3) equilibrium: k_t += lambda_k (gamma T(x_r) - T(x_f)), from all-reduced terms
+where the combined terms (seed README) are
+  T(x_r) = L_rec(x_r) + w L_z(dz_r)         L_z(dz_r): D's real codes match U(-1, 1)'s moments
+  T(x_f) = L_rec(x_f) + w L_z(dz_f)         L_z(dz_f): D's code of a fake matches its z
+T_D(x_f) is T(x_f) (seed: D pushes fake codes away) or L_rec(x_f) alone with +w L_z(dz_f)
+added to L_D (`latent_adversarial=false`: D recovers z, as InfoGAN's Q). Our additions:
+  R = |compose(G(sg E(x_r)), y) - x_r|   G rebuilds real images from D's real codes
+  V = sum_k 1 / (mean|G_k(z) - G_k(z')| / mean|z_k - z'_k| + 1e-5)   mode seeking per generator
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from began_dist.distributed import comm
+from began_dist.models.multigen import build_multigen, compose, label_combinations
+from began_dist.objectives.began import memory_format_for
+from began_dist.objectives.equilibrium import balance, convergence, update_k
+
+UNIFORM_STD = 1 / math.sqrt(3)  # standard deviation of U(-1, 1)
+DIVERSITY_EPS = 1e-5
+
+
+def reconstruction(kind: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L_rec: mean |v - D(v)| (l1) or mean (v - D(v))^2 (l2) over pixels, channels and batch."""
+    error = output.float() - target.float()
+    return error.abs().mean() if kind == "l1" else error.square().mean()
+
+
+def latent_error(kind: str, code: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """L_z(dz_f): l2 = mean over images of ||z - dz|| (seed README), l1 = mean |z - dz|, mse = mean (z - dz)^2."""
+    error = code.float() - z.float()
+    if kind == "l2":
+        return error.norm(dim=1).mean()
+    return error.abs().mean() if kind == "l1" else error.square().mean()
+
+
+def code_moments(code: torch.Tensor) -> torch.Tensor:
+    """L_z(dz_r): mean over code units of |mean| + |std - std(U(-1, 1))| across the batch."""
+    code = code.float()
+    return (code.mean(0).abs() + (code.std(0) - UNIFORM_STD).abs()).mean()
+
+
+def mode_seeking(parts: torch.Tensor, z: torch.Tensor, z_sizes: list[int]) -> torch.Tensor:
+    """Sum over generators of 1 / (image distance / latent distance), each image paired with the next."""
+    image_distance = (parts - parts.roll(1, dims=0)).abs().flatten(2).mean(2)  # (N, K)
+    latent_distance = torch.stack([(s - s.roll(1, dims=0)).abs().mean(1) for s in z.split(z_sizes, dim=1)], 1)
+    ratio = (image_distance / latent_distance.clamp_min(1e-8)).mean(0)
+    return (1 / (ratio + DIVERSITY_EPS)).sum()
+
+
+class MultigenFamily:
+    latents_per_step = 2  # z_D and z_G
+    needs_labels = True  # train_step takes the batch's component labels y (N, K)
+
+    def __init__(self, cfg, device: torch.device):
+        self.device = device
+        self.options = mg = cfg.model.multigen
+        self.z_sizes = list(mg.z_sizes)
+        self.latent_size = sum(self.z_sizes)
+        self.gamma, self.lambda_k = float(cfg.train.gamma), float(cfg.train.lambda_k)
+        self.vanishing_residual, self.residual_steps = cfg.model.vanishing_residual, cfg.model.residual_steps
+        self.memory_format = memory_format_for(device)
+        self.G, self.D = (net.to(device, memory_format=self.memory_format) for net in build_multigen(cfg.model))
+        self.G_train, self.D_train = self.G, self.D  # or their DDP wrappers (`distribute`)
+        adam = dict(lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
+        self.opt_G = torch.optim.Adam(self.G.parameters(), **adam)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), **adam)
+        self.optimizers = (self.opt_G, self.opt_D)
+        self.k_t = torch.zeros((), device=device)  # k_0 = 0
+
+    # -- the combined terms ----------------------------------------------------------------
+    def _real_term(self, real: torch.Tensor, recon: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """T(x_r) = L_rec(x_r) + w L_z(dz_r)."""
+        term = reconstruction(self.options.reconstruction, recon, real)
+        if self.options.real_code_loss == "moments":
+            term = term + self.options.latent_weight * code_moments(code)
+        return term
+
+    def _fake_terms(self, fake, recon, code, z) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_rec(x_f), w L_z(dz_f))."""
+        weighted = self.options.latent_weight * latent_error(self.options.latent_loss, code, z)
+        return reconstruction(self.options.reconstruction, recon, fake), weighted
+
+    # -- the step ----------------------------------------------------------------------------
+    def train_step(self, real: torch.Tensor, latents: torch.Tensor, labels: torch.Tensor) -> dict:
+        real = real.contiguous(memory_format=self.memory_format)
+        y = labels.to(self.device, torch.float32)
+        z_D, z_G = latents
+        with torch.no_grad():
+            fake_D = compose(self.G(z_D), y)  # G is not back-propagated in the D phase
+        real_term, loss_D, real_code = self._d_phase(real, fake_D, z_D, y)
+        self.opt_D.step()
+        fake_term, loss_G = self._g_phase(z_G, y, real, real_code)
+        self.opt_G.step()
+        return self._equilibrium(real_term, fake_term, loss_D, loss_G)
+
+    def _d_phase(self, real, fake, z, y):
+        """(1) D step on one D forward over cat(real, fake): minimise T(x_r) - k_t T_D(x_f)."""
+        n = real.shape[0]
+        recon, code = self.D_train(torch.cat([real, fake]), torch.cat([y, y]))
+        real_term = self._real_term(real, recon[:n], code[:n])
+        fake_rec, fake_z = self._fake_terms(fake, recon[n:], code[n:], z)
+        if self.options.latent_adversarial:
+            loss_D = real_term - self.k_t * (fake_rec + fake_z)
+        else:
+            loss_D = real_term - self.k_t * fake_rec + fake_z
+        self.opt_D.zero_grad(set_to_none=True)
+        loss_D.backward()
+        return real_term.detach(), loss_D.detach(), code[:n].detach()
+
+    def _g_phase(self, z, y, real, real_code):
+        """(2) G step with D frozen: minimise T(x_f) plus the optional real-code and diversity terms.
+
+        One G forward serves every term: the fresh z and, with real_recon_weight, D's real codes.
+        """
+        mg, n = self.options, z.shape[0]
+        rebuild = mg.real_recon_weight > 0
+        self.D.requires_grad_(False)
+        try:
+            parts = self.G_train(torch.cat([z, real_code]) if rebuild else z)
+            fake = compose(parts[:n], y)
+            recon, code = self.D(fake, y)
+            fake_rec, fake_z = self._fake_terms(fake, recon, code, z)
+            fake_term = fake_rec + fake_z
+            loss_G = fake_term
+            if rebuild:
+                loss_G = loss_G + mg.real_recon_weight * (compose(parts[n:], y) - real).abs().mean()
+            if mg.diversity_weight > 0:
+                loss_G = loss_G + mg.diversity_weight * mode_seeking(parts[:n], z, self.z_sizes)
+            self.opt_G.zero_grad(set_to_none=True)
+            loss_G.backward()
+        finally:
+            self.D.requires_grad_(True)
+        return fake_term.detach(), loss_G.detach()
+
+    def _equilibrium(self, real_term, fake_term, loss_D, loss_G) -> dict[str, torch.Tensor]:
+        """(3) k_t += lambda_k (gamma T(x_r) - T(x_f)), from all-reduced terms."""
+        losses = comm.all_reduce_mean(torch.stack([real_term, fake_term, loss_D, loss_G]))
+        real_term, fake_term, loss_D, loss_G = losses.unbind()
+        self.k_t = update_k(self.k_t, real_term, fake_term, self.gamma, self.lambda_k)
+        return {
+            "L_x": real_term,
+            "L_Gz": fake_term,
+            "L_D": loss_D,
+            "L_G": loss_G,
+            "k_t": self.k_t,
+            "M": convergence(real_term, fake_term, self.gamma),
+            "balance": balance(real_term, fake_term, self.gamma),
+        }
+
+    # -- distribution, schedules, sampling, checkpoints --------------------------------------
+    def distribute(self, wrap) -> None:
+        self.G_train, self.D_train = wrap(self.G), wrap(self.D)
+
+    def set_step(self, step: int) -> None:
+        if self.vanishing_residual:
+            carry = max(0.0, 1.0 - step / self.residual_steps)
+            self.G.set_carry(carry)
+            self.D.set_carry(carry)
+
+    def all_on(self, count: int) -> torch.Tensor:
+        return torch.ones(count, len(self.z_sizes), device=self.device)
+
+    @torch.no_grad()
+    def parts(self, z: torch.Tensor) -> torch.Tensor:
+        """(N, K, C, H, W) ink parts G_k(z_k)."""
+        return self.G(z.to(self.device))
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """compose(G(z), y); y = None switches every component on."""
+        z = z.to(self.device)
+        y = self.all_on(len(z)) if labels is None else labels.to(self.device, torch.float32)
+        return compose(self.G(z), y)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        y = self.all_on(len(x)) if labels is None else labels.to(self.device, torch.float32)
+        return self.D(x, y)[0]
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """D's code of images x: one slice per generator."""
+        return self.D.encoder(x.to(self.device))
+
+    @torch.no_grad()
+    def image_panels(self, real, fixed_z, labels: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """G_fixed cycles y over every non-empty combination (the never-seen ones too); D sees real labels."""
+        combos = label_combinations(len(self.z_sizes))
+        fixed_y = combos[torch.arange(len(fixed_z)) % len(combos)]
+        fake = self.generate(fixed_z, fixed_y)
+        real_y = self.all_on(len(real)) if labels is None else labels
+        return {"G_fixed": fake, "D_real": self.reconstruct(real, real_y), "D_fake": self.reconstruct(fake, fixed_y)}
+
+    def state_dict(self) -> dict:
+        return {
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "opt_G": self.opt_G.state_dict(),
+            "opt_D": self.opt_D.state_dict(),
+            "k_t": self.k_t.detach().cpu(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        self.k_t = state["k_t"].to(self.device)
