@@ -50,6 +50,19 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_sum_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks that autograd sees through (its backward sums the gradients too); identity at world size 1.
+
+    For batch statistics in a loss: computed from all-reduced sums, they are the global batch's on every rank,
+    and under DDP's gradient averaging each weight gets exactly the one-worker gradient.
+    """
+    if not (_initialized() and dist.get_world_size() > 1):
+        return tensor
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(tensor)
+
+
 def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """`module` in its own DistributedDataParallel when there are several ranks, else itself.
 

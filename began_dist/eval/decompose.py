@@ -29,6 +29,7 @@ from began_dist.models.multigen import compose, label_combinations, part_images
 
 ROWS = 8  # samples per figure
 INK = 0.5  # a pixel belongs to a part when its ink exceeds this
+MIN_AREA = 4  # pixels of ink below which an image has no measurable shape
 
 
 def uniform(count: int, size: int, seed: int) -> torch.Tensor:
@@ -120,7 +121,7 @@ def heldout_crosses(size: int, count: int) -> torch.Tensor:
 def shape_measures(ink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(size, thickness) per image of a cross (N, H, W): size = sqrt(3) x RMS radius of the ink
     (the arm half-length s of a thin cross), thickness = ink area / (4 s) (the bar width 2d).
-    Images without ink give NaN."""
+    Images with less ink than MIN_AREA pixels (no shape to measure) give NaN."""
     mask = (ink > INK).float()
     area = mask.flatten(1).sum(1)
     ys, xs = torch.meshgrid(torch.arange(ink.shape[1]), torch.arange(ink.shape[2]), indexing="ij")
@@ -128,8 +129,8 @@ def shape_measures(ink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     cy, cx = (weight * ys).flatten(1).sum(1), (weight * xs).flatten(1).sum(1)
     radius2 = (ys[None] - cy[:, None, None]) ** 2 + (xs[None] - cx[:, None, None]) ** 2
     size = (3 * (weight * radius2).flatten(1).sum(1)).sqrt()
-    thickness = area / (4 * size.clamp_min(1e-6))
-    empty = area == 0
+    thickness = area / (4 * size.clamp_min(1))
+    empty = area < MIN_AREA
     return size.masked_fill(empty, float("nan")), thickness.masked_fill(empty, float("nan"))
 
 
@@ -151,6 +152,6 @@ def heldout_statistics(family, component: int, real: torch.Tensor, seed: int = 0
         "var_ratio_pixels": float(generated.var(0).sum() / true.var(0).sum()),
         "var_ratio_size": _nan_var(gen_size) / _nan_var(true_size),
         "var_ratio_thickness": _nan_var(gen_thick) / _nan_var(true_thick),
-        "empty_fraction": float(gen_size.isnan().float().mean()),
+        "empty_fraction": float(gen_size.isnan().float().mean()),  # no measurable shape
         "swd": swd(as_images, real, seed)["swd"],
     }

@@ -43,17 +43,30 @@ def latent_error(kind: str, code: torch.Tensor, z: torch.Tensor) -> torch.Tensor
     return error.abs().mean() if kind == "l1" else error.square().mean()
 
 
+def global_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean over dim 0 of the global batch (every rank's rows), differentiable."""
+    count = comm.all_reduce_sum_with_grad(values.new_tensor(float(len(values))))
+    return comm.all_reduce_sum_with_grad(values.sum(0)) / count
+
+
 def code_moments(code: torch.Tensor) -> torch.Tensor:
-    """L_z(dz_r): mean over code units of |mean| + |std - std(U(-1, 1))| across the batch."""
+    """L_z(dz_r): mean over code units of |mean| + |std - std(U(-1, 1))| across the global batch."""
     code = code.float()
-    return (code.mean(0).abs() + (code.std(0) - UNIFORM_STD).abs()).mean()
+    count = comm.all_reduce_sum_with_grad(code.new_tensor(float(len(code))))
+    mean, mean_square = global_mean(code), global_mean(code.square())
+    std = ((mean_square - mean.square()) * count / (count - 1)).clamp_min(0).sqrt()
+    return (mean.abs() + (std - UNIFORM_STD).abs()).mean()
 
 
 def mode_seeking(parts: torch.Tensor, z: torch.Tensor, z_sizes: list[int]) -> torch.Tensor:
-    """Sum over generators of 1 / (image distance / latent distance), each image paired with the next."""
-    image_distance = (parts - parts.roll(1, dims=0)).abs().flatten(2).mean(2)  # (N, K)
-    latent_distance = torch.stack([(s - s.roll(1, dims=0)).abs().mean(1) for s in z.split(z_sizes, dim=1)], 1)
-    ratio = (image_distance / latent_distance.clamp_min(1e-8)).mean(0)
+    """Sum over generators of 1 / (image distance / latent distance), images 2i and 2i + 1 paired
+    (the same pairs however the global batch is split over ranks)."""
+    pairs = len(parts) // 2
+    a, b = parts[0 : 2 * pairs : 2], parts[1 : 2 * pairs : 2]
+    image_distance = (a - b).abs().flatten(2).mean(2)  # (pairs, K)
+    slices = z[: 2 * pairs].split(z_sizes, dim=1)
+    latent_distance = torch.stack([(s[0::2] - s[1::2]).abs().mean(1) for s in slices], 1)
+    ratio = global_mean(image_distance / latent_distance.clamp_min(1e-8))
     return (1 / (ratio + DIVERSITY_EPS)).sum()
 
 

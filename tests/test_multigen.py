@@ -1,0 +1,223 @@
+"""The multigen family: networks, gated sum, combined k_t update, the loop (resume, shards, Ray), decompose."""
+
+import copy
+import json
+import os
+
+import pytest
+import torch
+from conftest import TINY
+from test_loop import assert_bitwise_equal
+
+from began_dist.cli import main
+from began_dist.config import load_config, resolve_run_dir
+from began_dist.eval.decompose import real_parts
+from began_dist.models.multigen import compose, label_combinations, part_images
+from began_dist.objectives.multigen import MultigenFamily, code_moments, latent_error, reconstruction
+from began_dist.train import state as ckpt
+
+Z_SIZES = [2, 4]
+MG_TINY = [o for o in TINY if not o.startswith(("model.nz", "model.nh"))] + [
+    "model.family=multigen",
+    "data.source=shapes",
+    "data.limit=64",
+    f"model.multigen.z_sizes=[{Z_SIZES[0]},{Z_SIZES[1]}]",
+]
+# k_t moves from the first steps only when gamma T(x_r) exceeds T(x_f): a small L_z weight and gamma 1.
+K_MOVES = ["train.gamma=1.0", "train.lambda_k=0.05", "model.multigen.latent_weight=0.01"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These networks are too small to gain from a second thread, and the machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_family(*overrides) -> MultigenFamily:
+    torch.manual_seed(0)
+    return MultigenFamily(load_config(None, [*MG_TINY, *overrides]), torch.device("cpu"))
+
+
+def train(tmp_path, *overrides, name="run", resume=False):
+    run_dir = str(tmp_path / name)
+    args = (
+        ["train", "--resume", run_dir, *overrides] if resume else ["train", *MG_TINY, f"run.dir={run_dir}", *overrides]
+    )
+    return main(args), run_dir
+
+
+def stats_lines(run_dir):
+    with open(os.path.join(run_dir, "stats.jsonl")) as handle:
+        return [json.loads(line) for line in handle]
+
+
+def test_shapes_of_every_output():
+    family, n = tiny_family(), 3
+    z, x = torch.rand(n, 6) * 2 - 1, torch.rand(n, 1, 16, 16) * 2 - 1
+    y = torch.tensor([[1, 1], [0, 1], [1, 0]])
+    assert family.latent_size == 6
+    assert family.parts(z).shape == (n, 2, 1, 16, 16)
+    assert family.generate(z, y).shape == family.generate(z).shape == (n, 1, 16, 16)
+    reconstruction_, code = family.D(x, y.float())
+    assert reconstruction_.shape == (n, 1, 16, 16) and code.shape == (n, 6)
+    assert family.encode(x).shape == (n, 6)
+    assert real_parts(family, ((x + 1) * 127.5).to(torch.uint8), y).shape == (n, 2, 1, 16, 16)
+    panels = family.image_panels(x, torch.rand(6, 6) * 2 - 1, labels=y)
+    assert {name: tuple(p.shape) for name, p in panels.items()} == {
+        "G_fixed": (6, 1, 16, 16),
+        "D_real": (n, 1, 16, 16),
+        "D_fake": (6, 1, 16, 16),
+    }
+    assert label_combinations(2).tolist() == [[1, 1], [1, 0], [0, 1]]
+
+
+def test_gated_sum_of_parts():
+    parts = torch.rand(4, 2, 1, 5, 5)
+    y = torch.tensor([[1, 1], [1, 0], [0, 1], [0, 0]])
+    image = compose(parts, y)
+    torch.testing.assert_close(image[0], 2 * (parts[0, 0] + parts[0, 1]) - 1)
+    torch.testing.assert_close(image[1], part_images(parts[1, 0]))
+    torch.testing.assert_close(image[2], part_images(parts[2, 1]))
+    assert torch.equal(image[3], torch.full_like(image[3], -1.0))  # nothing on: background
+    # D gates its sub-decoders the same way: switching a component off removes exactly its part.
+    family = tiny_family()
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        code = family.D.encoder(x)
+        sub = family.D.decoders.parts(code)
+        only_first, _ = family.D(x, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    torch.testing.assert_close(only_first, part_images(sub[:, 0]))
+
+
+def test_loss_terms_by_hand():
+    code, z = torch.tensor([[3.0, 4.0], [1.0, 1.0]]), torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    assert latent_error("l2", code, z).item() == pytest.approx(2.5)  # (||(3, 4)|| + 0) / 2
+    assert latent_error("l1", code, z).item() == pytest.approx(7 / 4)
+    assert latent_error("mse", code, z).item() == pytest.approx(25 / 4)
+    moments = torch.tensor([[1.0, 2.0], [-1.0, 0.0]])  # means 0, 1; std sqrt(2), sqrt(2)
+    expected = ((0 + abs(2**0.5 - 3**-0.5)) + (1 + abs(2**0.5 - 3**-0.5))) / 2
+    assert code_moments(moments).item() == pytest.approx(expected)
+    a, b = torch.zeros(1, 1, 2, 2), torch.tensor([[[[1.0, -1.0], [2.0, 0.0]]]])
+    assert reconstruction("l1", a, b).item() == pytest.approx(1.0)
+    assert reconstruction("l2", a, b).item() == pytest.approx(1.5)
+
+
+def test_k_t_update_uses_the_combined_terms():
+    """k_1 = clip(k_0 + lambda_k (gamma [L_rec(x_r) + L_z(dz_r)] - [L_rec(x_f) + L_z(dz_f)]), 0, 1), by hand."""
+    family = tiny_family("train.gamma=0.7", "train.lambda_k=0.1", "model.multigen.latent_weight=0.5")
+    family.k_t = torch.tensor(0.3)
+    real = torch.rand(4, 1, 16, 16) * 2 - 1
+    y = torch.tensor([[1, 1], [0, 1], [1, 1], [0, 1]])
+    latents = torch.rand(2, 4, 6) * 2 - 1
+    G_before, D_before = copy.deepcopy(family.G), copy.deepcopy(family.D)
+    stats = family.train_step(real, latents, y)
+    with torch.no_grad():
+        recon, code = D_before(real, y.float())  # the D step saw the weights before it
+        real_term = (recon - real).abs().mean() + 0.5 * code_moments(code)
+        fake = compose(G_before(latents[1]), y)  # the G step: G before its step, D after its step
+        recon, code = family.D(fake, y.float())
+        fake_term = (recon - fake).abs().mean() + 0.5 * (code - latents[1]).norm(dim=1).mean()
+    expected = min(max(0.3 + 0.1 * (0.7 * real_term.item() - fake_term.item()), 0.0), 1.0)
+    assert stats["L_x"].item() == pytest.approx(real_term.item(), rel=1e-5)
+    assert stats["L_Gz"].item() == pytest.approx(fake_term.item(), rel=1e-5)
+    assert family.k_t.item() == pytest.approx(expected, rel=1e-5)
+    assert stats["M"].item() == pytest.approx(real_term.item() + abs(0.7 * real_term.item() - fake_term.item()))
+    assert family.k_t.item() != pytest.approx(0.3)  # the update did something
+
+
+def test_short_crs_run_losses_fall_and_decompose_writes_figures(tmp_path):
+    steps = ["train.steps=60", "train.log_every=10", "train.checkpoint_every=60", "train.lr=5e-4"]
+    code, run_dir = train(tmp_path, *steps, "train.batch_size=8")
+    assert code == 0
+    first, *_, before_last, last = stats_lines(run_dir)
+    for key in ("L_x", "L_Gz"):  # the combined terms T(x_r) and T(x_f), over the last 20 steps against the first 10
+        assert (before_last[key] + last[key]) / 2 < 0.85 * first[key], key
+    assert main(["decompose", run_dir]) == 0
+    out = os.path.join(run_dir, "decompose", "step-00000060")
+    assert sorted(os.listdir(out)) == ["alone.png", "parts.png", "swap_0.png", "swap_1.png", "switch.png"]
+    assert all(os.path.getsize(os.path.join(out, name)) > 100 for name in os.listdir(out))
+
+
+def test_resume_is_bitwise_equal_to_a_straight_run(tmp_path):
+    code, straight = train(tmp_path, *K_MOVES, "train.steps=8", name="straight")
+    assert code == 0
+    code, resumed = train(tmp_path, *K_MOVES, "train.steps=4", "train.checkpoint_every=100", name="resumed")
+    assert code == 0 and [s for s, _ in ckpt.list_checkpoints(resumed)] == [4]
+    assert train(tmp_path, "train.steps=8", name="resumed", resume=True)[0] == 0
+    a, b = (ckpt.load_checkpoint(ckpt.latest_checkpoint(run)) for run in (straight, resumed))
+    for key in ("G", "D", "opt_G", "opt_D", "k_t", "lr_state", "data", "rng", "fixed_z"):
+        assert_bitwise_equal(a[key], b[key], key)
+    assert a["step"] == 8 and a["k_t"].item() > 0  # k_t moved, so the comparison means something
+
+
+def test_trains_from_prepared_shapes_shards(tmp_path):
+    out = tmp_path / "crs"
+    assert main(["prepare", "shapes", str(out), "--size", "16", "--limit", "48", "--shards", "2"]) == 0
+    code, run_dir = train(tmp_path, "data.source=shards", f"data.path={out / 'train'}", "train.steps=4")
+    assert code == 0 and [s for s, _ in ckpt.list_checkpoints(run_dir)] == [4]
+    with open(os.path.join(run_dir, "log.txt")) as handle:
+        assert "48 images (shards)" in handle.read()
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (["model.nz=8"], "model.nz"),
+        (["model.nh=8"], "model.nh"),
+        (["model.multigen.z_sizes=[4]"], "model.multigen.z_sizes"),  # CRS has two components
+        (["model.multigen.latent_loss=l3"], "model.multigen.latent_loss"),
+        (["data.source=glyphs"], "data.source"),
+    ],
+)
+def test_bad_config_is_refused_naming_the_field(tmp_path, capsys, overrides, field):
+    code, run_dir = train(tmp_path, *overrides)
+    assert code == 2
+    assert field in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(run_dir, "checkpoints"))
+
+
+def test_multigen_keys_are_refused_for_began(capsys):
+    assert main(["train", *TINY, "model.multigen.z_sizes=[4,4]"]) == 2
+    assert "model.multigen" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_two_workers_on_the_shared_cluster_equal_one_worker(ray_cluster, tmp_path):
+    """Labels are sliced per rank as the images are, and the batch statistics (real-code moments, mode seeking)
+    are the global batch's: 2 workers x 8 make the step 1 worker x 16 makes."""
+    from began_dist.distributed.ray_train import run_on_ray
+
+    extras = ["model.multigen.real_recon_weight=1", "model.multigen.diversity_weight=0.01"]
+    common = [
+        *K_MOVES,
+        *extras,
+        "train.batch_size=16",
+        "train.steps=4",
+        "train.log_every=1",
+        "train.checkpoint_every=4",
+    ]
+    cfg = load_config(
+        None,
+        [
+            *MG_TINY,
+            *common,
+            "run.workers=2",
+            "run.worker_resources.train_slot=1",
+            "run.controller_failure_limit=1",
+            f"run.dir={tmp_path / 'ray'}",
+        ],
+    )
+    resolve_run_dir(cfg)
+    result = run_on_ray(cfg)
+    assert result["step"] == 4
+    assert len(result["replica_digests"]) == 2 and len(set(result["replica_digests"])) == 1
+    assert len(set(result["worker_nodes"])) == 2
+    code, local = train(tmp_path, *common, name="local")
+    assert code == 0
+    for ray_line, local_line in zip(stats_lines(tmp_path / "ray"), stats_lines(local), strict=True):
+        for key in ("L_x", "L_Gz", "L_D", "L_G", "k_t", "M"):
+            assert ray_line[key] == pytest.approx(local_line[key], rel=1e-4, abs=1e-6), (ray_line["step"], key)
