@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0, help="seed of the latents")
 
     prepare = commands.add_parser("prepare", help="write a sharded dataset (Arrow/HDF5), or --verify one")
-    prepare.add_argument("source", nargs="?", help="folder, archive, HDF5 file, or glyphs|shapes|cns|fashion-mnist")
-    prepare.add_argument("out", nargs="?", help="output dataset directory (shapes: OUT/train and OUT/heldout)")
+    prepare.add_argument("source", nargs="?", help="folder, archive, HDF5 file, or glyphs|shapes|shapes4|cns|...")
+    prepare.add_argument("out", nargs="?", help="output dataset directory (shapes, shapes4: OUT/train and OUT/heldout)")
     prepare.add_argument("--verify", metavar="DATASET_DIR", help="recompute the checksums of DATASET_DIR's shards")
     prepare.add_argument("--format", choices=("arrow", "hdf5"), default="arrow", help="shard file format")
     prepare.add_argument("--size", type=int, default=64, help="output image height = width, pixels")

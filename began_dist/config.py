@@ -62,7 +62,7 @@ class DataConfig:
     glyphs: int = 4096  # glyphs: number of CJK characters, from U+4E00 upwards
     font: str = ""  # glyphs: font file (.ttf/.otf/.ttc); empty = bundled Noto Sans CJK
     font_index: int = 2  # glyphs: face index inside a .ttc (Noto: 2 = Simplified Chinese)
-    shapes: str = "square+cross,square"  # shapes: CRS classes to train on (SPEC 2)
+    shapes: str = "square+cross,square"  # shapes: CRS classes to train on (SPEC 2), or `four` (the harder set)
 
 
 @dataclass

@@ -221,3 +221,19 @@ def test_two_workers_on_the_shared_cluster_equal_one_worker(ray_cluster, tmp_pat
     for ray_line, local_line in zip(stats_lines(tmp_path / "ray"), stats_lines(local), strict=True):
         for key in ("L_x", "L_Gz", "L_D", "L_G", "k_t", "M"):
             assert ray_line[key] == pytest.approx(local_line[key], rel=1e-4, abs=1e-6), (ray_line["step"], key)
+
+
+def test_the_harder_four_shape_set_in_memory_and_as_shards(tmp_path):
+    out = tmp_path / "four"
+    assert main(["prepare", "shapes4", str(out), "--size", "16", "--limit", "24"]) == 0
+    from began_dist.data.reader import ShardedDataset
+
+    train_split, heldout = ShardedDataset(str(out / "train")), ShardedDataset(str(out / "heldout"))
+    assert train_split.labels.shape == (24, 4) and heldout.labels.tolist() == [[1, 0, 0, 0]] * 24
+    assert [1, 0, 0, 0] not in train_split.labels.tolist() and set(train_split.labels.sum(1).tolist()) == {1, 2, 3}
+    masks = train_split.label_batch("masks", torch.arange(24))
+    assert masks.shape == (24, 4, 16, 16) and ((masks.flatten(2).amax(2) > 0) == train_split.labels.bool()).all()
+    four = ["data.shapes=four", "data.limit=32", "model.multigen.z_sizes=[2,2,2,2]", "train.steps=2"]
+    code, run_dir = train(tmp_path, *four)
+    assert code == 0 and main(["decompose", run_dir]) == 0
+    assert os.path.isfile(os.path.join(run_dir, "decompose", "step-00000002", "swap_3.png"))

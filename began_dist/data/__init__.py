@@ -21,7 +21,7 @@ def check_source(cfg) -> None:
     elif d.source == "glyphs":
         sources.load_font(d.font or sources.default_font(), d.font_index, 16)
     elif d.source == "shapes":
-        _check_labels(cfg, torch.from_numpy(sources.crs_shapes(16, _shape_kinds(d), limit=1)[1]))
+        _check_labels(cfg, torch.from_numpy(shape_images(d, 16, limit=1)[1]))
     elif d.source == "shards":
         dataset = ShardedDataset(d.path, limit=d.limit)
         _check_shards(cfg, dataset)
@@ -50,8 +50,12 @@ def _check_labels(cfg, labels) -> None:
         raise DataError(f"model.multigen.z_sizes={z_sizes}: one generator per component label; the data has {found}")
 
 
-def _shape_kinds(d) -> list[str]:
-    return [kind.strip() for kind in d.shapes.split(",") if kind.strip()]
+def shape_images(d, size: int, limit: int = 0):
+    """data.shapes: CRS kinds (images, labels y = [cross, square]) or `four` (the harder set's training split)."""
+    if d.shapes.strip() == "four":
+        images, labels, _ = sources.four_render(sources.four_variants("train", limit or sources.FOUR_COUNT), size)
+        return images, labels
+    return sources.crs_shapes(size, [kind.strip() for kind in d.shapes.split(",") if kind.strip()], limit=limit)
 
 
 def build_dataset(cfg) -> ImageDataset:
@@ -67,7 +71,7 @@ def build_dataset(cfg) -> ImageDataset:
         images, _ = sources.render_glyphs(size, d.glyphs, d.font, d.font_index)
         labels = None
     elif d.source == "shapes":
-        images, labels = sources.crs_shapes(size, _shape_kinds(d), limit=d.limit)
+        images, labels = shape_images(d, size, d.limit)
     else:
         images, labels = sources.image_folder(d.path, size, cfg.model.channels, limit=d.limit)
     images, labels = images[: d.limit or None], None if labels is None else labels[: d.limit or None]

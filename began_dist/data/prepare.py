@@ -10,6 +10,7 @@ never leaves a manifest that points at a partial shard.
     began-dist prepare cifar-10-python.tar.gz data/cifar32 --format hdf5 --size 32 --shards 4
     began-dist prepare glyphs data/glyphs64 --format arrow --size 64 --shards 8 --fonts A.ttc:2,B.ttf
     began-dist prepare shapes data/crs --format arrow --size 64 --shards 4   (-> data/crs/{train,heldout})
+    began-dist prepare shapes4 data/four --size 64 --limit 12000     (the harder set: 4 shapes, random places)
     began-dist prepare --verify data/celeba64
 """
 
@@ -31,8 +32,8 @@ from began_dist.data import format as fmt
 from began_dist.data import sources
 from began_dist.data.dataset import DataError
 
-KINDS = ("folder", "celeba", "cifar10", "hdf5-flat", "glyphs", "cns", "fashion-mnist", "shapes")
-GRAY_KINDS = ("glyphs", "cns", "fashion-mnist", "shapes")  # sources that are one-channel by nature
+KINDS = ("folder", "celeba", "cifar10", "hdf5-flat", "glyphs", "cns", "fashion-mnist", "shapes", "shapes4")
+GRAY_KINDS = ("glyphs", "cns", "fashion-mnist", "shapes", "shapes4")  # sources that are one-channel by nature
 PARALLEL_MIN_ITEMS = 4096  # --jobs 0: below this many items, one process is faster than spawning workers
 SHAPES_SPLITS = {"train": ["square+cross", "square"], "heldout": ["cross"]}  # SPEC 2: cross alone is held out
 
@@ -67,7 +68,7 @@ class Plan:
 # -- kind inference ------------------------------------------------------------------------
 def infer_kind(source: str) -> str:
     """The source kind when it is obvious from SOURCE; DataError asking for --kind otherwise."""
-    if source in ("glyphs", "shapes", "cns", "fashion-mnist", "cifar10"):
+    if source in ("glyphs", "shapes", "shapes4", "cns", "fashion-mnist", "cifar10"):
         return source
     lower = source.lower().rstrip("/")
     if lower.endswith((".tar.gz", ".tgz", ".tar")):
@@ -205,6 +206,11 @@ def load_shapes(items, size: int):
     return images, {"y": y, "masks": masks}, {}
 
 
+def load_four_shapes(items, size: int):
+    images, y, masks = sources.four_render(list(items), size)
+    return images, {"y": y, "masks": masks}, {}
+
+
 # -- writing ---------------------------------------------------------------------------------
 def _slice(items, start: int, stop: int):
     return tuple(part[start:stop] for part in items) if isinstance(items, tuple) else items[start:stop]
@@ -339,6 +345,14 @@ def prepare(source: str, out_dir: str, options: PrepareOptions) -> list[str]:
         for split, kinds in SHAPES_SPLITS.items():
             grid = sources.crs_grid(kinds, options.limit)
             plan = Plan(kind, load_shapes, grid, {"size": options.size}, {"shapes": kinds, "split": split})
+            written.append(_write(plan, os.path.join(out_dir, split), options, source))
+        return written
+    if kind == "shapes4":
+        written = []
+        for split, contents in sources.FOUR_SPLITS.items():
+            items = sources.four_variants(split, options.limit or sources.FOUR_COUNT)
+            info = {"shapes": list(sources.FOUR_SHAPES), "split": split, "contents": contents}
+            plan = Plan(kind, load_four_shapes, items, {"size": options.size}, info)
             written.append(_write(plan, os.path.join(out_dir, split), options, source))
         return written
     plan = plan_source(source, options, kind)

@@ -213,11 +213,73 @@ def crs_grid(kinds: list[str], limit: int = 0) -> list[tuple]:
 
 def crs_render(grid: list[tuple], size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(N, size, size, 1) images, (N, 2) labels y = [cross, square], (N, 2, size, size) component masks."""
-    parts = [crs_components(*variant) for variant in grid]
+    images, masks = render_parts([crs_components(*variant) for variant in grid], size)
+    return images, np.array([CRS_LABELS[variant[0]] for variant in grid], dtype=np.uint8), masks
+
+
+def render_parts(parts: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per image its (K, 64, 64) components -> (N, size, size, 1) images (their max) and (N, K, size, size) masks."""
     images = np.stack([_resize(p.max(axis=0), size) for p in parts])[..., None]
     masks = np.stack([[_resize(component, size) for component in p] for p in parts])
-    labels = np.array([CRS_LABELS[variant[0]] for variant in grid], dtype=np.uint8)
-    return images, labels, masks
+    return images, masks
+
+
+# -- four shapes (the harder set) ---------------------------------------------------------
+FOUR_SHAPES = ("cross", "square", "circle", "triangle")  # y = [cross, square, circle, triangle]
+FOUR_COUNT = 12000  # images in the in-memory training split (data.limit takes fewer)
+FOUR_LOW, FOUR_HIGH = (16, 16, 8, -30, 1), (49, 49, 15, 30, 4)  # cx, cy, half size, angle, thickness: [low, high)
+FOUR_SPLITS = {"train": "every set of 1 to 3 shapes but the cross alone", "heldout": "the cross alone"}
+
+
+def four_combinations(split: str) -> list[tuple[int, ...]]:
+    """Label vectors of a split: train has 1 to 3 of the 4 shapes per image, except the cross alone (held out)."""
+    combos = [y for y in itertools.product((0, 1), repeat=4) if 1 <= sum(y) <= 3]
+    cross_alone = (1, 0, 0, 0)
+    return [y for y in combos if y != cross_alone] if split == "train" else [cross_alone]
+
+
+def four_variants(split: str, count: int, seed: int = 0) -> list[tuple]:
+    """`count` images of a split as (y, params per shape): each shape anywhere, of its own size, angle and width."""
+    rng = np.random.default_rng(seed + (split == "heldout"))
+    combos = four_combinations(split)
+    variants = []
+    for i in range(count):
+        y = combos[i % len(combos)]
+        params = tuple(tuple(int(v) for v in rng.integers(FOUR_LOW, FOUR_HIGH)) for _ in FOUR_SHAPES)
+        variants.append((y, params))
+    return variants
+
+
+def _triangle(cx, cy, half, angle_deg) -> list[tuple[float, float]]:
+    angles = [math.radians(angle_deg + 90 + 120 * j) for j in range(3)]
+    return [(cx + half * math.cos(a), cy - half * math.sin(a)) for a in angles]
+
+
+def four_components(y: tuple[int, ...], params: tuple) -> np.ndarray:
+    """(4, 64, 64): each present shape drawn alone (a cross, a hollow square, a ring, a triangle outline)."""
+    parts = np.zeros((len(FOUR_SHAPES), CRS_SIZE, CRS_SIZE), dtype=np.uint8)
+    for k, (present, (cx, cy, half, angle, thick)) in enumerate(zip(y, params)):
+        if not present:
+            continue
+        image = Image.new("L", (CRS_SIZE, CRS_SIZE), 0)
+        draw = ImageDraw.Draw(image)
+        if FOUR_SHAPES[k] == "cross":
+            draw.polygon(_rotated_rect(cx, cy, half, thick, angle), fill=255)
+            draw.polygon(_rotated_rect(cx, cy, thick, half, angle), fill=255)
+        elif FOUR_SHAPES[k] == "square":
+            draw.polygon(_rotated_rect(cx, cy, half, half, angle), outline=255, width=2 * thick)
+        elif FOUR_SHAPES[k] == "circle":
+            draw.ellipse((cx - half, cy - half, cx + half, cy + half), outline=255, width=2 * thick)
+        else:
+            draw.polygon(_triangle(cx, cy, half, angle), outline=255, width=2 * thick)
+        parts[k] = np.asarray(image)
+    return parts
+
+
+def four_render(variants: list[tuple], size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, size, size, 1) images, (N, 4) labels, (N, 4, size, size) masks of four-shape variants."""
+    images, masks = render_parts([four_components(*variant) for variant in variants], size)
+    return images, np.array([variant[0] for variant in variants], dtype=np.uint8), masks
 
 
 def crs_shapes(size: int, kinds: list[str], limit: int = 0) -> tuple[np.ndarray, np.ndarray]:

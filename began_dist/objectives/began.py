@@ -110,6 +110,25 @@ class CompiledOrEager:
         return self.module(*args)
 
 
+def gan_state(family) -> dict:
+    """The Contract's checkpoint entries of a family with G, D, opt_G, opt_D and k_t."""
+    return {
+        "G": family.G.state_dict(),
+        "D": family.D.state_dict(),
+        "opt_G": family.opt_G.state_dict(),
+        "opt_D": family.opt_D.state_dict(),
+        "k_t": family.k_t.detach().cpu(),
+    }
+
+
+def load_gan_state(family, state: dict) -> None:
+    family.G.load_state_dict(state["G"])
+    family.D.load_state_dict(state["D"])
+    family.opt_G.load_state_dict(state["opt_G"])
+    family.opt_D.load_state_dict(state["opt_D"])
+    family.k_t = state["k_t"].to(family.device)
+
+
 class BeganFamily:
     latents_per_step_by_order = {"alternating": 2, "simultaneous": 1}
 
@@ -247,20 +266,10 @@ class BeganFamily:
         return {"G_fixed": fake, "D_real": self.D(real), "D_fake": self.D(fake)}
 
     def state_dict(self) -> dict:
-        return {
-            "G": self.G.state_dict(),
-            "D": self.D.state_dict(),
-            "opt_G": self.opt_G.state_dict(),
-            "opt_D": self.opt_D.state_dict(),
-            "k_t": self.k_t.detach().cpu(),
-            **({"scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {}),
-        }
+        scaler = {"scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {}
+        return {**gan_state(self), **scaler}
 
     def load_state_dict(self, state: dict) -> None:
-        self.G.load_state_dict(state["G"])
-        self.D.load_state_dict(state["D"])
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
-        self.k_t = state["k_t"].to(self.device)
+        load_gan_state(self, state)
         if self.scaler.is_enabled() and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])

@@ -22,7 +22,7 @@ import torch
 
 from began_dist.distributed import comm
 from began_dist.models.multigen import build_multigen, compose, label_combinations
-from began_dist.objectives.began import memory_format_for
+from began_dist.objectives.began import gan_state, load_gan_state, memory_format_for
 from began_dist.objectives.equilibrium import balance, convergence, update_k
 
 UNIFORM_STD = 1 / math.sqrt(3)  # standard deviation of U(-1, 1)
@@ -215,17 +215,7 @@ class MultigenFamily:
         return {"G_fixed": fake, "D_real": self.reconstruct(real, real_y), "D_fake": self.reconstruct(fake, fixed_y)}
 
     def state_dict(self) -> dict:
-        return {
-            "G": self.G.state_dict(),
-            "D": self.D.state_dict(),
-            "opt_G": self.opt_G.state_dict(),
-            "opt_D": self.opt_D.state_dict(),
-            "k_t": self.k_t.detach().cpu(),
-        }
+        return gan_state(self)
 
     def load_state_dict(self, state: dict) -> None:
-        self.G.load_state_dict(state["G"])
-        self.D.load_state_dict(state["D"])
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
-        self.k_t = state["k_t"].to(self.device)
+        load_gan_state(self, state)
