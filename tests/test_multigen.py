@@ -237,3 +237,9 @@ def test_the_harder_four_shape_set_in_memory_and_as_shards(tmp_path):
     code, run_dir = train(tmp_path, *four)
     assert code == 0 and main(["decompose", run_dir]) == 0
     assert os.path.isfile(os.path.join(run_dir, "decompose", "step-00000002", "swap_3.png"))
+
+
+def test_sample_points_a_multigen_run_to_decompose(tmp_path, capsys):
+    code, run_dir = train(tmp_path, "train.steps=2")
+    assert code == 0 and main(["sample", run_dir]) == 2
+    assert "decompose" in capsys.readouterr().err

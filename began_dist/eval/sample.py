@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from began_dist.config import from_container
+from began_dist.config import ConfigError, from_container
 from began_dist.data import load_examples
 from began_dist.data.dataset import to_model_range
 from began_dist.eval.latent import interpolation_rows, invert
@@ -47,6 +47,8 @@ def write_samples(
     run_dir: str, out: Optional[str] = None, n: int = 64, seed: int = 0, rows: int = 4, step: Optional[int] = None
 ) -> list[str]:
     cfg, family, step = load_run(run_dir, step)
+    if getattr(family, "needs_labels", False):
+        raise ConfigError(f"{run_dir}: model.family={cfg.model.family}; its pictures come from began-dist decompose")
     out = out or os.path.join(run_dir, "samples", f"step-{step:08d}")
     generator = torch.Generator().manual_seed(seed)
     nz = family.latent_size
