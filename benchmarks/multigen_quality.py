@@ -29,7 +29,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from began_dist.data import sources  # noqa: E402
-from began_dist.eval.decompose import component_iou, heldout_crosses, heldout_statistics  # noqa: E402
+from began_dist.eval.decompose import (  # noqa: E402
+    component_iou,
+    heldout_crosses,
+    heldout_statistics,
+    write_overview,
+)
 from began_dist.eval.sample import load_run  # noqa: E402
 from began_dist.eval.swd import swd  # noqa: E402
 
@@ -72,6 +77,7 @@ def main() -> None:
     parser.add_argument("run_dirs", nargs="+")
     parser.add_argument("--n", type=int, default=1024, help="images per set")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--figure", help="write an overview PNG of the last run (parts, G_cross alone, real crosses)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     size = load_run(args.run_dirs[0])[0].model.image_size
@@ -85,6 +91,11 @@ def main() -> None:
     for name, row in rows.items():
         print(f"{name:<{name_width}}" + "".join(f"{row[key]:>10.4g}" for key in COLUMNS))
     print(f"SWD floor (held-out crosses vs held-out crosses, n={args.n}): {floor:.4g}")
+    if args.figure:
+        _, family, _ = load_run(args.run_dirs[-1])
+        images, labels, _ = training_split(size, 64)
+        mixed = torch.tensor([0, 32, 13, 45])  # square+cross and square alone in turn
+        print(write_overview(family, images[mixed], labels[mixed], heldout, args.figure, CROSS))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"rows": rows, "swd_floor": floor, "n": args.n}, handle, indent=1)

@@ -97,6 +97,18 @@ def decompose(run_dir: str, out: Optional[str] = None, step: Optional[int] = Non
     ]
 
 
+def write_overview(family, images, labels, heldout, path: str, component: int = 0) -> str:
+    """One figure, 8 columns: rows of (real, its parts, their sum) x 2, two rows of G_component(z) alone,
+    one row of held-out real examples of that component."""
+    x = to_model_range(images, family.device)
+    parts = real_parts(family, images, labels)
+    per_image = torch.cat([x[:, None], part_images(parts), compose(parts, labels.float())[:, None]], 1)
+    decomposed = per_image[: 8 // per_image.shape[1] * 2].flatten(0, 1)
+    alone = part_images(family.parts(uniform(16, family.latent_size, 1))[:, component])
+    rows = [decomposed, alone, to_model_range(heldout[:8], family.device)]
+    return save_grid(torch.cat(rows), path, 8, scale=3)
+
+
 # -- measurements ---------------------------------------------------------------------------
 def component_iou(family, images, labels, masks) -> list[float]:
     """Per component: mean IoU of the part's ink (> 0.5) with the true mask, over images that have it."""
