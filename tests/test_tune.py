@@ -73,8 +73,10 @@ def test_spec_overrides_and_trial_config(tmp_path):
     from began_dist.tune.spec import apply_params, load_spec
     from began_dist.tune.sweep import trial_base
 
-    spec, base = load_spec(SMOKE, ["tune.metric=swd", "tune.num_samples=3", "train.steps=40", "train.log_every=3"])
+    overrides = ["tune.metric=swd", "tune.num_samples=3", "train.steps=40", "train.log_every=3"]
+    spec, base = load_spec(SMOKE, [*overrides, "tune.scheduler.type=pbt", "tune.scheduler.perturbation_interval=8"])
     assert (spec.metric, spec.num_samples, base.train.steps) == ("swd", 3, 40)
+    assert spec.scheduler == {"type": "pbt", "perturbation_interval": 8}  # ASHA's settings dropped with ASHA
     trial = trial_base(spec, base)
     assert trial.train.eval_every == trial.train.checkpoint_every == 8  # the objective at every checkpoint
     assert trial.train.eval_metrics == "swd" and trial.train.log_every == 1  # gcd(3, 8): M at each checkpoint
