@@ -196,7 +196,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_nested_two_worker_trial(ray_cluster, tmp_path):
+def test_nested_two_worker_trial_through_ray_job_submit(ray_cluster, tmp_path):
     spec = write_spec(
         tmp_path,
         space={"train.gamma": {"grid": [0.5]}},
@@ -210,9 +210,25 @@ def test_nested_two_worker_trial(ray_cluster, tmp_path):
         },
     )
     sweep_dir = tmp_path / "nested"
-    assert main(["tune", spec, f"run.dir={sweep_dir}", "--address", ray_cluster.address]) == 0
+    command = [
+        os.path.join(os.path.dirname(sys.executable), "ray"),
+        "job",
+        "submit",
+        "--address",
+        ray_cluster.dashboard_url,
+        "--working-dir",
+        REPO,
+        "--",
+        "began-dist",
+        "tune",
+        spec,
+        f"run.dir={sweep_dir}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]  # ray-project/ray#52343 bit here
     (row,) = read_results(sweep_dir)
     assert row["status"] == "done" and int(row["step"]) == 8 and float(row["swd"]) > 0
+    assert f"best checkpoint: {row['checkpoint']}" in done.stdout + done.stderr
     trial = sweep_dir / "trials" / row["trial"]
     assert os.path.isdir(trial / "ray" / "train")  # the nested TorchTrainer's storage: the trial's own
     assert [step for step, _ in ckpt.list_checkpoints(str(trial))] == [8]
