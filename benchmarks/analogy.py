@@ -24,6 +24,7 @@ training characters. Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import subprocess
@@ -58,6 +59,7 @@ SMALL = [  # fits the CPU budget: half the seed's widths, one conv per scale
     "train.checkpoint_every=500",
 ]
 FIRST_CHUNK = 100  # steps trained before the speed is known
+MAX_CHUNK = 200  # steps per training process (the budget is checked between processes)
 
 
 def available_fonts() -> list[tuple[str, str, int]]:
@@ -107,19 +109,35 @@ def train_chunk(run_dir: str, data_dir: str, steps: int, extra: list[str]) -> fl
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def train(run_dir: str, data_dir: str, cpu_minutes: float, extra: list[str]) -> dict:
-    """Train in chunks until the CPU budget is spent (the step count follows the measured speed)."""
-    budget_s, used_s, wall = cpu_minutes * 60, 0.0, time.time()
-    steps = FIRST_CHUNK
+def train(out: str, run_dir: str, data_dir: str, cpu_minutes: float, wall_minutes: float, extra: list[str]) -> dict:
+    """Train in chunks until the CPU budget (or the wall-clock cap) is spent; the step count follows the speed.
+
+    The account (steps, CPU and wall seconds) lives in OUT/budget.json, so an interrupted
+    benchmark continues both the run (exact resume) and its account.
+    """
+    account_path = os.path.join(out, "budget.json")
+    account = {"steps": 0, "cpu_s": 0.0, "wall_s": 0.0}
+    if os.path.isfile(account_path):
+        with open(account_path) as handle:
+            account = json.load(handle)
     while True:
-        used_s += train_chunk(run_dir, data_dir, steps, extra)
-        per_step = used_s / steps
-        target = int(budget_s / per_step)
-        print(f"  {steps} steps, {used_s / 60:.1f} CPU-min ({per_step:.2f} s/step); budget allows ~{target}",
+        per_step = account["cpu_s"] / account["steps"] if account["steps"] else None
+        wall_per_step = account["wall_s"] / account["steps"] if account["steps"] else 0.0
+        left = cpu_minutes * 60 - account["cpu_s"]
+        wall_left = wall_minutes * 60 - account["wall_s"]
+        chunk = FIRST_CHUNK if per_step is None else min(MAX_CHUNK, int(left / per_step))
+        if wall_per_step:
+            chunk = min(chunk, int(wall_left / wall_per_step))
+        if chunk < 1:
+            return account
+        started = time.time()
+        account["cpu_s"] += train_chunk(run_dir, data_dir, account["steps"] + chunk, extra)
+        account["steps"] += chunk
+        account["wall_s"] += time.time() - started
+        with open(account_path, "w") as handle:
+            json.dump(account, handle)
+        print(f"  {account['steps']} steps, {account['cpu_s'] / 60:.1f} CPU-min, {account['wall_s'] / 60:.1f} wall-min",
               file=sys.stderr)
-        if target - steps < FIRST_CHUNK:
-            return {"steps": steps, "cpu_min": used_s / 60, "wall_min": (time.time() - wall) / 60}
-        steps = steps + min(target - steps, max(FIRST_CHUNK, (target - steps) // 2))  # re-measure halfway
 
 
 def render_all(fonts, codes: list[int], size: int) -> torch.Tensor:
@@ -177,6 +195,7 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=200, help="held-out characters")
     parser.add_argument("--quads", type=int, default=400, help="held-out (c1, c2, A, B) quadruples")
     parser.add_argument("--cpu-minutes", type=float, default=25.0, help="training budget, CPU-minutes (cap: 60)")
+    parser.add_argument("--wall-minutes", type=float, default=600.0, help="stop training after this wall time")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-only", action="store_true", help="evaluate the run already in OUT/run")
     parser.add_argument("overrides", nargs="*", help="extra key=value overrides for the run")
@@ -187,10 +206,10 @@ def main() -> None:
     print(f"fonts: {', '.join(name for name, _, _ in fonts)}", file=sys.stderr)
     train_codes, heldout_codes = split_characters(fonts, args.train_chars, args.heldout, args.seed)
     run_dir = os.path.abspath(os.path.join(args.out, "run"))
-    budget = {"steps": "?", "cpu_min": float("nan"), "wall_min": float("nan")}
+    budget = {"steps": 0, "cpu_s": float("nan"), "wall_s": float("nan")}
     if not args.eval_only:
         data_dir = prepare_training_set(args.out, fonts, train_codes, args.size)
-        budget = train(run_dir, data_dir, args.cpu_minutes, args.overrides)
+        budget = train(args.out, run_dir, data_dir, args.cpu_minutes, args.wall_minutes, args.overrides)
     glyphs = render_all(fonts, heldout_codes, args.size)
     train_glyphs = render_all(fonts, train_codes[: args.heldout], args.size)
     quads = quadruples(len(heldout_codes), len(fonts), args.quads, args.seed)
@@ -201,8 +220,8 @@ def main() -> None:
 def print_table(args, fonts, budget: dict, result: dict) -> None:
     print(f"fonts: {', '.join(name for name, _, _ in fonts)}; {args.size} px; {args.train_chars} training and "
           f"{args.heldout} held-out characters; {args.quads} held-out quadruples")
-    print(f"training: step {result['step']}, {budget['cpu_min']:.1f} CPU-minutes, {budget['wall_min']:.1f} "
-          f"wall minutes, 1 thread")
+    print(f"training: step {result['step']}, {budget['cpu_s'] / 60:.1f} CPU-minutes, {budget['wall_s'] / 60:.1f} "
+          f"wall minutes, 1 thread, load average {os.getloadavg()[0]:.1f} at the end")
     print()
     print("| decode of the analogy | L1 to x(c2, A) | SWD x1e3 |")
     print("|---|---|---|")
