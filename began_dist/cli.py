@@ -103,11 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_invert_steps(args) -> None:
+    if args.invert_steps < 1:
+        raise ConfigError(f"--invert-steps {args.invert_steps}: must be at least 1")
+
+
 def _latent_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--latent", choices=("encoder", "invert"), default="encoder",
                          help="encoder (vaegan: E; BEGAN: D's encoder) or invert (Adam on |x - G(z_r)|)")
     command.add_argument("--out", help="output directory (default RUN_DIR/latent)")
     command.add_argument("--checkpoint", type=int, help="step of the checkpoint (default: the latest)")
+    command.add_argument("--invert-steps", type=int, default=300, help="Adam steps per z_r inversion")
 
 
 def _overrides(args) -> list[str]:
@@ -209,18 +215,21 @@ def run_interpolate(args) -> int:
 
     if args.steps < 2:
         raise ConfigError(f"--steps {args.steps}: must be at least 2")
+    _check_invert_steps(args)
     return _print_paths(write_interpolation, args.run_dir, args.a, args.b, args.steps, args.latent, args.out,
-                        args.checkpoint)
+                        args.checkpoint, args.invert_steps)
 
 
 def run_arithmetic(args) -> int:
     from began_dist.eval.arithmetic import DEFAULT_TRIPLES, write_arithmetic
 
+    _check_invert_steps(args)
     return _print_paths(write_arithmetic, args.run_dir, args.triples or DEFAULT_TRIPLES, args.latent, args.out,
-                        args.checkpoint)
+                        args.checkpoint, args.invert_steps)
 
 
 def _print_paths(write, *args) -> int:
+    """Run a latent command's writer and print the files it wrote."""
     try:
         paths = write(*args)
     except FileNotFoundError as error:  # no run or no checkpoint there

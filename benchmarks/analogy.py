@@ -99,12 +99,21 @@ def train_chunk(run_dir: str, data_dir: str, steps: int, extra: list[str]) -> fl
     if ckpt.list_checkpoints(run_dir):
         command = ["--resume", run_dir, f"train.steps={steps}"]
     else:
-        command = ["--config", CONFIG, *SMALL, "data.source=shards", f"data.path={data_dir}", f"run.dir={run_dir}",
-                   f"train.steps={steps}", *extra]
+        command = [
+            "--config",
+            CONFIG,
+            *SMALL,
+            "data.source=shards",
+            f"data.path={data_dir}",
+            f"run.dir={run_dir}",
+            f"train.steps={steps}",
+            *extra,
+        ]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=REPO)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([sys.executable, "-m", "began_dist", "train", *command], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "began_dist", "train", *command], check=True, env=env, stdout=subprocess.DEVNULL
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
@@ -136,8 +145,10 @@ def train(out: str, run_dir: str, data_dir: str, cpu_minutes: float, wall_minute
         account["wall_s"] += time.time() - started
         with open(account_path, "w") as handle:
             json.dump(account, handle)
-        print(f"  {account['steps']} steps, {account['cpu_s'] / 60:.1f} CPU-min, {account['wall_s'] / 60:.1f} wall-min",
-              file=sys.stderr)
+        print(
+            f"  {account['steps']} steps, {account['cpu_s'] / 60:.1f} CPU-min, {account['wall_s'] / 60:.1f} wall-min",
+            file=sys.stderr,
+        )
 
 
 def render_all(fonts, codes: list[int], size: int) -> torch.Tensor:
@@ -171,8 +182,9 @@ def evaluate(run_dir: str, glyphs: torch.Tensor, train_glyphs: torch.Tensor, qua
     for name, images in candidates.items():
         images = images.clamp(-1, 1)
         rows[name] = (float((images - truth).abs().mean()), swd(to_uint8(images), to_uint8(truth))["swd"])
-    shown = torch.stack([glyphs[a, c1], glyphs[b, c1], glyphs[b, c2], *[c.clamp(-1, 1) for c in candidates.values()],
-                         truth], dim=1)[:12]
+    shown = torch.stack(
+        [glyphs[a, c1], glyphs[b, c1], glyphs[b, c2], *[c.clamp(-1, 1) for c in candidates.values()], truth], dim=1
+    )[:12]
     save_grid(shown.flatten(0, 1), figure, shown.shape[1], scale=2)
     return {
         "step": step,
@@ -218,18 +230,24 @@ def main() -> None:
 
 
 def print_table(args, fonts, budget: dict, result: dict) -> None:
-    print(f"fonts: {', '.join(name for name, _, _ in fonts)}; {args.size} px; {args.train_chars} training and "
-          f"{args.heldout} held-out characters; {args.quads} held-out quadruples")
-    print(f"training: step {result['step']}, {budget['cpu_s'] / 60:.1f} CPU-minutes, {budget['wall_s'] / 60:.1f} "
-          f"wall minutes, 1 thread, load average {os.getloadavg()[0]:.1f} at the end")
+    print(
+        f"fonts: {', '.join(name for name, _, _ in fonts)}; {args.size} px; {args.train_chars} training and "
+        f"{args.heldout} held-out characters; {args.quads} held-out quadruples"
+    )
+    print(
+        f"training: step {result['step']}, {budget['cpu_s'] / 60:.1f} CPU-minutes, {budget['wall_s'] / 60:.1f} "
+        f"wall minutes, 1 thread, load average {os.getloadavg()[0]:.1f} at the end"
+    )
     print()
     print("| decode of the analogy | L1 to x(c2, A) | SWD x1e3 |")
     print("|---|---|---|")
     for name, (l1, swd_value) in result["rows"].items():
         print(f"| {name} | {l1:.4f} | {swd_value:.1f} |")
     print()
-    print(f"reconstruction L1: held-out characters {result['recon_heldout']:.4f}, "
-          f"training characters {result['recon_train']:.4f}")
+    print(
+        f"reconstruction L1: held-out characters {result['recon_heldout']:.4f}, "
+        f"training characters {result['recon_train']:.4f}"
+    )
 
 
 if __name__ == "__main__":

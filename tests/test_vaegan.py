@@ -76,8 +76,16 @@ def test_bad_config_is_refused_naming_the_field(tmp_path, capsys, overrides, fie
 
 
 def test_short_run_lowers_the_reconstruction_error_through_the_encoder(train_cli):
-    code, run_dir = train_cli(*VAEGAN, "data.glyphs=8", "train.batch_size=8", "train.lr=1e-3", "train.steps=24",
-                              "train.log_every=6", "train.checkpoint_every=4", "run.checkpoints_to_keep=20")
+    code, run_dir = train_cli(
+        *VAEGAN,
+        "data.glyphs=8",
+        "train.batch_size=8",
+        "train.lr=1e-3",
+        "train.steps=24",
+        "train.log_every=6",
+        "train.checkpoint_every=4",
+        "run.checkpoints_to_keep=20",
+    )
     assert code == 0
     lines = stats_lines(run_dir)
     assert [tuple(line) for line in lines][0][:3] == ("step", "L_pix", "L_kl")

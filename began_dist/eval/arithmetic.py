@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from began_dist.config import ConfigError
-from began_dist.eval.latent import LatentCodec, latent_codec, load_inputs
+from began_dist.eval.latent import INVERT_STEPS, LatentCodec, latent_codec, load_inputs
 from began_dist.eval.sample import load_run
 from began_dist.images import save_grid
 
@@ -70,10 +70,11 @@ def write_arithmetic(
     latent: str = "encoder",  # encoder | invert (eval/latent.py)
     out: Optional[str] = None,  # output directory; default RUN_DIR/latent
     step: Optional[int] = None,  # checkpoint step; default the latest
+    invert_steps: int = INVERT_STEPS,  # Adam steps per inversion (--latent invert)
 ) -> list[str]:
     items = read_triples(triples)
     cfg, family, _ = load_run(run_dir, step)
-    codec = latent_codec(family, latent)
+    codec = latent_codec(family, latent, invert_steps)
     out = out or os.path.join(run_dir, "latent")
     written = []
     for number, triple in enumerate(items):

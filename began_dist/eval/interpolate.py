@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from began_dist.eval.latent import framed_interpolation, latent_codec, load_inputs
+from began_dist.eval.latent import INVERT_STEPS, framed_interpolation, latent_codec, load_inputs
 from began_dist.eval.sample import load_run
 from began_dist.images import save_grid
 
@@ -25,9 +25,10 @@ def write_interpolation(
     latent: str = "encoder",  # encoder | invert (eval/latent.py)
     out: Optional[str] = None,  # output directory; default RUN_DIR/latent
     step: Optional[int] = None,  # checkpoint step; default the latest
+    invert_steps: int = INVERT_STEPS,  # Adam steps per inversion (--latent invert)
 ) -> list[str]:
     cfg, family, _ = load_run(run_dir, step)
-    codec = latent_codec(family, latent)
+    codec = latent_codec(family, latent, invert_steps)
     out = out or os.path.join(run_dir, "latent")
     real = load_inputs(cfg, [a, b], family.device)
     pair = framed_interpolation(codec, real[:1], real[1:], steps)

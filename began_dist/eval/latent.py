@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from began_dist.data import DataError, sources
 from began_dist.data.dataset import to_model_range
 
 LATENT_MODES = ("encoder", "invert")
+INVERT_STEPS = 300  # Adam steps of the z_r inversion
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -45,7 +47,7 @@ def invert(
     generator: torch.nn.Module,
     images: torch.Tensor,
     latent_size: int,
-    steps: int = 300,
+    steps: int = INVERT_STEPS,
     lr: float = 0.05,
     seed: int = 0,
     bound: Optional[float] = 1.0,
@@ -82,18 +84,19 @@ class LatentCodec:
     decode: Callable[[torch.Tensor], torch.Tensor]
 
 
-def latent_codec(family, mode: str) -> LatentCodec:
+def latent_codec(family, mode: str, invert_steps: int = INVERT_STEPS) -> LatentCodec:
     if mode not in LATENT_MODES:
         raise ValueError(f"--latent {mode!r}: must be one of {', '.join(LATENT_MODES)}")
     if mode == "encoder" and hasattr(family, "encode"):
         return LatentCodec(mode, lambda images, seed=0: family.encode(images), family.decode)
     if mode == "encoder":  # BEGAN: D = Dec(Enc(x)); h = Enc(x) is its latent
-        return LatentCodec(mode, lambda images, seed=0: _no_grad(family.D.encoder, images),
-                           lambda h: _no_grad(family.D.decoder, h))
+        return LatentCodec(
+            mode, lambda images, seed=0: _no_grad(family.D.encoder, images), lambda h: _no_grad(family.D.decoder, h)
+        )
     bound = getattr(family, "latent_bound", 1.0)  # BEGAN's G was trained on U(-1, 1)
 
     def inverted(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
-        return invert(family.G, images, family.latent_size, seed=seed, bound=bound)
+        return invert(family.G, images, family.latent_size, steps=invert_steps, seed=seed, bound=bound)
 
     return LatentCodec(mode, inverted, lambda z: _no_grad(family.G, z))
 

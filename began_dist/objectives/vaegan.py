@@ -94,7 +94,8 @@ class VaeganFamily:
         for _ in range(self.g_steps):
             loss_G, loss_gan = self._g_phase(real_features, z_tilde, z_p)
         loss_kl, loss_feat, loss_pix = self._e_phase(real, real_features, eps)
-        stats = torch.stack([loss_pix, loss_kl, loss_feat, self.kl_weight * loss_kl + loss_feat, loss_gan, loss_G, loss_D])
+        loss_E = self.kl_weight * loss_kl + loss_feat
+        stats = torch.stack([loss_pix, loss_kl, loss_feat, loss_E, loss_gan, loss_G, loss_D])
         return dict(zip(self.logged_losses, comm.all_reduce_mean(stats).unbind()))
 
     def _d_phase(self, real: torch.Tensor, fakes: torch.Tensor) -> torch.Tensor:
