@@ -263,10 +263,13 @@ class Trainer:
     def _banner(self, resumed_from: Optional[str]) -> str:
         m, t = self.cfg.model, self.cfg.train
         where = f"resumed from {resumed_from} at step {self.step}" if resumed_from else "new run"
+        vaegan = m.family == "vaegan"  # no D bottleneck, no gamma: its own weight instead
+        bottleneck = "" if vaegan else f" nh={m.nh}"
+        weight = f"feature weight {t.vaegan.feature_weight}" if vaegan else f"gamma {t.gamma}"
         return (
-            f"{where}: {m.family} {m.image_size}px {m.arch} n={m.filters} nz={m.nz} nh={m.nh} "
+            f"{where}: {m.family} {m.image_size}px {m.arch} n={m.filters} nz={m.nz}{bottleneck} "
             f"on {self.device} x {self.world}; {len(self.dataset)} images ({self.cfg.data.source}); "
-            f"batch {t.batch_size}, gamma {t.gamma}, steps {t.steps}; run dir {self.run_dir}"
+            f"batch {t.batch_size}, {weight}, steps {t.steps}; run dir {self.run_dir}"
         )
 
 
