@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from began_dist.data import sources  # noqa: E402
 from began_dist.data.prepare import PrepareOptions, prepare  # noqa: E402
+from began_dist.eval.recon import reconstruction_l1  # noqa: E402
 from began_dist.eval.sample import load_run  # noqa: E402
 from began_dist.eval.swd import swd  # noqa: E402
 from began_dist.images import save_grid, to_uint8  # noqa: E402
@@ -59,6 +60,7 @@ SMALL = [  # fits the CPU budget: half the seed's widths, one conv per scale
     "train.checkpoint_every=500",
 ]
 FIRST_CHUNK = 100  # steps trained before the speed is known
+ACCOUNT = "budget.json"  # in OUT: the training account, kept across interruptions
 MAX_CHUNK = 200  # steps per training process (the budget is checked between processes)
 
 
@@ -124,11 +126,7 @@ def train(out: str, run_dir: str, data_dir: str, cpu_minutes: float, wall_minute
     The account (steps, CPU and wall seconds) lives in OUT/budget.json, so an interrupted
     benchmark continues both the run (exact resume) and its account.
     """
-    account_path = os.path.join(out, "budget.json")
-    account = {"steps": 0, "cpu_s": 0.0, "wall_s": 0.0}
-    if os.path.isfile(account_path):
-        with open(account_path) as handle:
-            account = json.load(handle)
+    account = read_account(out)
     while True:
         per_step = account["cpu_s"] / account["steps"] if account["steps"] else None
         wall_per_step = account["wall_s"] / account["steps"] if account["steps"] else 0.0
@@ -143,12 +141,21 @@ def train(out: str, run_dir: str, data_dir: str, cpu_minutes: float, wall_minute
         account["cpu_s"] += train_chunk(run_dir, data_dir, account["steps"] + chunk, extra)
         account["steps"] += chunk
         account["wall_s"] += time.time() - started
-        with open(account_path, "w") as handle:
+        with open(os.path.join(out, ACCOUNT), "w") as handle:
             json.dump(account, handle)
         print(
             f"  {account['steps']} steps, {account['cpu_s'] / 60:.1f} CPU-min, {account['wall_s'] / 60:.1f} wall-min",
             file=sys.stderr,
         )
+
+
+def read_account(out: str) -> dict:
+    """The training account so far: steps, CPU seconds, wall seconds."""
+    path = os.path.join(out, ACCOUNT)
+    if not os.path.isfile(path):
+        return {"steps": 0, "cpu_s": 0.0, "wall_s": 0.0}
+    with open(path) as handle:
+        return json.load(handle)
 
 
 def render_all(fonts, codes: list[int], size: int) -> torch.Tensor:
@@ -189,14 +196,9 @@ def evaluate(run_dir: str, glyphs: torch.Tensor, train_glyphs: torch.Tensor, qua
     return {
         "step": step,
         "rows": rows,
-        "recon_heldout": reconstruction_l1(family, glyphs),
-        "recon_train": reconstruction_l1(family, train_glyphs),
+        "recon_heldout": reconstruction_l1(family, to_uint8(glyphs.flatten(0, 1))),  # the recon metric's own
+        "recon_train": reconstruction_l1(family, to_uint8(train_glyphs.flatten(0, 1))),
     }
-
-
-def reconstruction_l1(family, glyphs: torch.Tensor) -> float:
-    flat = glyphs.flatten(0, 1)
-    return float(torch.cat([(family.reconstruct(x).clamp(-1, 1) - x).abs() for x in flat.split(256)]).mean())
 
 
 def main() -> None:
@@ -218,7 +220,7 @@ def main() -> None:
     print(f"fonts: {', '.join(name for name, _, _ in fonts)}", file=sys.stderr)
     train_codes, heldout_codes = split_characters(fonts, args.train_chars, args.heldout, args.seed)
     run_dir = os.path.abspath(os.path.join(args.out, "run"))
-    budget = {"steps": 0, "cpu_s": float("nan"), "wall_s": float("nan")}
+    budget = read_account(args.out)
     if not args.eval_only:
         data_dir = prepare_training_set(args.out, fonts, train_codes, args.size)
         budget = train(args.out, run_dir, data_dir, args.cpu_minutes, args.wall_minutes, args.overrides)

@@ -39,6 +39,12 @@ def cells(path: str, scale: int = SCALE) -> np.ndarray:
     )
 
 
+def latent_command(capsys, *args: str, latent: str, out) -> list[str]:
+    """Run a latent command (few inversion steps: fast, and enough to exercise the path); the paths it printed."""
+    assert main([*args, "--latent", latent, "--out", str(out), "--invert-steps", "20"]) == 0
+    return capsys.readouterr().out.split()
+
+
 def rendered(run_dir: str, items: list[str]) -> np.ndarray:
     cfg, _, _ = load_run(run_dir)
     return to_uint8(load_inputs(cfg, items, torch.device("cpu")))[:, 0].numpy()
@@ -48,24 +54,7 @@ def rendered(run_dir: str, items: list[str]) -> np.ndarray:
 @pytest.mark.parametrize("latent", ["encoder", "invert"])
 def test_interpolate_writes_the_pair_and_mirror_rows_with_real_ends(runs, tmp_path, capsys, family, latent):
     out = tmp_path / "out"
-    code = main(
-        [
-            "interpolate",
-            runs[family],
-            "酪",
-            "鉸",
-            "--steps",
-            "5",
-            "--latent",
-            latent,
-            "--out",
-            str(out),
-            "--invert-steps",
-            "20",
-        ]
-    )
-    assert code == 0
-    printed = capsys.readouterr().out.split()
+    printed = latent_command(capsys, "interpolate", runs[family], "酪", "鉸", "--steps", "5", latent=latent, out=out)
     assert printed == [str(out / f"interpolate-{latent}.png"), str(out / f"mirror-{latent}.png")]
     a, b = rendered(runs[family], ["酪", "鉸"])
     pair = cells(printed[0])
@@ -88,22 +77,7 @@ def test_arithmetic_writes_the_four_panel_figure(runs, tmp_path, capsys, family,
     triples = tmp_path / "triples.txt"
     triples.write_text("# characters, then image files\n酪鉻鉸\n\n" + " ".join(paths) + "\n", encoding="utf-8")
     out = tmp_path / "out"
-    code = main(
-        [
-            "arithmetic",
-            runs[family],
-            "--triples",
-            str(triples),
-            "--latent",
-            latent,
-            "--out",
-            str(out),
-            "--invert-steps",
-            "20",
-        ]
-    )
-    assert code == 0
-    printed = capsys.readouterr().out.split()
+    printed = latent_command(capsys, "arithmetic", runs[family], "--triples", str(triples), latent=latent, out=out)
     assert printed == [str(out / f"arithmetic-{latent}-{n:02d}.png") for n in (0, 1)]
     figure = cells(printed[1], scale=3)
     assert figure.shape[:2] == (4, len(COEFFICIENTS))  # inputs; reconstructions; a (zA - zB + zC); pixels
