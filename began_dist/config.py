@@ -248,13 +248,20 @@ def _check_family_keys(cfg: DictConfig) -> None:
     """Refuse another family's keys, and keys this family ignores, when they are not at their defaults."""
     family, defaults = cfg.model.family, OmegaConf.structured(Config)
     foreign = [key for name, keys in FAMILY_ONLY.items() if name != family for key in keys]
-    for key in foreign + list(MEANINGLESS.get(family, ())):
+    ignored = [leaf for name in foreign + list(MEANINGLESS.get(family, ())) for leaf in _leaves(defaults, name)]
+    for key in ignored:
         if OmegaConf.select(cfg, key) != OmegaConf.select(defaults, key):
             raise ConfigError(f"{key}: means nothing for model.family={family}; leave it at its default")
     for key in ("train.vaegan.feature_weight", "train.vaegan.kl_weight"):
         if not 0.0 <= OmegaConf.select(cfg, key) < math.inf:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)}: must be >= 0 and finite")
     _positive(cfg, "train.vaegan.g_steps")
+
+
+def _leaves(cfg: DictConfig, key: str) -> list[str]:
+    """A section's dotted leaf keys (so a refusal names the field), or the key itself."""
+    node = OmegaConf.select(cfg, key)
+    return [f"{key}.{name}" for name in node] if isinstance(node, DictConfig) else [key]
 
 
 def _check_eval(t: DictConfig) -> None:

@@ -62,7 +62,7 @@ def test_family_defaults_come_before_the_users_overrides(tmp_path):
     [
         (["model.family=vaegan", "train.gamma=0.3"], "train.gamma"),
         (["model.family=vaegan", "model.nh=32"], "model.nh"),
-        (["model.vaegan.tanh_z=true"], "model.vaegan"),
+        (["model.vaegan.tanh_z=true"], "model.vaegan.tanh_z"),
         (["model.family=vaegan", "train.vaegan.feature_weight=-1"], "train.vaegan.feature_weight"),
         (["model.family=vaegan", "train.vaegan.g_steps=0"], "train.vaegan.g_steps"),
     ],
