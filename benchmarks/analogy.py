@@ -185,10 +185,13 @@ def evaluate(run_dir: str, glyphs: torch.Tensor, train_glyphs: torch.Tensor, qua
         "copy: x(c2,B)": glyphs[b, c2],
         "recon (ceiling): G(z(c2,A))": family.decode(latents[a, c2]),
     }
-    rows = {}
+    rows, per_quad = {}, {}
     for name, images in candidates.items():
         images = images.clamp(-1, 1)
-        rows[name] = (float((images - truth).abs().mean()), swd(to_uint8(images), to_uint8(truth))["swd"])
+        per_quad[name] = (images - truth).abs().flatten(1).mean(1)  # one L1 per quadruple
+        rows[name] = (mean_and_error(per_quad[name]), swd(to_uint8(images), to_uint8(truth))["swd"])
+    model, *baselines = list(per_quad)[:3]
+    gaps = {name: mean_and_error(per_quad[model] - per_quad[name]) for name in baselines}  # paired differences
     shown = torch.stack(
         [glyphs[a, c1], glyphs[b, c1], glyphs[b, c2], *[c.clamp(-1, 1) for c in candidates.values()], truth], dim=1
     )[:12]
@@ -196,9 +199,15 @@ def evaluate(run_dir: str, glyphs: torch.Tensor, train_glyphs: torch.Tensor, qua
     return {
         "step": step,
         "rows": rows,
+        "gaps": gaps,
         "recon_heldout": reconstruction_l1(family, to_uint8(glyphs.flatten(0, 1))),  # the recon metric's own
         "recon_train": reconstruction_l1(family, to_uint8(train_glyphs.flatten(0, 1))),
     }
+
+
+def mean_and_error(values: torch.Tensor) -> tuple[float, float]:
+    """(mean, standard error of the mean) over quadruples."""
+    return float(values.mean()), float(values.std() / len(values) ** 0.5)
 
 
 def main() -> None:
@@ -241,11 +250,13 @@ def print_table(args, fonts, budget: dict, result: dict) -> None:
         f"wall minutes, 1 thread, load average {os.getloadavg()[0]:.1f} at the end"
     )
     print()
-    print("| decode of the analogy | L1 to x(c2, A) | SWD x1e3 |")
+    print("| decode of the analogy | L1 to x(c2, A) (+- s.e.) | SWD x1e3 |")
     print("|---|---|---|")
-    for name, (l1, swd_value) in result["rows"].items():
-        print(f"| {name} | {l1:.4f} | {swd_value:.1f} |")
+    for name, ((l1, error), swd_value) in result["rows"].items():
+        print(f"| {name} | {l1:.4f} +- {error:.4f} | {swd_value:.1f} |")
     print()
+    for name, (gap, error) in result["gaps"].items():
+        print(f"model L1 minus {name.split(':')[0]} L1, paired over quadruples: {gap:+.4f} +- {error:.4f}")
     print(
         f"reconstruction L1: held-out characters {result['recon_heldout']:.4f}, "
         f"training characters {result['recon_train']:.4f}"
