@@ -25,6 +25,11 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class VaeganModelConfig:
+    tanh_z: bool = False  # tanh on z: latents in [-1, 1], prior U(-1, 1) (seed 002's option); else N(0, I)
+
+
+@dataclass
 class ModelConfig:
     family: str = "began"  # model family: began | multigen | vaegan
     image_size: int = 32  # image height = width, pixels; a power of two in 16..256
@@ -37,6 +42,7 @@ class ModelConfig:
     vanishing_residual: bool = False  # paper's vanishing residual: conv layers start as identity
     residual_steps: int = 16000  # steps over which the residual carry falls from 1 to 0
     output: str = "linear"  # last layer: linear (paper) or tanh
+    vaegan: VaeganModelConfig = field(default_factory=VaeganModelConfig)  # model.family=vaegan only
 
 
 @dataclass
@@ -48,6 +54,13 @@ class DataConfig:
     font: str = ""  # glyphs: font file (.ttf/.otf/.ttc); empty = bundled Noto Sans CJK
     font_index: int = 2  # glyphs: face index inside a .ttc (Noto: 2 = Simplified Chinese)
     shapes: str = "square+cross,square"  # shapes: CRS classes to train on (SPEC 2)
+
+
+@dataclass
+class VaeganTrainConfig:
+    feature_weight: float = 0.1  # w: G's weight on the Dis_l feature reconstruction (style/content; seed 0.1)
+    kl_weight: float = 1.0  # E's weight on KL(q(z|x) || p(z)) (Larsen: 1)
+    g_steps: int = 2  # G steps per step (the seed: one D step, two G steps, one E step)
 
 
 @dataclass
@@ -76,6 +89,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the networks
     precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision on GPU)
     device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda
+    vaegan: VaeganTrainConfig = field(default_factory=VaeganTrainConfig)  # model.family=vaegan only
 
 
 @dataclass
@@ -101,7 +115,7 @@ class Config:
 
 
 CHOICES = {
-    "model.family": ("began",),  # multigen and vaegan arrive with their issues
+    "model.family": ("began", "vaegan"),  # multigen arrives with its issue
     "model.arch": ("repeat", "skip"),
     "model.output": ("linear", "tanh"),
     "model.channels": (1, 3),
@@ -113,6 +127,28 @@ CHOICES = {
     "run.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
 }
 IMAGE_SIZES = (16, 32, 64, 128, 256)
+# Each family's defaults, applied over the dataclasses' and before the user's file and overrides,
+# so a run's config.yaml states them. vaegan: seed 002's recipe (Adam 2e-4, beta1 0.5, batch 64, Nz 100).
+FAMILY_DEFAULTS = {
+    "vaegan": {
+        "model": {"nz": 100, "output": "tanh"},
+        "train": {"lr": 2.0e-4, "beta1": 0.5, "batch_size": 64, "lr_control": "none"},
+    },
+}
+# Keys that mean nothing for a family: refused when they differ from their default.
+FAMILY_ONLY = {"vaegan": ("model.vaegan", "train.vaegan")}
+MEANINGLESS = {
+    "vaegan": (
+        "model.nh",
+        "model.vanishing_residual",
+        "model.residual_steps",
+        "train.gamma",
+        "train.lambda_k",
+        "train.update_order",
+        "train.compile",
+        "train.precision",
+    ),
+}
 LR_CONTROL_DEFAULTS = {"m_stall": (0.5, None), "decay": (0.95, 2000), "step": (0.5, 100000), "none": (1.0, None)}
 
 
@@ -124,14 +160,13 @@ def _one_line(error: OmegaConfBaseException) -> str:
 
 
 def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> DictConfig:
-    """Defaults <- YAML file <- dotted overrides, type-checked and validated."""
-    merged = OmegaConf.structured(Config)
+    """Defaults <- the family's defaults <- YAML file <- dotted overrides, type-checked and validated."""
+    if path and not os.path.isfile(path):
+        raise ConfigError(f"--config: no such file {path!r}")
     try:
-        if path:
-            if not os.path.isfile(path):
-                raise ConfigError(f"--config: no such file {path!r}")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        merged = OmegaConf.merge(merged, parse_overrides(overrides))
+        given = OmegaConf.merge(OmegaConf.load(path) if path else OmegaConf.create(), parse_overrides(overrides))
+        family = OmegaConf.merge(OmegaConf.structured(Config), given).model.family
+        merged = OmegaConf.merge(OmegaConf.structured(Config), FAMILY_DEFAULTS.get(family, {}), given)
     except OmegaConfBaseException as error:
         raise ConfigError(_one_line(error)) from None
     validate(merged)
@@ -166,6 +201,7 @@ def validate(cfg: DictConfig) -> None:
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}: must be one of {', '.join(map(str, allowed))}")
     m, d, t, r = cfg.model, cfg.data, cfg.train, cfg.run
+    _check_family_keys(cfg)
     if m.image_size not in IMAGE_SIZES:
         raise ConfigError(f"model.image_size={m.image_size}: must be a power of two in 16..256 ({IMAGE_SIZES})")
     _positive(cfg, "model.filters", "model.nz", "model.nh", "model.convs_per_scale", "model.residual_steps")
@@ -206,6 +242,26 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("data.limit must be >= 0 and data.glyphs > 0")
     if t.precision != "fp32" and t.device == "cpu":
         raise ConfigError(f"train.precision={t.precision}: mixed precision needs train.device=cuda or auto")
+
+
+def _check_family_keys(cfg: DictConfig) -> None:
+    """Refuse another family's keys, and keys this family ignores, when they are not at their defaults."""
+    family, defaults = cfg.model.family, OmegaConf.structured(Config)
+    foreign = [key for name, keys in FAMILY_ONLY.items() if name != family for key in keys]
+    ignored = [leaf for name in foreign + list(MEANINGLESS.get(family, ())) for leaf in _leaves(defaults, name)]
+    for key in ignored:
+        if OmegaConf.select(cfg, key) != OmegaConf.select(defaults, key):
+            raise ConfigError(f"{key}: means nothing for model.family={family}; leave it at its default")
+    for key in ("train.vaegan.feature_weight", "train.vaegan.kl_weight"):
+        if not 0.0 <= OmegaConf.select(cfg, key) < math.inf:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)}: must be >= 0 and finite")
+    _positive(cfg, "train.vaegan.g_steps")
+
+
+def _leaves(cfg: DictConfig, key: str) -> list[str]:
+    """A section's dotted leaf keys (so a refusal names the field), or the key itself."""
+    node = OmegaConf.select(cfg, key)
+    return [f"{key}.{name}" for name in node] if isinstance(node, DictConfig) else [key]
 
 
 def _check_eval(t: DictConfig) -> None:
