@@ -6,6 +6,9 @@ One process (local mode; CUDA when present, else the CPU):
     began-dist sample runs/demo --n 64
     began-dist eval runs/demo --metrics swd,msssim,ndb,recon --checkpoint all --n 2048
     began-dist report runs/demo [runs/other ...]
+Latent tools (any family; --latent encoder|invert):
+    began-dist interpolate runs/vaegan 酪 鉸 --steps 10
+    began-dist arithmetic runs/vaegan --triples began_dist/eval/triples_default.txt
 Sharded datasets (docs/data.md), then train with data.source=shards data.path=DIR:
     began-dist prepare data/img_align_celeba data/celeba64 --format arrow --size 64 --shards 16
     began-dist prepare --verify data/celeba64
@@ -94,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--address", help="alias of run.address (an existing Ray cluster)")
     tune.add_argument("--resume", action="store_true", help="continue the interrupted sweep in run.dir")
 
+    interpolate = commands.add_parser("interpolate", help="slerp between the latents of two real images (+ mirror)")
+    interpolate.add_argument("run_dir")
+    interpolate.add_argument("a", metavar="A", help="an image file, or one character rendered as the run's glyphs")
+    interpolate.add_argument("b", metavar="B", help="an image file, or one character")
+    interpolate.add_argument("--steps", type=int, default=10, help="decoded images from A's to B's reconstruction")
+    _latent_options(interpolate)
+
+    arithmetic = commands.add_parser("arithmetic", help='"A - B + C" in latent space, the seed-002 figure')
+    arithmetic.add_argument("run_dir")
+    arithmetic.add_argument("--triples", help="file of triples (default: the bundled triples_default.txt)")
+    _latent_options(arithmetic)
+
     decompose = commands.add_parser("decompose", help="multigen: parts of real images, recombinations, each G_k")
     decompose.add_argument("run_dir")
     decompose.add_argument("--out", help="output directory (default RUN_DIR/decompose/step-XXXXXXXX)")
@@ -104,6 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one run, or several side by side")
     report.add_argument("--out", help="output file (default: RUN_DIR/report.html of the first run)")
     return parser
+
+
+def _check_invert_steps(args) -> None:
+    if args.invert_steps < 1:
+        raise ConfigError(f"--invert-steps {args.invert_steps}: must be at least 1")
+
+
+def _latent_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--latent", choices=("encoder", "invert"), default="encoder",
+                         help="encoder (vaegan: E; BEGAN: D's encoder) or invert (Adam on |x - G(z_r)|)")
+    command.add_argument("--out", help="output directory (default RUN_DIR/latent)")
+    command.add_argument("--checkpoint", type=int, help="step of the checkpoint (default: the latest)")
+    command.add_argument("--invert-steps", type=int, default=300, help="Adam steps per z_r inversion")
 
 
 def _overrides(args) -> list[str]:
@@ -200,6 +228,35 @@ def run_eval(args) -> int:
     return EXIT_OK
 
 
+def run_interpolate(args) -> int:
+    from began_dist.eval.interpolate import write_interpolation
+
+    if args.steps < 2:
+        raise ConfigError(f"--steps {args.steps}: must be at least 2")
+    _check_invert_steps(args)
+    return _print_paths(write_interpolation, args.run_dir, args.a, args.b, args.steps, args.latent, args.out,
+                        args.checkpoint, args.invert_steps)
+
+
+def run_arithmetic(args) -> int:
+    from began_dist.eval.arithmetic import DEFAULT_TRIPLES, write_arithmetic
+
+    _check_invert_steps(args)
+    return _print_paths(write_arithmetic, args.run_dir, args.triples or DEFAULT_TRIPLES, args.latent, args.out,
+                        args.checkpoint, args.invert_steps)
+
+
+def _print_paths(write, *args) -> int:
+    """Run a latent command's writer and print the files it wrote."""
+    try:
+        paths = write(*args)
+    except FileNotFoundError as error:  # no run or no checkpoint there
+        raise ConfigError(str(error)) from None
+    for path in paths:
+        print(path)
+    return EXIT_OK
+
+
 def run_report(args) -> int:
     from began_dist.eval.report import write_report
 
@@ -285,6 +342,8 @@ def main(argv=None) -> int:
             "eval": run_eval,
             "report": run_report,
             "tune": run_tune,
+            "interpolate": run_interpolate,
+            "arithmetic": run_arithmetic,
             "decompose": run_decompose,
         }
         return run[args.command](args)

@@ -39,19 +39,25 @@ class MultigenConfig:
 
 
 @dataclass
+class VaeganModelConfig:
+    tanh_z: bool = False  # tanh on z: latents in [-1, 1], prior U(-1, 1) (seed 002's option); else N(0, I)
+
+
+@dataclass
 class ModelConfig:
     family: str = "began"  # model family: began | multigen | vaegan
     image_size: int = 32  # image height = width, pixels; a power of two in 16..256
     channels: int = 1  # image channels: 1 (grayscale) or 3 (RGB)
     arch: str = "repeat"  # repeat (paper) | skip (h0 skip connections to every scale)
     filters: int = 64  # n: conv filters of the first scale (encoder grows n, 2n, 3n, ...)
-    nz: Optional[int] = None  # Nz: generator latent size; empty = the family's default (64); not for multigen
-    nh: Optional[int] = None  # Nh: discriminator bottleneck size; empty = the family's default (64); not for multigen
+    nz: int = 64  # Nz: generator latent size
+    nh: int = 64  # Nh: discriminator bottleneck (embedding) size
     convs_per_scale: int = 2  # r: 3x3 convs per scale
     vanishing_residual: bool = False  # paper's vanishing residual: conv layers start as identity
     residual_steps: int = 16000  # steps over which the residual carry falls from 1 to 0
     output: str = "linear"  # last layer: linear (paper) or tanh
-    multigen: Optional[MultigenConfig] = None  # family multigen only; filled with its defaults for that family
+    multigen: MultigenConfig = field(default_factory=MultigenConfig)  # model.family=multigen only
+    vaegan: VaeganModelConfig = field(default_factory=VaeganModelConfig)  # model.family=vaegan only
 
 
 @dataclass
@@ -63,6 +69,13 @@ class DataConfig:
     font: str = ""  # glyphs: font file (.ttf/.otf/.ttc); empty = bundled Noto Sans CJK
     font_index: int = 2  # glyphs: face index inside a .ttc (Noto: 2 = Simplified Chinese)
     shapes: str = "square+cross,square"  # shapes: CRS classes to train on (SPEC 2), or `four` (the harder set)
+
+
+@dataclass
+class VaeganTrainConfig:
+    feature_weight: float = 0.1  # w: G's weight on the Dis_l feature reconstruction (style/content; seed 0.1)
+    kl_weight: float = 1.0  # E's weight on KL(q(z|x) || p(z)) (Larsen: 1)
+    g_steps: int = 2  # G steps per step (the seed: one D step, two G steps, one E step)
 
 
 @dataclass
@@ -91,6 +104,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the networks
     precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision on GPU)
     device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda
+    vaegan: VaeganTrainConfig = field(default_factory=VaeganTrainConfig)  # model.family=vaegan only
 
 
 @dataclass
@@ -116,7 +130,7 @@ class Config:
 
 
 CHOICES = {
-    "model.family": ("began", "multigen"),  # vaegan arrives with its issue
+    "model.family": ("began", "multigen", "vaegan"),
     "model.arch": ("repeat", "skip"),
     "model.output": ("linear", "tanh"),
     "model.channels": (1, 3),
@@ -127,15 +141,36 @@ CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "run.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
 }
+IMAGE_SIZES = (16, 32, 64, 128, 256)
 MULTIGEN_CHOICES = {
     "model.multigen.reconstruction": ("l1", "l2"),
     "model.multigen.latent_loss": ("l2", "l1", "mse"),
     "model.multigen.real_code_loss": ("moments", "none"),
 }
-DEFAULT_LATENT = 64  # model.nz and model.nh of the families that have them
-FAMILY_ONLY = {"model.multigen": ("multigen",)}  # keys that mean something for these families only
-FAMILY_REFUSED = {"model.nz": ("multigen",), "model.nh": ("multigen",)}  # keys these families have no use for
-IMAGE_SIZES = (16, 32, 64, 128, 256)
+# Each family's defaults, applied over the dataclasses' and before the user's file and overrides,
+# so a run's config.yaml states them. vaegan: seed 002's recipe (Adam 2e-4, beta1 0.5, batch 64, Nz 100).
+FAMILY_DEFAULTS = {
+    "vaegan": {
+        "model": {"nz": 100, "output": "tanh"},
+        "train": {"lr": 2.0e-4, "beta1": 0.5, "batch_size": 64, "lr_control": "none"},
+    },
+}
+# Keys that mean nothing for a family: refused when they differ from their default.
+FAMILY_ONLY = {"vaegan": ("model.vaegan", "train.vaegan"), "multigen": ("model.multigen",)}
+MEANINGLESS = {
+    # multigen: its latent is model.multigen.z_sizes, D's code the same; its step is alternating fp32 eager
+    "multigen": ("model.nz", "model.nh", "train.update_order", "train.compile", "train.precision"),
+    "vaegan": (
+        "model.nh",
+        "model.vanishing_residual",
+        "model.residual_steps",
+        "train.gamma",
+        "train.lambda_k",
+        "train.update_order",
+        "train.compile",
+        "train.precision",
+    ),
+}
 LR_CONTROL_DEFAULTS = {"m_stall": (0.5, None), "decay": (0.95, 2000), "step": (0.5, 100000), "none": (1.0, None)}
 
 
@@ -147,17 +182,15 @@ def _one_line(error: OmegaConfBaseException) -> str:
 
 
 def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> DictConfig:
-    """Defaults <- YAML file <- dotted overrides, type-checked and validated."""
-    merged = OmegaConf.structured(Config)
+    """Defaults <- the family's defaults <- YAML file <- dotted overrides, type-checked and validated."""
+    if path and not os.path.isfile(path):
+        raise ConfigError(f"--config: no such file {path!r}")
     try:
-        if path:
-            if not os.path.isfile(path):
-                raise ConfigError(f"--config: no such file {path!r}")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        merged = OmegaConf.merge(merged, parse_overrides(overrides))
+        given = OmegaConf.merge(OmegaConf.load(path) if path else OmegaConf.create(), parse_overrides(overrides))
+        family = OmegaConf.merge(OmegaConf.structured(Config), given).model.family
+        merged = OmegaConf.merge(OmegaConf.structured(Config), FAMILY_DEFAULTS.get(family, {}), given)
     except OmegaConfBaseException as error:
         raise ConfigError(_one_line(error)) from None
-    apply_family_defaults(merged)
     validate(merged)
     return merged
 
@@ -169,30 +202,12 @@ def parse_overrides(overrides) -> DictConfig:
     return OmegaConf.from_dotlist(list(overrides))
 
 
-def apply_family_defaults(cfg: DictConfig) -> None:
-    """Refuse keys the chosen family has no use for (naming them), then fill in that family's defaults."""
-    family = cfg.model.family
-    for key, families in FAMILY_ONLY.items():
-        if OmegaConf.select(cfg, key) is not None and family not in families:
-            raise ConfigError(f"{key}: only for model.family={'|'.join(families)}, not {family}")
-    for key, families in FAMILY_REFUSED.items():
-        if OmegaConf.select(cfg, key) is not None and family in families:
-            raise ConfigError(f"{key}: not used by model.family={family}; remove it (see docs/multigen.md)")
-    if family == "multigen":
-        if cfg.model.multigen is None:
-            cfg.model.multigen = MultigenConfig()
-    else:
-        for key in ("nz", "nh"):
-            cfg.model[key] = DEFAULT_LATENT if cfg.model[key] is None else cfg.model[key]
-
-
 def from_container(data: dict[str, Any]) -> DictConfig:
     """Rebuild a typed config from a plain dict (a checkpoint's or Ray's copy)."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), data)
     except OmegaConfBaseException as error:
         raise ConfigError(_one_line(error)) from None
-    apply_family_defaults(merged)
     validate(merged)
     return merged
 
@@ -208,12 +223,12 @@ def validate(cfg: DictConfig) -> None:
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}: must be one of {', '.join(map(str, allowed))}")
     m, d, t, r = cfg.model, cfg.data, cfg.train, cfg.run
-    if m.image_size not in IMAGE_SIZES:
-        raise ConfigError(f"model.image_size={m.image_size}: must be a power of two in 16..256 ({IMAGE_SIZES})")
-    _positive(cfg, "model.filters", "model.convs_per_scale", "model.residual_steps")
-    _positive(cfg, *(key for key in ("model.nz", "model.nh") if OmegaConf.select(cfg, key) is not None))
+    _check_family_keys(cfg)
     if m.family == "multigen":
         _check_multigen(cfg)
+    if m.image_size not in IMAGE_SIZES:
+        raise ConfigError(f"model.image_size={m.image_size}: must be a power of two in 16..256 ({IMAGE_SIZES})")
+    _positive(cfg, "model.filters", "model.nz", "model.nh", "model.convs_per_scale", "model.residual_steps")
     _positive(cfg, "train.steps", "train.batch_size", "train.lr", "train.checkpoint_every", "train.log_every")
     _positive(cfg, "train.sample_every", "train.m_stall_window", "run.checkpoints_to_keep")
     if not 0.0 < t.gamma <= 1.0:
@@ -254,7 +269,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _check_multigen(cfg: DictConfig) -> None:
-    mg, t = cfg.model.multigen, cfg.train
+    mg = cfg.model.multigen
     for key, allowed in MULTIGEN_CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
@@ -266,13 +281,26 @@ def _check_multigen(cfg: DictConfig) -> None:
             raise ConfigError(f"model.multigen.{key}={mg[key]}: must be >= 0")
     if cfg.data.source not in ("shapes", "shards"):
         raise ConfigError(f"data.source={cfg.data.source}: model.family=multigen needs labelled data (shapes|shards)")
-    for key, value, allowed in (
-        ("train.update_order", t.update_order, "alternating"),
-        ("train.compile", t.compile, False),
-        ("train.precision", t.precision, "fp32"),
-    ):
-        if value != allowed:
-            raise ConfigError(f"{key}={value}: model.family=multigen supports only {allowed}")
+
+
+def _check_family_keys(cfg: DictConfig) -> None:
+    """Refuse another family's keys, and keys this family ignores, when they are not at their defaults."""
+    family, defaults = cfg.model.family, OmegaConf.structured(Config)
+    foreign = [key for name, keys in FAMILY_ONLY.items() if name != family for key in keys]
+    ignored = [leaf for name in foreign + list(MEANINGLESS.get(family, ())) for leaf in _leaves(defaults, name)]
+    for key in ignored:
+        if OmegaConf.select(cfg, key) != OmegaConf.select(defaults, key):
+            raise ConfigError(f"{key}: means nothing for model.family={family}; leave it at its default")
+    for key in ("train.vaegan.feature_weight", "train.vaegan.kl_weight"):
+        if not 0.0 <= OmegaConf.select(cfg, key) < math.inf:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)}: must be >= 0 and finite")
+    _positive(cfg, "train.vaegan.g_steps")
+
+
+def _leaves(cfg: DictConfig, key: str) -> list[str]:
+    """A section's dotted leaf keys (so a refusal names the field), or the key itself."""
+    node = OmegaConf.select(cfg, key)
+    return [f"{key}.{name}" for name in node] if isinstance(node, DictConfig) else [key]
 
 
 def _check_eval(t: DictConfig) -> None:

@@ -72,14 +72,11 @@ def sweep_spec(args, root: str):
     overrides = [
         f"train.steps={args.steps}",
         f"model.image_size={args.size}",
-        "tune.scheduler.type=none",
+        "tune.scheduler.type=none",  # every trial runs all its steps
         f"tune.max_concurrent_trials={args.concurrency}",
         f"run.dir={os.path.join(root, 'sweep')}",
     ]
-    spec, base = load_spec(os.path.join(REPO, "tune", "smoke.yaml"), overrides[:3] + overrides[4:])
-    spec.scheduler = {"type": "none"}
-    spec.max_concurrent_trials = args.concurrency
-    spec.space = {"train.gamma": {"grid": [0.3, 0.5, 0.7, 1.0]}}
+    spec, base = load_spec(os.path.join(REPO, "tune", "smoke.yaml"), overrides)
     return prepare_sweep_dir(spec, trial_base(spec, base), resume=False)
 
 

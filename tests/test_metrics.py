@@ -54,7 +54,7 @@ def noisy(images: torch.Tensor, std: float) -> torch.Tensor:
 def test_registry_has_the_builtin_metrics_and_refuses_unknown_names():
     assert set(DEFAULT_METRICS) <= set(REGISTRY)
     assert parse_metrics("swd, ndb") == ["swd", "ndb"]
-    with pytest.raises(ConfigError, match="fid.*available: kid, msssim"):
+    with pytest.raises(ConfigError, match="fid.*available: kid, kid_inception, msssim"):
         parse_metrics("swd,fid")
     with pytest.raises(KeyError):
         compute("fid", None)

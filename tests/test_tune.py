@@ -73,8 +73,10 @@ def test_spec_overrides_and_trial_config(tmp_path):
     from began_dist.tune.spec import apply_params, load_spec
     from began_dist.tune.sweep import trial_base
 
-    spec, base = load_spec(SMOKE, ["tune.metric=swd", "tune.num_samples=3", "train.steps=40", "train.log_every=3"])
+    overrides = ["tune.metric=swd", "tune.num_samples=3", "train.steps=40", "train.log_every=3"]
+    spec, base = load_spec(SMOKE, [*overrides, "tune.scheduler.type=pbt", "tune.scheduler.perturbation_interval=8"])
     assert (spec.metric, spec.num_samples, base.train.steps) == ("swd", 3, 40)
+    assert spec.scheduler == {"type": "pbt", "perturbation_interval": 8}  # ASHA's settings dropped with ASHA
     trial = trial_base(spec, base)
     assert trial.train.eval_every == trial.train.checkpoint_every == 8  # the objective at every checkpoint
     assert trial.train.eval_metrics == "swd" and trial.train.log_every == 1  # gcd(3, 8): M at each checkpoint
@@ -194,7 +196,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_nested_two_worker_trial(ray_cluster, tmp_path):
+def test_nested_two_worker_trial_through_ray_job_submit(ray_cluster, tmp_path):
     spec = write_spec(
         tmp_path,
         space={"train.gamma": {"grid": [0.5]}},
@@ -208,9 +210,25 @@ def test_nested_two_worker_trial(ray_cluster, tmp_path):
         },
     )
     sweep_dir = tmp_path / "nested"
-    assert main(["tune", spec, f"run.dir={sweep_dir}", "--address", ray_cluster.address]) == 0
+    command = [
+        os.path.join(os.path.dirname(sys.executable), "ray"),
+        "job",
+        "submit",
+        "--address",
+        ray_cluster.dashboard_url,
+        "--working-dir",
+        REPO,
+        "--",
+        "began-dist",
+        "tune",
+        spec,
+        f"run.dir={sweep_dir}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]  # ray-project/ray#52343 bit here
     (row,) = read_results(sweep_dir)
     assert row["status"] == "done" and int(row["step"]) == 8 and float(row["swd"]) > 0
+    assert f"best checkpoint: {row['checkpoint']}" in done.stdout + done.stderr
     trial = sweep_dir / "trials" / row["trial"]
     assert os.path.isdir(trial / "ray" / "train")  # the nested TorchTrainer's storage: the trial's own
     assert [step for step, _ in ckpt.list_checkpoints(str(trial))] == [8]

@@ -41,6 +41,8 @@ CURVES = (  # (panel title, [(stats.jsonl key, label)], log-scale y)
     ("Convergence measure M", [("M", "M")], False),
     ("Equilibrium term k_t", [("k_t", "k_t")], False),
     ("Learning rate", [("lr_G", "lr")], True),
+    ("VAE-GAN: pixel L1 of G(z~)", [("L_pix", "L_pix")], False),  # vaegan's keys: BEGAN runs have none
+    ("VAE-GAN: KL and feature losses", [("L_kl", "KL"), ("L_feat", "L_feat")], True),
 )
 METRICS = {  # metric -> (panel title, headline key, reference key, what the reference is)
     "swd": ("SWD x1e3 (lower is better)", "swd", "swd_floor", "real vs real floor"),

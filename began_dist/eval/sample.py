@@ -5,6 +5,7 @@ Writes into OUT (default RUN_DIR/samples/step-XXXXXXXX/):
   interpolation.png  slerp between pairs of random z, 10 steps a row
   mirror.png         a real image and its horizontal flip, each inverted to z_r
                      (Adam on |x - G(z_r)|), slerped; real images at the ends
+                     (`began-dist interpolate` does this through an encoder too)
   g_vs_decoder.png   seed 004's Fig. 4: G(z) (left) next to D's decoder fed the
                      same z (right); only when Nz = Nh
 """
@@ -19,7 +20,7 @@ import torch
 from began_dist.config import ConfigError, from_container
 from began_dist.data import load_examples
 from began_dist.data.dataset import to_model_range
-from began_dist.eval.latent import interpolation_rows, invert
+from began_dist.eval.latent import framed_interpolation, interpolation_rows, latent_codec
 from began_dist.images import save_grid
 from began_dist.objectives import get_family
 from began_dist.train import state as ckpt
@@ -60,7 +61,7 @@ def write_samples(
     pairs = interpolation_rows(uniform(rows), uniform(rows), STEPS)
     written.append(save_grid(family.generate(pairs), os.path.join(out, "interpolation.png"), STEPS, scale=2))
     written.append(_mirror(cfg, family, rows, seed, os.path.join(out, "mirror.png")))
-    if cfg.model.nz == cfg.model.nh:
+    if cfg.model.nz == cfg.model.nh and hasattr(family.D, "decoder"):  # BEGAN's auto-encoder D
         z = uniform(min(n, 32))
         with torch.no_grad():
             side_by_side = torch.stack([family.generate(z), family.D.decoder(z)], dim=1).flatten(0, 1)
@@ -71,9 +72,5 @@ def write_samples(
 def _mirror(cfg, family, rows: int, seed: int, path: str) -> str:
     """Real image -> z_r, its mirror -> z_r', slerp between them; the real pair at the row ends."""
     real = to_model_range(load_examples(cfg, rows), family.device)
-    flipped = real.flip(-1)
-    z_real = invert(family.G, real, family.latent_size, seed=seed)
-    z_flip = invert(family.G, flipped, family.latent_size, seed=seed + 1)
-    path_images = family.generate(interpolation_rows(z_real, z_flip, STEPS)).view(rows, STEPS, *real.shape[1:])
-    framed = torch.cat([real[:, None], path_images, flipped[:, None]], dim=1).flatten(0, 1)
+    framed = framed_interpolation(latent_codec(family, "invert"), real, real.flip(-1), STEPS, seed)
     return save_grid(framed, path, STEPS + 2, scale=2)

@@ -76,13 +76,17 @@ class Encoder(CarryMixin):
         self.downs = nn.ModuleList(conv3x3(s * n, (s + 1) * n, stride=2) for s in range(1, self.scales))
         self.fc = nn.Linear(BOTTLENECK * BOTTLENECK * self.scales * n, latent)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last conv stack's output (N, 8 x 8 x S n), flattened: what the FC layer reads."""
         x = F.elu(self.from_image(x))
         for s, stack in enumerate(self.stacks):
             x = stack(x, self.carry)
             if s < len(self.downs):
                 x = F.elu(self.downs[s](x))
-        return self.fc(x.flatten(1))
+        return x.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
 
 
 class Decoder(CarryMixin):

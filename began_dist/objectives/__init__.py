@@ -11,6 +11,13 @@ A family is a class constructed as `Family(cfg, device)` with:
   generate(z)           images from latents (no grad)
   image_panels(real, z) named image batches for TensorBoard (images/<name>)
   state_dict() / load_state_dict(state)   the family's checkpoint entries
+Optional, with BEGAN's as the loop's defaults (train/loop.py):
+  logged_losses         stats averaged over each log interval
+  scalar_tags           stats.jsonl key -> TensorBoard tag, in stats.jsonl order
+  progress_keys         the stats the progress bar shows
+  lr_monitor            the stat train.lr_control=m_stall watches
+  replicated_networks   checkpoint entries whose weights must agree across ranks
+Latent tools (eval/latent.py) use encode(x) / decode(z) / latent_bound when a family has them.
 """
 
 from __future__ import annotations
@@ -25,4 +32,8 @@ def get_family(name: str):
         from began_dist.objectives.multigen import MultigenFamily
 
         return MultigenFamily
+    if name == "vaegan":
+        from began_dist.objectives.vaegan import VaeganFamily
+
+        return VaeganFamily
     raise KeyError(f"model.family={name!r} is not available")

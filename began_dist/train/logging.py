@@ -18,8 +18,7 @@ from tqdm import tqdm
 
 from began_dist.images import make_grid, save_grid
 
-STATS_KEYS = ("step", "L_x", "L_Gz", "L_D", "L_G", "k_t", "M", "balance", "lr_G", "lr_D", "images_per_s", "time_s")
-TB_TAGS = {
+BEGAN_SCALARS = {  # BEGAN's stats.jsonl keys -> TensorBoard tags: the default a family may replace
     "L_x": "loss/L_x",
     "L_Gz": "loss/L_Gz",
     "L_D": "loss/L_D",
@@ -27,10 +26,18 @@ TB_TAGS = {
     "k_t": "equilibrium/k_t",
     "M": "equilibrium/M",
     "balance": "equilibrium/balance",
-    "lr_G": "lr/G",
-    "lr_D": "lr/D",
-    "images_per_s": "perf/images_per_s",
 }
+BEGAN_SHOWN = ("M", "k_t", "L_x")  # the progress bar shows all but the last; the log line all
+COMMON_SCALARS = {"lr_G": "lr/G", "lr_D": "lr/D", "images_per_s": "perf/images_per_s"}  # every family
+
+
+def stats_keys(family_scalars: dict[str, str]) -> tuple[str, ...]:
+    """One stats.jsonl line's keys, in order: step, the family's stats, lr and speed, time."""
+    return ("step", *family_scalars, *COMMON_SCALARS, "time_s")
+
+
+STATS_KEYS = stats_keys(BEGAN_SCALARS)
+TB_TAGS = {**BEGAN_SCALARS, **COMMON_SCALARS}
 
 
 class _TqdmConsole(logging.Handler):
@@ -58,8 +65,18 @@ def truncate_stats(path: str, last_step: int) -> None:
 
 
 class RunLogger:
-    def __init__(self, run_dir: str, enabled: bool, start_step: int, total_steps: int, progress: bool = True):
+    def __init__(
+        self,
+        run_dir: str,
+        enabled: bool,
+        start_step: int,
+        total_steps: int,
+        progress: bool = True,
+        scalars: dict[str, str] = BEGAN_SCALARS,  # the family's stats -> TensorBoard tags
+        shown: tuple[str, ...] = BEGAN_SHOWN,
+    ):
         self.run_dir, self.enabled = run_dir, enabled
+        self.keys, self.tags, self.shown = stats_keys(scalars), {**scalars, **COMMON_SCALARS}, shown
         self.bar = None
         if not enabled:
             return
@@ -89,15 +106,15 @@ class RunLogger:
         """One stats.jsonl line and the TensorBoard scalars for `record['step']`."""
         if not self.enabled:
             return
-        line = {key: record[key] for key in STATS_KEYS}
+        line = {key: record[key] for key in self.keys}
         with open(self.stats_path, "a") as handle:
             handle.write(json.dumps(line) + "\n")
-        for key, tag in TB_TAGS.items():
+        for key, tag in self.tags.items():
             self.tb.add_scalar(tag, record[key], record["step"])
         if self.bar is not None:
-            self.bar.set_postfix(M=f"{record['M']:.4f}", k_t=f"{record['k_t']:.4f}", refresh=False)
+            self.bar.set_postfix({key: f"{record[key]:.4f}" for key in self.shown[:-1]}, refresh=False)
         else:
-            self.info(f"step {record['step']}: M {record['M']:.4f} k_t {record['k_t']:.4f} L_x {record['L_x']:.4f}")
+            self.info(f"step {record['step']}: " + " ".join(f"{key} {record[key]:.4f}" for key in self.shown))
 
     def images(self, step: int, panels: dict[str, torch.Tensor], sample_name: str = "G_fixed") -> None:
         """TensorBoard images/<name> for each panel; samples/step-XXXXXXXX.png of G(z_fixed)."""

@@ -33,9 +33,10 @@ from began_dist.eval.metrics import parse_metrics
 from began_dist.objectives import get_family
 from began_dist.objectives.equilibrium import LrControl
 from began_dist.train import state as ckpt
-from began_dist.train.logging import RunLogger
+from began_dist.train.logging import BEGAN_SCALARS, BEGAN_SHOWN, RunLogger
 from began_dist.train.reporting import Reporter
 
+# BEGAN's statistics; a family may declare its own (objectives/__init__.py).
 LOGGED_LOSSES = ("L_x", "L_Gz", "L_D", "L_G", "M", "balance")  # averaged over each log interval
 FIXED_SAMPLES = 64  # images in the G(z_fixed) grids
 
@@ -109,7 +110,9 @@ class Trainer:
         self.lr_control = LrControl(cfg.train)
         self.fixed_z = fixed_latents(seed, FIXED_SAMPLES, self.family.latent_size)
         self.step, self.elapsed_s = 0, 0.0
-        self.guard = NonFiniteGuard(LOGGED_LOSSES, self.device)
+        self.logged = getattr(self.family, "logged_losses", LOGGED_LOSSES)
+        self.guard = NonFiniteGuard(self.logged, self.device)
+        self.last_stats: dict = {}
         self.last_checkpoint: Optional[str] = None
         self.eval_cache: dict = {}  # real-side metric work, shared by the evaluations of this run
         self.eval_latest: dict = {}  # headline value of each metric's latest evaluation, reported beside M
@@ -157,14 +160,16 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         resumed_from = self.restore_latest()
         self.lr_control.apply(*self.family.optimizers)
-        log = RunLogger(self.run_dir, self.rank == 0, self.step, t.steps, progress)
+        scalars = getattr(self.family, "scalar_tags", BEGAN_SCALARS)
+        shown = getattr(self.family, "progress_keys", BEGAN_SHOWN)
+        log = RunLogger(self.run_dir, self.rank == 0, self.step, t.steps, progress, scalars, shown)
         if self.rank == 0:
             save_yaml(cfg, os.path.join(self.run_dir, "config.yaml"))
             truncate_metrics(self.run_dir, self.step)  # as stats.jsonl: no step recorded twice
         log.info(self._banner(resumed_from))
         snapshot = torch.arange(min(FIXED_SAMPLES, len(self.dataset)))
         snapshot_real = to_model_range(self.dataset.batch(snapshot), self.device)
-        totals = torch.zeros(len(LOGGED_LOSSES), device=self.device)
+        totals = torch.zeros(len(self.logged), device=self.device)
         interval_steps, interval_start, record = 0, time.perf_counter(), None
         try:
             with stop_requests() as stop:
@@ -210,9 +215,11 @@ class Trainer:
         }
 
     def _replica_digests(self) -> list[str]:
-        """Each rank's digest of its networks and k_t; replicas that drifted apart would differ."""
-        tensors = [t for name in ("G", "D") for t in self.family.state_dict()[name].values()]
-        digests = comm.replica_digests([*tensors, self.family.k_t])
+        """Each rank's digest of its networks (and k_t); replicas that drifted apart would differ."""
+        state = self.family.state_dict()
+        names = getattr(self.family, "replicated_networks", ("G", "D"))
+        tensors = [t for name in names for t in state[name].values()]
+        digests = comm.replica_digests(tensors + ([self.family.k_t] if "k_t" in state else []))
         if len(set(digests)) > 1:
             raise RuntimeError(f"replicas differ at step {self.step}: {digests}")
         return digests
@@ -228,17 +235,17 @@ class Trainer:
         log.info(f"step {self.step}: {summary(results)}")
 
     def _one_step(self) -> torch.Tensor:
-        """One training step; returns its LOGGED_LOSSES as one device vector (no host sync)."""
+        """One training step; returns its logged losses as one device vector (no host sync)."""
         started = time.perf_counter()
         self.family.set_step(self.step)
         indices = self.sampler.next_indices()
         real = to_model_range(self.dataset.batch(indices), self.device)
         z = self.latents.next(self.family.latents_per_step, self.device)
-        stats = self.family.train_step(real, z, **self._labels(indices))
+        stats = self.last_stats = self.family.train_step(real, z, **self._labels(indices))
         self.step += 1
-        losses = torch.stack([stats[k].float() for k in LOGGED_LOSSES])  # built once: guard and log totals
+        losses = torch.stack([stats[k].float() for k in self.logged])  # built once: guard and log totals
         self.guard.observe(self.step, losses)
-        if self.lr_control.observe(self.step, stats["M"]):
+        if self.lr_control.observe(self.step, stats[getattr(self.family, "lr_monitor", "M")]):
             self.lr_control.apply(*self.family.optimizers)
         self.elapsed_s += time.perf_counter() - started
         return losses
@@ -252,11 +259,11 @@ class Trainer:
 
     def _record(self, means: torch.Tensor, steps: int, seconds: float) -> dict:
         self.guard.check()
-        record = dict(zip(LOGGED_LOSSES, means.tolist()))  # one host sync per log interval
+        record = dict(zip(self.logged, means.tolist()))  # one host sync per log interval
+        record.update((key, float(value)) for key, value in self.last_stats.items() if key not in record)  # k_t
         lr = self.lr_control.lr
         record.update(
             step=self.step,
-            k_t=float(self.family.k_t),
             lr_G=lr,
             lr_D=lr,
             images_per_s=steps * self.cfg.train.batch_size / max(seconds, 1e-9),
@@ -267,10 +274,13 @@ class Trainer:
     def _banner(self, resumed_from: Optional[str]) -> str:
         m, t = self.cfg.model, self.cfg.train
         where = f"resumed from {resumed_from} at step {self.step}" if resumed_from else "new run"
+        vaegan = m.family == "vaegan"  # no D bottleneck, no gamma: its own weight instead
+        bottleneck = f" nh={m.nh}" if m.family == "began" else ""  # multigen and vaegan have no Nh
+        weight = f"feature weight {t.vaegan.feature_weight}" if vaegan else f"gamma {t.gamma}"
         return (
-            f"{where}: {m.family} {m.image_size}px {m.arch} n={m.filters} nz={self.family.latent_size} nh={m.nh} "
+            f"{where}: {m.family} {m.image_size}px {m.arch} n={m.filters} nz={self.family.latent_size}{bottleneck} "
             f"on {self.device} x {self.world}; {len(self.dataset)} images ({self.cfg.data.source}); "
-            f"batch {t.batch_size}, gamma {t.gamma}, steps {t.steps}; run dir {self.run_dir}"
+            f"batch {t.batch_size}, {weight}, steps {t.steps}; run dir {self.run_dir}"
         )
 
 

@@ -104,6 +104,8 @@ def load_spec(path: str, overrides: list[str] = ()) -> tuple[SweepSpec, DictConf
     raw.setdefault("name", os.path.splitext(os.path.basename(path))[0])
     spec_overrides = [item[len("tune.") :] for item in overrides if item.startswith("tune.")]
     config_overrides = [item for item in overrides if not item.startswith("tune.")]
+    if any(item.startswith("scheduler.type=") for item in spec_overrides):
+        raw["scheduler"] = {}  # another scheduler: the spec's settings were for the old one
     if spec_overrides:
         raw = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(raw), parse_overrides(spec_overrides)))
     spec = spec_from_dict(raw)

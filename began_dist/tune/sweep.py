@@ -176,11 +176,17 @@ def run_sweep(spec: SweepSpec, base: DictConfig, resume: bool = False) -> list[d
         # The objective is known only once a trial has evaluated; earlier results lack it.
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     started_here = connect(base.run.address)
+    cwd = os.getcwd()
     try:
         check_trial_placement(spec, base)
+        # Under `ray job submit` the driver's working directory is the job's unpacked
+        # working_dir, which Ray may delete when the last trial actor using it exits
+        # (ray-project/ray#52343); every path here is absolute, so work from the sweep dir.
+        os.chdir(base.run.dir)
         grid = build_tuner(spec, base, resume).fit()
         trials = grid._experiment_analysis.trials  # statuses: ResultGrid's Results do not carry them
     finally:
+        _chdir_back(cwd)
         if started_here:
             import ray
 
@@ -190,6 +196,13 @@ def run_sweep(spec: SweepSpec, base: DictConfig, resume: bool = False) -> list[d
     if len(rows) < expected_trials(spec) or any(row["status"] == "unfinished" for row in rows):
         raise SweepInterrupted(f"sweep interrupted; resume with: began-dist tune SPEC --resume run.dir={base.run.dir}")
     return rows
+
+
+def _chdir_back(path: str) -> None:
+    try:
+        os.chdir(path)
+    except OSError:
+        pass  # it was the job's working_dir, and Ray removed it
 
 
 def expected_trials(spec: SweepSpec) -> int:
