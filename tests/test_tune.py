@@ -59,6 +59,7 @@ def stats_lines(run_dir):
         ({"metric": "fid"}, "metric='fid'"),
         ({"base": {"train.gamma": 3}}, "base: train.gamma=3"),
         ({"base": {"run.dir": "/tmp/x"}}, "base.run.dir: set by the sweep"),
+        ({"base": {"model.family": "vaegan"}, "space": {"train.lr": {"grid": [1e-4]}}}, "metric=M: the vaegan family"),
     ],
 )
 def test_bad_spec_is_refused_naming_the_key(tmp_path, capsys, changes, named):

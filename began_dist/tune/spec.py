@@ -110,6 +110,8 @@ def load_spec(path: str, overrides: list[str] = ()) -> tuple[SweepSpec, DictConf
         raw = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(raw), parse_overrides(spec_overrides)))
     spec = spec_from_dict(raw)
     base = base_config(spec, config_overrides)
+    if spec.metric == "M" and base.model.family == "vaegan":
+        raise ConfigError("metric=M: the vaegan family has no M (no equilibrium); use tune.metric=swd or recon")
     check_space(spec, base)
     return spec, base
 
