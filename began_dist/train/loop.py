@@ -111,6 +111,9 @@ class Trainer:
         self.fixed_z = fixed_latents(seed, FIXED_SAMPLES, self.family.latent_size)
         self.step, self.elapsed_s = 0, 0.0
         self.logged = getattr(self.family, "logged_losses", LOGGED_LOSSES)
+        # Resolved once here, not in every step: what the lr control watches, whether steps take labels.
+        self.lr_monitor = getattr(self.family, "lr_monitor", "M")
+        self.needs_labels = bool(getattr(self.family, "needs_labels", False))
         self.guard = NonFiniteGuard(self.logged, self.device)
         self.last_stats: dict = {}
         self.last_checkpoint: Optional[str] = None
@@ -245,7 +248,7 @@ class Trainer:
         self.step += 1
         losses = torch.stack([stats[k].float() for k in self.logged])  # built once: guard and log totals
         self.guard.observe(self.step, losses)
-        if self.lr_control.observe(self.step, stats[getattr(self.family, "lr_monitor", "M")]):
+        if self.lr_control.observe(self.step, stats[self.lr_monitor]):
             self.lr_control.apply(*self.family.optimizers)
         self.elapsed_s += time.perf_counter() - started
         return losses
@@ -253,7 +256,7 @@ class Trainer:
     def _labels(self, indices: torch.Tensor) -> dict:
         """{"labels": the images' labels} for a family that needs them (the same indices: sliced per rank as
         the images are), else nothing."""
-        if not getattr(self.family, "needs_labels", False):
+        if not self.needs_labels:
             return {}
         return {"labels": self.dataset.labels[indices].to(self.device)}
 
