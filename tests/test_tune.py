@@ -140,7 +140,9 @@ def test_pbt_exploit_continues_from_the_copied_checkpoint_with_the_new_lr(ray_cl
             continue
         donor = next(other for other in rows if other["trial"] != row["trial"])
         assert f"trials/{donor['trial']} (step " in exploits[-1]
-        step = int(exploits[-1].split("(step ")[1].split(",")[0])
+        steps = [int(line.split("(step ")[1].split(",")[0]) for line in exploits]
+        assert max(steps) < 16  # never at the final step: the clone would have nothing left to train
+        step = steps[-1]
         after = [line for line in stats_lines(trial) if line["step"] > step]
         assert after and after[0]["step"] == step + 2  # continues at the copied checkpoint's step (log_every 2)
         assert all(line["lr_G"] == pytest.approx(float(row["train.lr"]), rel=1e-9) for line in after)

@@ -103,7 +103,9 @@ def param_space(spec: SweepSpec) -> dict:
 
 def scheduler(spec: SweepSpec, steps: int):
     """Tune's scheduler for the spec; times are training steps (the `step` every result carries)."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from began_dist.tune.pbt import FinalStepPBT
 
     settings = {key: value for key, value in spec.scheduler.items() if key != "type"}
     if spec.scheduler_type == "asha":
@@ -114,7 +116,7 @@ def scheduler(spec: SweepSpec, steps: int):
             group: _domain(*parse_domain(domain, f"space.{group}"), for_pbt=True)
             for group, domain in spec.space.items()
         }
-        return PopulationBasedTraining(time_attr="step", hyperparam_mutations=mutations, **settings)
+        return FinalStepPBT(steps, time_attr="step", hyperparam_mutations=mutations, **settings)
     return FIFOScheduler()
 
 
