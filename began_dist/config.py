@@ -205,11 +205,29 @@ def parse_overrides(overrides) -> DictConfig:
 def from_container(data: dict[str, Any]) -> DictConfig:
     """Rebuild a typed config from a plain dict (a checkpoint's or Ray's copy)."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), data)
+        merged = OmegaConf.merge(OmegaConf.structured(Config), _without_unset(data))
     except OmegaConfBaseException as error:
         raise ConfigError(_one_line(error)) from None
     validate(merged)
     return merged
+
+
+def _without_unset(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` minus the keys meaning nothing for its family that older runs stored as None.
+
+    Runs made before the family defaults wrote e.g. multigen's model.nz as None ("does not
+    apply"); their checkpoints load with those keys at the default, as newer runs store them.
+    """
+    family = data.get("model", {}).get("family", "began")
+    unset = [key.split(".") for key in MEANINGLESS.get(family, ())]
+    unset = [(section, name) for section, name in unset if name in data.get(section, {})]
+    unset = [(section, name) for section, name in unset if data[section][name] is None]
+    if not unset:
+        return data
+    cleaned = {key: dict(value) if isinstance(value, dict) else value for key, value in data.items()}
+    for section, name in unset:
+        del cleaned[section][name]
+    return cleaned
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

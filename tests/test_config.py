@@ -4,7 +4,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from began_dist.cli import main
-from began_dist.config import CHOICES, ConfigError, load_config
+from began_dist.config import CHOICES, ConfigError, from_container, load_config, to_container
 
 
 @pytest.mark.parametrize(
@@ -74,3 +74,14 @@ def test_example_configs_load():
         cfg = load_config(os.path.join(folder, name))
         named = [family for family in CHOICES["model.family"] if family in name]  # seed002_vaegan_glyphs.yaml
         assert OmegaConf.select(cfg, "model.family") == (named[0] if named else "began"), name
+
+
+def test_checkpoint_configs_of_older_runs_load_with_unset_keys_at_their_defaults():
+    stored = to_container(load_config(None, ["model.family=multigen", "data.source=shapes"]))
+    stored["model"]["nz"] = stored["model"]["nh"] = None  # how multigen runs before the family defaults saved them
+    loaded = from_container(stored)
+    assert loaded.model.nz == load_config(None, []).model.nz and stored["model"]["nz"] is None
+    began = to_container(load_config(None, []))
+    began["model"]["nz"] = None  # means something for BEGAN: still refused, naming the field
+    with pytest.raises(ConfigError, match="model.nz"):
+        from_container(began)
