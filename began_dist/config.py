@@ -79,6 +79,13 @@ class VaeganTrainConfig:
 
 
 @dataclass
+class MultigenTrainConfig:
+    # one gamma per generator (model.multigen.z_sizes order), each with its own k_k (docs/multigen.md);
+    # None: one k_t on the whole terms with train.gamma
+    gammas: Optional[list[float]] = None
+
+
+@dataclass
 class TrainConfig:
     steps: int = 2000  # total steps of the run (also on resume)
     batch_size: int = 16  # global batch: images per step, all workers together
@@ -105,6 +112,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision on GPU)
     device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda
     vaegan: VaeganTrainConfig = field(default_factory=VaeganTrainConfig)  # model.family=vaegan only
+    multigen: MultigenTrainConfig = field(default_factory=MultigenTrainConfig)  # model.family=multigen only
 
 
 @dataclass
@@ -156,7 +164,7 @@ FAMILY_DEFAULTS = {
     },
 }
 # Keys that mean nothing for a family: refused when they differ from their default.
-FAMILY_ONLY = {"vaegan": ("model.vaegan", "train.vaegan"), "multigen": ("model.multigen",)}
+FAMILY_ONLY = {"vaegan": ("model.vaegan", "train.vaegan"), "multigen": ("model.multigen", "train.multigen")}
 MEANINGLESS = {
     # multigen: its latent is model.multigen.z_sizes, D's code the same; its step is alternating fp32 eager
     "multigen": ("model.nz", "model.nh", "train.update_order", "train.compile", "train.precision"),
@@ -299,6 +307,21 @@ def _check_multigen(cfg: DictConfig) -> None:
             raise ConfigError(f"model.multigen.{key}={mg[key]}: must be >= 0")
     if cfg.data.source not in ("shapes", "shards"):
         raise ConfigError(f"data.source={cfg.data.source}: model.family=multigen needs labelled data (shapes|shards)")
+    if cfg.train.multigen.gammas is not None:
+        _check_gammas(cfg)
+
+
+def _check_gammas(cfg: DictConfig) -> None:
+    """One gamma in (0, 1] per generator; train.gamma then means nothing, so it must stay at its default."""
+    gammas, count = list(cfg.train.multigen.gammas), len(cfg.model.multigen.z_sizes)
+    if len(gammas) != count:
+        raise ConfigError(
+            f"train.multigen.gammas={gammas}: needs one gamma per generator ({count}, as model.multigen.z_sizes)"
+        )
+    if not all(0.0 < gamma <= 1.0 for gamma in gammas):
+        raise ConfigError(f"train.multigen.gammas={gammas}: each must be in (0, 1]")
+    if cfg.train.gamma != TrainConfig.gamma:
+        raise ConfigError(f"train.gamma={cfg.train.gamma}: means nothing with train.multigen.gammas; leave it unset")
 
 
 def _check_family_keys(cfg: DictConfig) -> None:

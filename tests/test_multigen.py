@@ -13,7 +13,14 @@ from began_dist.cli import main
 from began_dist.config import load_config, resolve_run_dir
 from began_dist.eval.decompose import real_parts
 from began_dist.models.multigen import compose, label_combinations, part_images
-from began_dist.objectives.multigen import MultigenFamily, code_moments, latent_error, reconstruction
+from began_dist.objectives.multigen import (
+    MultigenFamily,
+    code_moments,
+    code_moments_split,
+    latent_error,
+    latent_error_split,
+    reconstruction,
+)
 from began_dist.train import state as ckpt
 
 Z_SIZES = [2, 4]
@@ -128,6 +135,77 @@ def test_k_t_update_uses_the_combined_terms():
     assert family.k_t.item() != pytest.approx(0.3)  # the update did something
 
 
+def test_the_splits_by_hand():
+    """Each share sums to its whole term; the pieces are the slices' own errors."""
+    code, z = torch.tensor([[3.0, 4.0, 0.0], [1.0, 2.0, 2.0]]), torch.zeros(2, 3)
+    # l2: unit u of image i adds e_u^2 / ||e_i||: image 1 gives (9/5, 16/5 + 0), image 2 (1/3, 8/3)
+    split = latent_error_split("l2", code, z, [1, 2])
+    torch.testing.assert_close(split, torch.tensor([(9 / 5 + 1 / 3) / 2, (16 / 5 + 8 / 3) / 2]))
+    torch.testing.assert_close(latent_error_split("mse", code, z, [1, 2]), torch.tensor([10 / 6, 24 / 6]))
+    for kind in ("l1", "l2", "mse"):
+        assert latent_error_split(kind, code, z, [2, 1]).sum().item() == pytest.approx(
+            latent_error(kind, code, z).item()
+        )
+    moments = torch.tensor([[1.0, 2.0, 0.0], [-1.0, 0.0, 2.0]])  # unit errors: 0 + d, 1 + d, 1 + d
+    d = abs(2**0.5 - 3**-0.5)
+    torch.testing.assert_close(code_moments_split(moments, [1, 2]), torch.tensor([d / 3, (2 + 2 * d) / 3]))
+    assert code_moments_split(moments, [1, 2]).sum().item() == pytest.approx(code_moments(moments).item())
+
+
+def test_per_component_k_update_by_hand():
+    """k_k += lambda_k (gamma_k T_k(x_r) - T_k(x_f)), each pixel's error charged to the on parts by their ink."""
+    family = tiny_family("train.multigen.gammas=[0.9,0.3]", "train.lambda_k=0.1", "model.multigen.latent_weight=0.5")
+    family.k_t = torch.tensor([0.2, 0.6])
+    real = torch.rand(4, 1, 16, 16) * 2 - 1
+    y = torch.tensor([[1, 1], [0, 1], [1, 1], [0, 1]])
+    latents = torch.rand(2, 4, 6) * 2 - 1
+    G_before, D_before = copy.deepcopy(family.G), copy.deepcopy(family.D)
+    stats = family.train_step(real, latents, y)
+
+    def charged(D, x):
+        """(cross, square) shares of mean |D(x) - x| with ink a_k = y_k (relu(part_k) + 1e-3), by hand."""
+        with torch.no_grad():
+            recon, code, parts = D(x, y.float(), with_parts=True)
+        a = (parts.clamp_min(0) + 1e-3) * y[:, :, None, None, None]
+        error = (recon - x).abs()
+        first = (error * a[:, 0] / (a[:, 0] + a[:, 1])).mean()
+        return torch.stack([first, error.mean() - first]), code
+
+    real_rec, code = charged(D_before, real)
+    # each unit's moments are its own: slice k's share is its units' mean error x (units in k) / 6
+    real_terms = real_rec + 0.5 * torch.stack([code_moments(code[:, :2]) * 2 / 6, code_moments(code[:, 2:]) * 4 / 6])
+    fake = compose(G_before(latents[1]).detach(), y)
+    fake_rec, code = charged(family.D, fake)
+    error = code - latents[1]
+    norm = error.norm(dim=1, keepdim=True)
+    fake_z = torch.stack([(error[:, :2].square() / norm).sum(1).mean(), (error[:, 2:].square() / norm).sum(1).mean()])
+    fake_terms = fake_rec + 0.5 * fake_z
+    gammas, before = torch.tensor([0.9, 0.3]), torch.tensor([0.2, 0.6])
+    expected = (before + 0.1 * (gammas * real_terms - fake_terms)).clamp(0, 1)
+    torch.testing.assert_close(family.k_t, expected, rtol=1e-5, atol=1e-6)
+    assert stats["L_x"].item() == pytest.approx(real_terms.sum().item(), rel=1e-5)
+    assert stats["M"].item() == pytest.approx(
+        (real_terms.sum() + (gammas * real_terms - fake_terms).abs().sum()).item()
+    )
+    assert (stats["k_0"].item(), stats["k_1"].item()) == pytest.approx(expected.tolist())
+    assert (family.k_t - before).abs().min() > 1e-4  # both moved, so the comparison means something
+
+
+def test_equal_gammas_and_ks_make_the_step_one_k_makes():
+    """The shares sum to the whole terms, so one gamma for all components is the plain BEGAN step."""
+    one, per = tiny_family("train.gamma=0.6"), tiny_family("train.multigen.gammas=[0.6,0.6]")
+    one.k_t, per.k_t = torch.tensor(0.4), torch.tensor([0.4, 0.4])
+    real, y, latents = torch.rand(4, 1, 16, 16) * 2 - 1, torch.tensor([[1, 1], [0, 1]] * 2), torch.rand(2, 4, 6) * 2 - 1
+    a, b = one.train_step(real, latents, y), per.train_step(real, latents, y)
+    for key in ("L_x", "L_Gz", "L_D", "L_G", "M"):
+        assert a[key].item() == pytest.approx(b[key].item(), rel=1e-5), key
+    for p, q in zip(
+        [*one.G.parameters(), *one.D.parameters()], [*per.G.parameters(), *per.D.parameters()], strict=True
+    ):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+    assert per.k_t[0].item() != pytest.approx(per.k_t[1].item())  # the two k_k differ after one step
+
+
 def test_short_crs_run_losses_fall_and_decompose_writes_figures(tmp_path):
     steps = ["train.steps=60", "train.log_every=10", "train.checkpoint_every=60", "train.lr=5e-4"]
     code, run_dir = train(tmp_path, *steps, "train.batch_size=8")
@@ -153,6 +231,20 @@ def test_resume_is_bitwise_equal_to_a_straight_run(tmp_path):
     assert a["step"] == 8 and a["k_t"].item() > 0  # k_t moved, so the comparison means something
 
 
+def test_per_component_ks_are_logged_and_resume_bitwise(tmp_path):
+    per = ["train.multigen.gammas=[1.0,0.5]", "train.lambda_k=0.05", "model.multigen.latent_weight=0.01"]
+    code, straight = train(tmp_path, *per, "train.steps=6", "train.log_every=3", name="straight")
+    assert code == 0
+    code, resumed = train(tmp_path, *per, "train.steps=3", "train.checkpoint_every=100", name="resumed")
+    assert code == 0 and train(tmp_path, "train.steps=6", name="resumed", resume=True)[0] == 0
+    a, b = (ckpt.load_checkpoint(ckpt.latest_checkpoint(run)) for run in (straight, resumed))
+    for key in ("G", "D", "opt_G", "opt_D", "k_t"):
+        assert_bitwise_equal(a[key], b[key], key)
+    last = stats_lines(straight)[-1]
+    assert a["k_t"].shape == (2,) and (last["k_0"], last["k_1"]) == pytest.approx(a["k_t"].tolist())
+    assert last["k_t"] == pytest.approx(a["k_t"].mean().item()) and last["k_0"] > 0
+
+
 def test_trains_from_prepared_shapes_shards(tmp_path):
     out = tmp_path / "crs"
     assert main(["prepare", "shapes", str(out), "--size", "16", "--limit", "48", "--shards", "2"]) == 0
@@ -170,6 +262,9 @@ def test_trains_from_prepared_shapes_shards(tmp_path):
         (["model.multigen.z_sizes=[4]"], "model.multigen.z_sizes"),  # CRS has two components
         (["model.multigen.latent_loss=l3"], "model.multigen.latent_loss"),
         (["data.source=glyphs"], "data.source"),
+        (["train.multigen.gammas=[0.5]"], "train.multigen.gammas"),  # one per generator
+        (["train.multigen.gammas=[0.5,1.5]"], "train.multigen.gammas"),
+        (["train.multigen.gammas=[0.5,0.5]", "train.gamma=0.7"], "train.gamma"),
     ],
 )
 def test_bad_config_is_refused_naming_the_field(tmp_path, capsys, overrides, field):
@@ -182,6 +277,8 @@ def test_bad_config_is_refused_naming_the_field(tmp_path, capsys, overrides, fie
 def test_multigen_keys_are_refused_for_began(capsys):
     assert main(["train", *TINY, "model.multigen.z_sizes=[4,4]"]) == 2
     assert "model.multigen" in capsys.readouterr().err
+    assert main(["train", *TINY, "train.multigen.gammas=[0.5,0.5]"]) == 2
+    assert "train.multigen.gammas" in capsys.readouterr().err
 
 
 @pytest.mark.ray

@@ -74,9 +74,12 @@ class MultiDiscriminator(nn.Module):
         super().__init__()
         self.encoder, self.decoders = encoder, decoders
 
-    def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, with_parts: bool = False) -> tuple:
+        """(reconstruction, code), and the sub-decoders' parts with `with_parts` (per-component equilibrium)."""
         code = self.encoder(x)
-        return self.decoders.compose(code, y), code
+        parts = self.decoders.parts(code)
+        recon = compose(parts, parts.new_ones(parts.shape[:2]) if y is None else y)
+        return (recon, code, parts) if with_parts else (recon, code)
 
     def set_carry(self, value: float) -> None:
         self.encoder.set_carry(value)

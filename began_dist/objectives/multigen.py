@@ -11,6 +11,8 @@ T_D(x_f) is T(x_f) (seed: D pushes fake codes away) or L_rec(x_f) alone with +w 
 added to L_D (`latent_adversarial=false`: D recovers z, as InfoGAN's Q). Our additions:
   R = |compose(G(sg E(x_r)), y) - x_r|   G rebuilds real images from D's real codes
   V = sum_k 1 / (mean|G_k(z) - G_k(z')| / mean|z_k - z'_k| + 1e-5)   mode seeking per generator
+With `train.multigen.gammas` every term splits into K shares T = sum_k T_k (`*_split` below), one k_k
+per generator: L_D = T(x_r) - sum_k k_k T_D,k(x_f) and k_k += lambda_k (gamma_k T_k(x_r) - T_k(x_f)).
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ import torch
 from began_dist.distributed import comm
 from began_dist.models.multigen import build_multigen, compose, label_combinations
 from began_dist.objectives.began import gan_state, load_gan_state, memory_format_for
-from began_dist.objectives.equilibrium import balance, convergence, update_k
+from began_dist.objectives.equilibrium import balance, update_k
+from began_dist.train.logging import BEGAN_SCALARS
 
 UNIFORM_STD = 1 / math.sqrt(3)  # standard deviation of U(-1, 1)
 DIVERSITY_EPS = 1e-5
+INK_FLOOR = 1e-3  # a pixel no on-component draws is charged evenly to the on components
 
 
 def reconstruction(kind: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -43,19 +47,50 @@ def latent_error(kind: str, code: torch.Tensor, z: torch.Tensor) -> torch.Tensor
     return error.abs().mean() if kind == "l1" else error.square().mean()
 
 
+def reconstruction_split(kind: str, output, target, parts, y) -> torch.Tensor:
+    """(K,) shares of L_rec: each pixel's error is charged to the on components in proportion to the
+    ink D's sub-decoders draw there (detached: the charge routes the gradient, it is not trained)."""
+    error = output.float() - target.float()
+    pixel = error.abs() if kind == "l1" else error.square()  # (N, C, H, W)
+    ink = (parts.detach().float().clamp_min(0) + INK_FLOOR) * y[:, :, None, None, None].float()
+    share = ink / ink.sum(1, keepdim=True).clamp_min(1e-12)  # (N, K, C, H, W), sums to 1 over K
+    return (share * pixel[:, None]).flatten(2).sum(2).mean(0) / pixel[0].numel()
+
+
+def latent_error_split(kind: str, code: torch.Tensor, z: torch.Tensor, z_sizes: list[int]) -> torch.Tensor:
+    """(K,) shares of `latent_error`, one per z slice; they sum to it (l2: unit u adds e_u^2 / ||e||)."""
+    error = code.float() - z.float()
+    if kind == "l2":
+        units = error.square() / error.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    else:
+        units = (error.abs() if kind == "l1" else error.square()) / error.shape[1]
+    return torch.stack([part.sum(1).mean() for part in units.split(z_sizes, dim=1)])
+
+
 def global_mean(values: torch.Tensor) -> torch.Tensor:
     """Mean over dim 0 of the global batch (every rank's rows), differentiable."""
     count = comm.all_reduce_sum_with_grad(values.new_tensor(float(len(values))))
     return comm.all_reduce_sum_with_grad(values.sum(0)) / count
 
 
-def code_moments(code: torch.Tensor) -> torch.Tensor:
-    """L_z(dz_r): mean over code units of |mean| + |std - std(U(-1, 1))| across the global batch."""
+def moment_errors(code: torch.Tensor) -> torch.Tensor:
+    """Per code unit, |mean| + |std - std(U(-1, 1))| across the global batch."""
     code = code.float()
     count = comm.all_reduce_sum_with_grad(code.new_tensor(float(len(code))))
     mean, mean_square = global_mean(code), global_mean(code.square())
     std = ((mean_square - mean.square()) * count / (count - 1)).clamp_min(0).sqrt()
-    return (mean.abs() + (std - UNIFORM_STD).abs()).mean()
+    return mean.abs() + (std - UNIFORM_STD).abs()
+
+
+def code_moments(code: torch.Tensor) -> torch.Tensor:
+    """L_z(dz_r): the mean over code units of `moment_errors`."""
+    return moment_errors(code).mean()
+
+
+def code_moments_split(code: torch.Tensor, z_sizes: list[int]) -> torch.Tensor:
+    """(K,) shares of `code_moments`, one per code slice."""
+    errors = moment_errors(code)
+    return torch.stack([part.sum() for part in errors.split(z_sizes)]) / len(errors)
 
 
 def mode_seeking(parts: torch.Tensor, z: torch.Tensor, z_sizes: list[int]) -> torch.Tensor:
@@ -80,6 +115,12 @@ class MultigenFamily:
         self.z_sizes = list(mg.z_sizes)
         self.latent_size = sum(self.z_sizes)
         self.gamma, self.lambda_k = float(cfg.train.gamma), float(cfg.train.lambda_k)
+        gammas = cfg.train.multigen.gammas
+        self.per_component = gammas is not None  # the terms are then (K,) shares, else totals of shape ()
+        if self.per_component:
+            self.gamma = torch.tensor(list(gammas), dtype=torch.float32, device=device)
+            components = {f"k_{index}": f"equilibrium/k_{index}" for index in range(len(self.z_sizes))}
+            self.scalar_tags = {**BEGAN_SCALARS, **components}
         self.vanishing_residual, self.residual_steps = cfg.model.vanishing_residual, cfg.model.residual_steps
         self.memory_format = memory_format_for(device)
         self.G, self.D = (net.to(device, memory_format=self.memory_format) for net in build_multigen(cfg.model))
@@ -88,20 +129,28 @@ class MultigenFamily:
         self.opt_G = torch.optim.Adam(self.G.parameters(), **adam)
         self.opt_D = torch.optim.Adam(self.D.parameters(), **adam)
         self.optimizers = (self.opt_G, self.opt_D)
-        self.k_t = torch.zeros((), device=device)  # k_0 = 0
+        self.k_t = torch.zeros(len(self.z_sizes) if self.per_component else (), device=device)  # k_0 = 0
 
     # -- the combined terms ----------------------------------------------------------------
-    def _real_term(self, real: torch.Tensor, recon: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    # Each is the total (shape ()) or, per component, its (K,) shares summing to the total.
+    def _reconstruction(self, recon, target, parts, y) -> torch.Tensor:
+        if self.per_component:
+            return reconstruction_split(self.options.reconstruction, recon, target, parts, y)
+        return reconstruction(self.options.reconstruction, recon, target)
+
+    def _real_term(self, real, recon, code, parts, y) -> torch.Tensor:
         """T(x_r) = L_rec(x_r) + w L_z(dz_r)."""
-        term = reconstruction(self.options.reconstruction, recon, real)
+        term = self._reconstruction(recon, real, parts, y)
         if self.options.real_code_loss == "moments":
-            term = term + self.options.latent_weight * code_moments(code)
+            moments = code_moments_split(code, self.z_sizes) if self.per_component else code_moments(code)
+            term = term + self.options.latent_weight * moments
         return term
 
-    def _fake_terms(self, fake, recon, code, z) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fake_terms(self, fake, recon, code, parts, y, z) -> tuple[torch.Tensor, torch.Tensor]:
         """(L_rec(x_f), w L_z(dz_f))."""
-        weighted = self.options.latent_weight * latent_error(self.options.latent_loss, code, z)
-        return reconstruction(self.options.reconstruction, recon, fake), weighted
+        kind = self.options.latent_loss
+        error = latent_error_split(kind, code, z, self.z_sizes) if self.per_component else latent_error(kind, code, z)
+        return self._reconstruction(recon, fake, parts, y), self.options.latent_weight * error
 
     # -- the step ----------------------------------------------------------------------------
     def train_step(self, real: torch.Tensor, latents: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -119,13 +168,14 @@ class MultigenFamily:
     def _d_phase(self, real, fake, z, y):
         """(1) D step on one D forward over cat(real, fake): minimise T(x_r) - k_t T_D(x_f)."""
         n = real.shape[0]
-        recon, code = self.D_train(torch.cat([real, fake]), torch.cat([y, y]))
-        real_term = self._real_term(real, recon[:n], code[:n])
-        fake_rec, fake_z = self._fake_terms(fake, recon[n:], code[n:], z)
+        y2 = torch.cat([y, y])
+        recon, code, parts = self.D_train(torch.cat([real, fake]), y2, with_parts=True)
+        real_term = self._real_term(real, recon[:n], code[:n], parts[:n], y)
+        fake_rec, fake_z = self._fake_terms(fake, recon[n:], code[n:], parts[n:], y, z)
         if self.options.latent_adversarial:
-            loss_D = real_term - self.k_t * (fake_rec + fake_z)
+            loss_D = real_term.sum() - (self.k_t * (fake_rec + fake_z)).sum()
         else:
-            loss_D = real_term - self.k_t * fake_rec + fake_z
+            loss_D = real_term.sum() - (self.k_t * fake_rec).sum() + fake_z.sum()
         self.opt_D.zero_grad(set_to_none=True)
         loss_D.backward()
         return real_term.detach(), loss_D.detach(), code[:n].detach()
@@ -141,10 +191,10 @@ class MultigenFamily:
         try:
             parts = self.G_train(torch.cat([z, real_code]) if rebuild else z)
             fake = compose(parts[:n], y)
-            recon, code = self.D(fake, y)
-            fake_rec, fake_z = self._fake_terms(fake, recon, code, z)
+            recon, code, d_parts = self.D(fake, y, with_parts=True)
+            fake_rec, fake_z = self._fake_terms(fake, recon, code, d_parts, y, z)
             fake_term = fake_rec + fake_z
-            loss_G = fake_term
+            loss_G = fake_term.sum()
             if rebuild:
                 loss_G = loss_G + mg.real_recon_weight * (compose(parts[n:], y) - real).abs().mean()
             if mg.diversity_weight > 0:
@@ -156,19 +206,26 @@ class MultigenFamily:
         return fake_term.detach(), loss_G.detach()
 
     def _equilibrium(self, real_term, fake_term, loss_D, loss_G) -> dict[str, torch.Tensor]:
-        """(3) k_t += lambda_k (gamma T(x_r) - T(x_f)), from all-reduced terms."""
-        losses = comm.all_reduce_mean(torch.stack([real_term, fake_term, loss_D, loss_G]))
-        real_term, fake_term, loss_D, loss_G = losses.unbind()
+        """(3) k_t += lambda_k (gamma T(x_r) - T(x_f)), from all-reduced terms (per component: k_k, gamma_k,
+        T_k; M = T(x_r) + sum_k |gamma_k T_k(x_r) - T_k(x_f)|, logged k_t = mean k_k)."""
+        shape, count = real_term.shape, real_term.numel()
+        flat = [real_term.reshape(-1), fake_term.reshape(-1), loss_D.reshape(1), loss_G.reshape(1)]
+        losses = comm.all_reduce_mean(torch.cat(flat))
+        real_term, fake_term = losses[:count].reshape(shape), losses[count : 2 * count].reshape(shape)
         self.k_t = update_k(self.k_t, real_term, fake_term, self.gamma, self.lambda_k)
-        return {
-            "L_x": real_term,
-            "L_Gz": fake_term,
-            "L_D": loss_D,
-            "L_G": loss_G,
-            "k_t": self.k_t,
-            "M": convergence(real_term, fake_term, self.gamma),
-            "balance": balance(real_term, fake_term, self.gamma),
+        gap = balance(real_term, fake_term, self.gamma)
+        stats = {
+            "L_x": real_term.sum(),
+            "L_Gz": fake_term.sum(),
+            "L_D": losses[-2],
+            "L_G": losses[-1],
+            "k_t": self.k_t.mean(),
+            "M": real_term.sum() + gap.abs().sum(),
+            "balance": gap.sum(),
         }
+        if self.per_component:
+            stats.update((f"k_{index}", k) for index, k in enumerate(self.k_t.unbind()))
+        return stats
 
     # -- distribution, schedules, sampling, checkpoints --------------------------------------
     def distribute(self, wrap) -> None:
