@@ -162,7 +162,20 @@ def prepare_train(args):
         if not (torch.cuda.is_available() or (cfg.run.workers > 0 and cfg.run.gpus_per_worker > 0)):
             raise ConfigError(f"train.precision={cfg.train.precision}: mixed precision needs a GPU; no CUDA device")
     check_source(cfg)
+    check_eval_files(cfg)
     return cfg
+
+
+def check_eval_files(cfg) -> None:
+    """The feature nets train.eval_metrics needs, checked before any cluster work or training step."""
+    if not cfg.train.eval_every:
+        return
+    from began_dist.eval.metrics import check_prerequisites, parse_metrics
+
+    try:
+        check_prerequisites(parse_metrics(cfg.train.eval_metrics))
+    except FileNotFoundError as error:
+        raise ConfigError(f"train.eval_metrics={cfg.train.eval_metrics}: {error}") from None
 
 
 def _check_resume(cfg, saved, run_dir: str) -> None:
@@ -297,7 +310,9 @@ def run_tune(args) -> int:
         raise ConfigError("--resume: give the sweep's directory as run.dir=SWEEP_DIR")
     base.run.dir = base.run.dir or default_sweep_dir(spec)
     resolve_run_dir(base)
-    spec, base = prepare_sweep_dir(spec, trial_base(spec, base), args.resume)
+    base = trial_base(spec, base)
+    check_eval_files(base)
+    spec, base = prepare_sweep_dir(spec, base, args.resume)
     try:
         rows = run_sweep(spec, base, args.resume)
     except SweepInterrupted as error:

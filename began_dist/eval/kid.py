@@ -175,7 +175,7 @@ def _features(net: GlyphNet, images: torch.Tensor) -> np.ndarray:
         return torch.cat([net.features(chunk) for chunk in images.split(512)]).double().numpy()
 
 
-@register("kid")
+@register("kid", prerequisite=lambda: load_net(default_path()))
 def kid_metric(ctx: MetricContext) -> dict:
     key = ("kid_real", ctx.n, ctx.seed)
     if key not in ctx.cache:

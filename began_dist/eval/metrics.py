@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from began_dist.config import ConfigError
 from began_dist.eval import inception, kid, msssim, ndb, recon, swd  # noqa: F401  (each registers itself)
-from began_dist.eval.registry import REGISTRY, MetricContext, compute
+from began_dist.eval.registry import REGISTRY, MetricContext, check_prerequisites, compute
 
 DEFAULT_METRICS = ("swd", "msssim", "ndb", "recon")  # kid needs its feature net trained first (eval/kid.py)
 
-__all__ = ["DEFAULT_METRICS", "REGISTRY", "MetricContext", "compute", "parse_metrics"]
+__all__ = ["DEFAULT_METRICS", "REGISTRY", "MetricContext", "check_prerequisites", "compute", "parse_metrics"]
 
 
 def parse_metrics(text: str) -> list[str]:

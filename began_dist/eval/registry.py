@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -19,15 +20,26 @@ from began_dist.images import to_uint8
 
 Metric = Callable[["MetricContext"], dict]
 REGISTRY: dict[str, Metric] = {}
+PREREQUISITES: dict[str, Callable[[], object]] = {}  # metric -> a check that raises when its feature net is unusable
 GENERATE_BATCH = 256  # images per generator forward when sampling
 
 
-def register(name: str) -> Callable[[Metric], Metric]:
+def register(name: str, prerequisite: Optional[Callable[[], object]] = None) -> Callable[[Metric], Metric]:
     def add(function: Metric) -> Metric:
         REGISTRY[name] = function
+        if prerequisite is not None:
+            PREREQUISITES[name] = prerequisite
         return function
 
     return add
+
+
+def check_prerequisites(names: list[str]) -> None:
+    """Raise now, before any training or sampling, if a metric's feature net is missing or refused:
+    found only at the metric's turn, the error would throw away the run's evaluation work."""
+    for name in names:
+        if name in PREREQUISITES:
+            PREREQUISITES[name]()
 
 
 @dataclass

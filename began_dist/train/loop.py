@@ -29,7 +29,7 @@ from began_dist.data.dataset import to_model_range
 from began_dist.data.sampler import GlobalBatchSampler, LatentSource, fixed_latents
 from began_dist.distributed import comm
 from began_dist.eval.evaluate import evaluate_family, summary, truncate_metrics
-from began_dist.eval.metrics import parse_metrics
+from began_dist.eval.metrics import check_prerequisites, parse_metrics
 from began_dist.objectives import get_family
 from began_dist.objectives.equilibrium import LrControl
 from began_dist.train import state as ckpt
@@ -161,6 +161,8 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------
     def run(self, progress: bool = True) -> dict:
         cfg, t = self.cfg, self.cfg.train
+        if self.rank == 0 and t.eval_every:  # a missing feature net fails now, not after eval_every steps
+            check_prerequisites(parse_metrics(t.eval_metrics))
         resumed_from = self.restore_latest()
         self.lr_control.apply(*self.family.optimizers)
         scalars = getattr(self.family, "scalar_tags", BEGAN_SCALARS)
