@@ -150,7 +150,7 @@ def prepare_train(args):
             raise ConfigError("--config cannot be combined with --resume (the run's config.yaml is used)")
         cfg = load_config(saved, _overrides(args))
         cfg.run.dir = run_dir
-        _check_resume(cfg, OmegaConf.load(saved), run_dir)
+        _check_resume(cfg, load_config(saved), run_dir)  # compared as resolved, the same way as cfg
     else:
         cfg = load_config(args.config, _overrides(args))
         run_dir = resolve_run_dir(cfg)

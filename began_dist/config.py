@@ -189,12 +189,17 @@ def _one_line(error: OmegaConfBaseException) -> str:
     return f"{key}: {head}" if key and not head.startswith(str(key)) else head
 
 
+def _read_yaml(path: str) -> DictConfig:
+    """A config file as written (a user's, or a run's config.yaml, older runs' unset keys dropped)."""
+    return OmegaConf.create(_without_unset(OmegaConf.to_container(OmegaConf.load(path))))
+
+
 def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> DictConfig:
     """Defaults <- the family's defaults <- YAML file <- dotted overrides, type-checked and validated."""
     if path and not os.path.isfile(path):
         raise ConfigError(f"--config: no such file {path!r}")
     try:
-        given = OmegaConf.merge(OmegaConf.load(path) if path else OmegaConf.create(), parse_overrides(overrides))
+        given = OmegaConf.merge(_read_yaml(path) if path else OmegaConf.create(), parse_overrides(overrides))
         family = OmegaConf.merge(OmegaConf.structured(Config), given).model.family
         merged = OmegaConf.merge(OmegaConf.structured(Config), FAMILY_DEFAULTS.get(family, {}), given)
     except OmegaConfBaseException as error:
@@ -226,10 +231,10 @@ def _without_unset(data: dict[str, Any]) -> dict[str, Any]:
     Runs made before the family defaults wrote e.g. multigen's model.nz as None ("does not
     apply"); their checkpoints load with those keys at the default, as newer runs store them.
     """
-    family = data.get("model", {}).get("family", "began")
-    unset = [key.split(".") for key in MEANINGLESS.get(family, ())]
-    unset = [(section, name) for section, name in unset if name in data.get(section, {})]
-    unset = [(section, name) for section, name in unset if data[section][name] is None]
+    sections = {key: value for key, value in data.items() if isinstance(value, dict)} if isinstance(data, dict) else {}
+    family = sections.get("model", {}).get("family", "began")
+    keys = (key.split(".") for key in MEANINGLESS.get(family, ()))
+    unset = [(section, name) for section, name in keys if sections.get(section, {}).get(name, "") is None]
     if not unset:
         return data
     cleaned = {key: dict(value) if isinstance(value, dict) else value for key, value in data.items()}

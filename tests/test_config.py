@@ -76,11 +76,14 @@ def test_example_configs_load():
         assert OmegaConf.select(cfg, "model.family") == (named[0] if named else "began"), name
 
 
-def test_checkpoint_configs_of_older_runs_load_with_unset_keys_at_their_defaults():
+def test_checkpoint_configs_of_older_runs_load_with_unset_keys_at_their_defaults(tmp_path):
     stored = to_container(load_config(None, ["model.family=multigen", "data.source=shapes"]))
     stored["model"]["nz"] = stored["model"]["nh"] = None  # how multigen runs before the family defaults saved them
     loaded = from_container(stored)
     assert loaded.model.nz == load_config(None, []).model.nz and stored["model"]["nz"] is None
+    saved = tmp_path / "config.yaml"  # the run's config.yaml, which --resume reads
+    saved.write_text(OmegaConf.to_yaml(OmegaConf.create(stored)))
+    assert load_config(str(saved)).model.nh == loaded.model.nh
     began = to_container(load_config(None, []))
     began["model"]["nz"] = None  # means something for BEGAN: still refused, naming the field
     with pytest.raises(ConfigError, match="model.nz"):
