@@ -25,7 +25,7 @@ import torch
 from began_dist.distributed import comm
 from began_dist.models.multigen import build_multigen, compose, label_combinations
 from began_dist.objectives.began import gan_state, load_gan_state, memory_format_for
-from began_dist.objectives.equilibrium import balance, update_k
+from began_dist.objectives.equilibrium import balance, convergence, update_k
 from began_dist.train.logging import BEGAN_SCALARS
 
 UNIFORM_STD = 1 / math.sqrt(3)  # standard deviation of U(-1, 1)
@@ -220,7 +220,7 @@ class MultigenFamily:
             "L_D": losses[-2],
             "L_G": losses[-1],
             "k_t": self.k_t.mean(),
-            "M": real_term.sum() + gap.abs().sum(),
+            "M": convergence(real_term, fake_term, self.gamma).sum(),  # per component: the sum of each M_k
             "balance": gap.sum(),
         }
         if self.per_component:
