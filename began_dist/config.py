@@ -29,6 +29,8 @@ class MultigenConfig:
     """model.multigen.*: the multi-generator family (SPEC 2; docs/multigen.md). Defaults are seed 000's recipe."""
 
     z_sizes: list[int] = field(default_factory=lambda: [4, 16])  # latent size of each G_k (K = len); D's code alike
+    composition: str = "sum"  # image from parts: sum (seed: 2 sum_k y_k G_k - 1) | max (2 max over on parts - 1)
+    shared_z: int = 0  # latent units every G_k reads besides its own slice (what the parts share: pose); D's code alike
     reconstruction: str = "l1"  # L_rec: l1 (BEGAN, seed) | l2 (mean squared error)
     latent_loss: str = "l2"  # L_z(dz_f): l2 = ||z - dz|| per image (seed README) | l1 | mse
     latent_weight: float = 1.0  # weight of L_z in every combined term (L_rec + w L_z)
@@ -154,6 +156,7 @@ MULTIGEN_CHOICES = {
     "model.multigen.reconstruction": ("l1", "l2"),
     "model.multigen.latent_loss": ("l2", "l1", "mse"),
     "model.multigen.real_code_loss": ("moments", "none"),
+    "model.multigen.composition": ("sum", "max"),
 }
 # Each family's defaults, applied over the dataclasses' and before the user's file and overrides,
 # so a run's config.yaml states them. vaegan: seed 002's recipe (Adam 2e-4, beta1 0.5, batch 64, Nz 100).
@@ -307,7 +310,7 @@ def _check_multigen(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r}: must be one of {', '.join(allowed)}")
     if not mg.z_sizes or any(size <= 0 for size in mg.z_sizes):
         raise ConfigError(f"model.multigen.z_sizes={list(mg.z_sizes)}: one positive latent size per generator")
-    for key in ("latent_weight", "real_recon_weight", "diversity_weight"):
+    for key in ("shared_z", "latent_weight", "real_recon_weight", "diversity_weight"):
         if mg[key] < 0:
             raise ConfigError(f"model.multigen.{key}={mg[key]}: must be >= 0")
     if cfg.data.source not in ("shapes", "shards"):

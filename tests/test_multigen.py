@@ -56,6 +56,21 @@ def train(tmp_path, *overrides, name="run", resume=False):
     return main(args), run_dir
 
 
+def assert_resume_is_bitwise(tmp_path, overrides, steps, keys=("G", "D", "opt_G", "opt_D", "k_t")):
+    """A run of `steps`, and one stopped halfway and resumed, end with the same `keys` bit for bit:
+    returns the straight run's directory and its last checkpoint."""
+    code, straight = train(tmp_path, *overrides, f"train.steps={steps}", name="straight")
+    assert code == 0
+    half = ["train.checkpoint_every=100", f"train.steps={steps // 2}"]
+    code, resumed = train(tmp_path, *overrides, *half, name="resumed")
+    assert code == 0 and [s for s, _ in ckpt.list_checkpoints(resumed)] == [steps // 2]
+    assert train(tmp_path, f"train.steps={steps}", name="resumed", resume=True)[0] == 0
+    a, b = (ckpt.load_checkpoint(ckpt.latest_checkpoint(run)) for run in (straight, resumed))
+    for key in keys:
+        assert_bitwise_equal(a[key], b[key], key)
+    return straight, a
+
+
 def stats_lines(run_dir):
     with open(os.path.join(run_dir, "stats.jsonl")) as handle:
         return [json.loads(line) for line in handle]
@@ -97,6 +112,23 @@ def test_gated_sum_of_parts():
         sub = family.D.decoders.parts(code)
         only_first, _ = family.D(x, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
     torch.testing.assert_close(only_first, part_images(sub[:, 0]))
+
+
+def test_max_composition_takes_the_most_inked_on_part_and_trains_through_it():
+    parts = torch.tensor([0.2, 0.9, -0.5, 0.4]).view(1, 2, 1, 1, 2).repeat(4, 1, 1, 1, 1)  # part 0: .2 .9, 1: -.5 .4
+    y = torch.tensor([[1, 1], [1, 0], [0, 1], [0, 0]])
+    image = compose(parts, y, "max")
+    expected = torch.tensor([[-0.6, 0.8], [-0.6, 0.8], [-2.0, -0.2], [-1.0, -1.0]])  # 2 max - 1; none on: -1
+    torch.testing.assert_close(image.flatten(1), expected)
+    parts.requires_grad_(True)
+    compose(parts, y, "max")[0].sum().backward()
+    assert parts.grad[0].flatten().tolist() == [2, 2, 0, 0]  # each pixel trains only its most inked part
+    family = tiny_family("model.multigen.composition=max")
+    z, y = torch.rand(3, family.latent_size) * 2 - 1, torch.tensor([[1, 1], [0, 1], [1, 0]])
+    torch.testing.assert_close(family.generate(z, y), compose(family.parts(z), y.float(), "max"))
+    with torch.no_grad():
+        recon, code = family.D(torch.rand(3, 1, 16, 16), y.float())
+    torch.testing.assert_close(recon, compose(family.D.decoders.parts(code), y.float(), "max"))
 
 
 def test_loss_terms_by_hand():
@@ -150,6 +182,34 @@ def test_the_splits_by_hand():
     d = abs(2**0.5 - 3**-0.5)
     torch.testing.assert_close(code_moments_split(moments, [1, 2]), torch.tensor([d / 3, (2 + 2 * d) / 3]))
     assert code_moments_split(moments, [1, 2]).sum().item() == pytest.approx(code_moments(moments).item())
+
+
+def test_a_shared_slice_is_read_by_every_generator_and_charged_evenly():
+    family = tiny_family("model.multigen.shared_z=3")
+    assert family.latent_size == 3 + sum(Z_SIZES)
+    z = torch.rand(2, family.latent_size) * 2 - 1
+    moved_shared, moved_own = z.clone(), z.clone()
+    moved_shared[:, :3] = -moved_shared[:, :3]
+    moved_own[:, 3 : 3 + Z_SIZES[0]] = -moved_own[:, 3 : 3 + Z_SIZES[0]]  # generator 0's own slice
+    parts, shared_parts, own_parts = (family.parts(latent) for latent in (z, moved_shared, moved_own))
+    assert all((shared_parts[:, k] != parts[:, k]).any() for k in range(2))  # both read z_s
+    assert (own_parts[:, 0] != parts[:, 0]).any() and torch.equal(own_parts[:, 1], parts[:, 1])
+    # unit 0 is shared, unit 1 generator 0's, unit 2 generator 1's: each own share gets half the shared one
+    code, zero = torch.tensor([[3.0, 4.0, 0.0], [1.0, 2.0, 2.0]]), torch.zeros(2, 3)
+    split = latent_error_split("mse", code, zero, [1, 1], shared_z=1)  # per-unit errors 5/3, 10/3, 2/3
+    torch.testing.assert_close(split, torch.tensor([10 / 3 + 5 / 6, 2 / 3 + 5 / 6]))
+    assert split.sum().item() == pytest.approx(latent_error("mse", code, zero).item())
+    moments = torch.tensor([[1.0, 2.0, 0.0], [-1.0, 0.0, 2.0]])  # unit errors: 0 + d, 1 + d, 1 + d
+    d = abs(2**0.5 - 3**-0.5)
+    torch.testing.assert_close(code_moments_split(moments, [1, 1], shared_z=1), torch.full((2,), (1 + 1.5 * d) / 3))
+
+
+def test_a_shared_slice_run_resumes_and_decomposes_with_its_own_swap(tmp_path):
+    shared = ["model.multigen.shared_z=2", "train.multigen.gammas=[1.0,0.5]", "model.multigen.diversity_weight=0.01"]
+    straight, _ = assert_resume_is_bitwise(tmp_path, shared, steps=4)
+    assert main(["decompose", straight]) == 0
+    out = os.path.join(straight, "decompose", "step-00000004")
+    assert "swap_shared.png" in os.listdir(out) and "swap_1.png" in os.listdir(out)
 
 
 def test_per_component_k_update_by_hand():
@@ -220,26 +280,14 @@ def test_short_crs_run_losses_fall_and_decompose_writes_figures(tmp_path):
 
 
 def test_resume_is_bitwise_equal_to_a_straight_run(tmp_path):
-    code, straight = train(tmp_path, *K_MOVES, "train.steps=8", name="straight")
-    assert code == 0
-    code, resumed = train(tmp_path, *K_MOVES, "train.steps=4", "train.checkpoint_every=100", name="resumed")
-    assert code == 0 and [s for s, _ in ckpt.list_checkpoints(resumed)] == [4]
-    assert train(tmp_path, "train.steps=8", name="resumed", resume=True)[0] == 0
-    a, b = (ckpt.load_checkpoint(ckpt.latest_checkpoint(run)) for run in (straight, resumed))
-    for key in ("G", "D", "opt_G", "opt_D", "k_t", "lr_state", "data", "rng", "fixed_z"):
-        assert_bitwise_equal(a[key], b[key], key)
+    keys = ("G", "D", "opt_G", "opt_D", "k_t", "lr_state", "data", "rng", "fixed_z")
+    _, a = assert_resume_is_bitwise(tmp_path, K_MOVES, steps=8, keys=keys)
     assert a["step"] == 8 and a["k_t"].item() > 0  # k_t moved, so the comparison means something
 
 
 def test_per_component_ks_are_logged_and_resume_bitwise(tmp_path):
     per = ["train.multigen.gammas=[1.0,0.5]", "train.lambda_k=0.05", "model.multigen.latent_weight=0.01"]
-    code, straight = train(tmp_path, *per, "train.steps=6", "train.log_every=3", name="straight")
-    assert code == 0
-    code, resumed = train(tmp_path, *per, "train.steps=3", "train.checkpoint_every=100", name="resumed")
-    assert code == 0 and train(tmp_path, "train.steps=6", name="resumed", resume=True)[0] == 0
-    a, b = (ckpt.load_checkpoint(ckpt.latest_checkpoint(run)) for run in (straight, resumed))
-    for key in ("G", "D", "opt_G", "opt_D", "k_t"):
-        assert_bitwise_equal(a[key], b[key], key)
+    straight, a = assert_resume_is_bitwise(tmp_path, [*per, "train.log_every=3"], steps=6)
     last = stats_lines(straight)[-1]
     assert a["k_t"].shape == (2,) and (last["k_0"], last["k_1"]) == pytest.approx(a["k_t"].tolist())
     assert last["k_t"] == pytest.approx(a["k_t"].mean().item()) and last["k_0"] > 0
@@ -261,6 +309,8 @@ def test_trains_from_prepared_shapes_shards(tmp_path):
         (["model.nh=8"], "model.nh"),
         (["model.multigen.z_sizes=[4]"], "model.multigen.z_sizes"),  # CRS has two components
         (["model.multigen.latent_loss=l3"], "model.multigen.latent_loss"),
+        (["model.multigen.shared_z=-1"], "model.multigen.shared_z"),
+        (["model.multigen.composition=min"], "model.multigen.composition"),
         (["data.source=glyphs"], "data.source"),
         (["train.multigen.gammas=[0.5]"], "train.multigen.gammas"),  # one per generator
         (["train.multigen.gammas=[0.5,1.5]"], "train.multigen.gammas"),

@@ -4,7 +4,8 @@ Writes into OUT (default RUN_DIR/decompose/step-XXXXXXXX/):
   parts.png      per real image: the image, each generator's part G_k(E(x)_k) from D's
                  encoder code, their gated sum, and D's reconstruction
   swap_<k>.png   z_k swapped between samples: row i keeps sample i's other slices,
-                 column j brings sample j's z_k (every component on)
+                 column j brings sample j's z_k (every component on); swap_shared.png
+                 the same for the shared slice z_s (model.multigen.shared_z)
   switch.png     per z: every non-empty y in {0, 1}^K, the never-seen ones too
   alone.png      samples of each generator alone, one row of G_k(z_k) per k
 The measurements (`component_iou`, `heldout_statistics`) serve benchmarks/multigen_quality.py.
@@ -25,7 +26,7 @@ from began_dist.data.dataset import to_model_range
 from began_dist.eval.sample import load_run
 from began_dist.eval.swd import swd
 from began_dist.images import save_grid, to_uint8
-from began_dist.models.multigen import compose, label_combinations, part_images
+from began_dist.models.multigen import label_combinations, part_images
 
 ROWS = 8  # samples per figure
 INK = 0.5  # a pixel belongs to a part when its ink exceeds this
@@ -55,17 +56,20 @@ def write_parts(family, images, labels, path: str) -> str:
     x = to_model_range(images, family.device)
     parts = real_parts(family, images, labels)
     y = labels.to(family.device, torch.float32)
-    columns = [x[:, None], part_images(parts), compose(parts, y)[:, None], family.reconstruct(x, y)[:, None]]
+    columns = [x[:, None], part_images(parts), family.compose(parts, y)[:, None], family.reconstruct(x, y)[:, None]]
     return save_grid(torch.cat(columns, 1).flatten(0, 1), path, parts.shape[1] + 3, scale=2)
 
 
 def write_swaps(family, z: torch.Tensor, out: str) -> list[str]:
-    """One grid per generator: z_k of column j swapped into row i's z."""
+    """One grid per latent slice (swap_shared, if any, then swap_<k> per generator): the slice of
+    column j swapped into row i's z."""
+    names = (["shared"] if family.shared_z else []) + [str(k) for k in range(len(family.z_sizes))]
+    sizes = ([family.shared_z] if family.shared_z else []) + family.z_sizes
     paths, start, n = [], 0, len(z)
-    for k, size in enumerate(family.z_sizes):
+    for name, size in zip(names, sizes):
         grid = z[:, None].repeat(1, n, 1)
         grid[:, :, start : start + size] = z[None, :, start : start + size]
-        paths.append(save_grid(family.generate(grid.flatten(0, 1)), os.path.join(out, f"swap_{k}.png"), n, scale=2))
+        paths.append(save_grid(family.generate(grid.flatten(0, 1)), os.path.join(out, f"swap_{name}.png"), n, scale=2))
         start += size
     return paths
 
@@ -102,7 +106,8 @@ def write_overview(family, images, labels, heldout, path: str, component: int = 
     one row of held-out real examples of that component."""
     x = to_model_range(images, family.device)
     parts = real_parts(family, images, labels)
-    per_image = torch.cat([x[:, None], part_images(parts), compose(parts, labels.float())[:, None]], 1)
+    y = labels.to(family.device, torch.float32)
+    per_image = torch.cat([x[:, None], part_images(parts), family.compose(parts, y)[:, None]], 1)
     decomposed = per_image[: 8 // per_image.shape[1] * 2].flatten(0, 1)
     alone = part_images(family.parts(uniform(16, family.latent_size, 1))[:, component])
     rows = [decomposed, alone, to_model_range(heldout[:8], family.device)]

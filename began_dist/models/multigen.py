@@ -1,8 +1,13 @@
 """Multi-generator BEGAN networks (SPEC 2, seed 000): one BEGAN decoder per component.
 
-    G(z)     = [G_k(z_k)]_k, image compose(G(z), y)   z = cat(z_1 .. z_K), z_k of size z_sizes[k]
-    D(x, y)  = compose([Dec_k(c_k)]_k, y), c = E(x) = cat(c_1 .. c_K), c_k of size z_sizes[k]
-    compose(parts, y) = 2 sum_k y_k parts_k - 1
+    G(z)     = [G_k(z_s, z_k)]_k, image compose(G(z), y)   z = cat(z_s, z_1 .. z_K), z_k of size z_sizes[k]
+    D(x, y)  = compose([Dec_k(c_s, c_k)]_k, y), c = E(x) = cat(c_s, c_1 .. c_K), c_k of size z_sizes[k]
+    compose(parts, y) = 2 sum_k y_k parts_k - 1     (composition=sum, the seed's)
+                      = 2 max_{k: y_k = 1} parts_k - 1  (composition=max, how CRS images are drawn)
+
+z_s (size `shared_z`, default 0: the seed's disjoint slices) is read by every generator: what
+the components of one image share (on CRS the pose, size and width of square and cross) can
+then be drawn once instead of twice independently.
 
 Parts are "ink" maps (0 = background, 1 = full white), so a part is the component drawn
 alone and the gated sum of parts is the image; `compose` maps ink to the model range
@@ -21,10 +26,18 @@ from torch import nn
 from began_dist.models.began import Decoder, Encoder, glorot_init, network_args
 
 
-def compose(parts: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(N, K, C, H, W) ink parts gated by labels y (N, K) in {0, 1} -> (N, C, H, W) images in the model range."""
+def compose(parts: torch.Tensor, y: torch.Tensor, composition: str = "sum") -> torch.Tensor:
+    """(N, K, C, H, W) ink parts gated by labels y (N, K) in {0, 1} -> (N, C, H, W) images in the model range.
+
+    sum: parts add, so two half-inked parts make one full stroke. max: a pixel is as inked as its
+    most inked on part, so a full stroke needs one part to draw it whole (overlaps cost nothing).
+    """
     assert parts.ndim == 5 and y.shape == parts.shape[:2], (tuple(parts.shape), tuple(y.shape))
-    return 2 * (parts * y.to(parts.dtype)[:, :, None, None, None]).sum(1) - 1
+    gate = y.to(parts.dtype)[:, :, None, None, None]
+    if composition == "sum":
+        return 2 * (parts * gate).sum(1) - 1
+    ink = parts.masked_fill(gate == 0, float("-inf")).amax(1)
+    return 2 * torch.where(gate.amax(1) > 0, ink, torch.zeros_like(ink)) - 1  # no part on: background
 
 
 def label_combinations(components: int) -> torch.Tensor:
@@ -40,20 +53,24 @@ def part_images(parts: torch.Tensor) -> torch.Tensor:
 class GatedDecoders(nn.Module):
     """K BEGAN decoders, decoder k reading slice k of the latent; `parts` stacks their outputs."""
 
-    def __init__(self, z_sizes: list[int], decoder_args: dict):
+    def __init__(self, z_sizes: list[int], decoder_args: dict, shared_z: int = 0, composition: str = "sum"):
         super().__init__()
-        self.z_sizes = list(z_sizes)
-        self.decoders = nn.ModuleList(Decoder(latent=size, **decoder_args) for size in self.z_sizes)
+        self.z_sizes, self.shared_z, self.composition = list(z_sizes), shared_z, composition
+        self.decoders = nn.ModuleList(Decoder(latent=shared_z + size, **decoder_args) for size in self.z_sizes)
+
+    def inputs(self, latent: torch.Tensor) -> list[torch.Tensor]:
+        """(N, shared_z + sum z_sizes) -> each decoder's input cat(z_s, z_k)."""
+        shared, *own = latent.split([self.shared_z, *self.z_sizes], dim=1)
+        return [torch.cat([shared, z], dim=1) for z in own]
 
     def parts(self, latent: torch.Tensor) -> torch.Tensor:
-        """(N, sum z_sizes) -> (N, K, C, H, W) ink parts."""
-        slices = latent.split(self.z_sizes, dim=1)
-        return torch.stack([decoder(z) for decoder, z in zip(self.decoders, slices)], dim=1)
+        """(N, shared_z + sum z_sizes) -> (N, K, C, H, W) ink parts."""
+        return torch.stack([decoder(z) for decoder, z in zip(self.decoders, self.inputs(latent))], dim=1)
 
     def compose(self, latent: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The gated sum; y = None switches every component on."""
         parts = self.parts(latent)
-        return compose(parts, parts.new_ones(parts.shape[:2]) if y is None else y)
+        return compose(parts, parts.new_ones(parts.shape[:2]) if y is None else y, self.composition)
 
     def set_carry(self, value: float) -> None:
         for decoder in self.decoders:
@@ -78,7 +95,7 @@ class MultiDiscriminator(nn.Module):
         """(reconstruction, code), and the sub-decoders' parts with `with_parts` (per-component equilibrium)."""
         code = self.encoder(x)
         parts = self.decoders.parts(code)
-        recon = compose(parts, parts.new_ones(parts.shape[:2]) if y is None else y)
+        recon = compose(parts, parts.new_ones(parts.shape[:2]) if y is None else y, self.decoders.composition)
         return (recon, code, parts) if with_parts else (recon, code)
 
     def set_carry(self, value: float) -> None:
@@ -87,12 +104,14 @@ class MultiDiscriminator(nn.Module):
 
 
 def build_multigen(model) -> tuple[MultiGenerator, MultiDiscriminator]:
-    """G and D from a `model` config section with `model.multigen.z_sizes`."""
-    z_sizes = list(model.multigen.z_sizes)
-    shared, decoder_args = network_args(model)
-    generator = MultiGenerator(z_sizes, decoder_args)
-    encoder = Encoder(latent=sum(z_sizes), vanishing_residual=model.vanishing_residual, **shared)
-    discriminator = MultiDiscriminator(encoder, GatedDecoders(z_sizes, decoder_args))
+    """G and D from a `model` config section with `model.multigen.z_sizes` (and `shared_z`)."""
+    mg = model.multigen
+    layout = dict(z_sizes=list(mg.z_sizes), shared_z=int(mg.shared_z), composition=mg.composition)
+    encoder_args, decoder_args = network_args(model)
+    generator = MultiGenerator(decoder_args=decoder_args, **layout)
+    latent = layout["shared_z"] + sum(layout["z_sizes"])
+    encoder = Encoder(latent=latent, vanishing_residual=model.vanishing_residual, **encoder_args)
+    discriminator = MultiDiscriminator(encoder, GatedDecoders(decoder_args=decoder_args, **layout))
     generator.apply(glorot_init)
     discriminator.apply(glorot_init)
     return generator, discriminator

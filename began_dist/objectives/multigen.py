@@ -13,6 +13,8 @@ added to L_D (`latent_adversarial=false`: D recovers z, as InfoGAN's Q). Our add
   V = sum_k 1 / (mean|G_k(z) - G_k(z')| / mean|z_k - z'_k| + 1e-5)   mode seeking per generator
 With `train.multigen.gammas` every term splits into K shares T = sum_k T_k (`*_split` below), one k_k
 per generator: L_D = T(x_r) - sum_k k_k T_D,k(x_f) and k_k += lambda_k (gamma_k T_k(x_r) - T_k(x_f)).
+A shared latent slice (`model.multigen.shared_z`) is read by every generator: its units' latent
+terms are charged to the K shares evenly, and V's z_k is the generator's whole input cat(z_s, z_k).
 """
 
 from __future__ import annotations
@@ -57,14 +59,19 @@ def reconstruction_split(kind: str, output, target, parts, y) -> torch.Tensor:
     return (share * pixel[:, None]).flatten(2).sum(2).mean(0) / pixel[0].numel()
 
 
-def latent_error_split(kind: str, code: torch.Tensor, z: torch.Tensor, z_sizes: list[int]) -> torch.Tensor:
+def charge_shared(slice_sums: torch.Tensor) -> torch.Tensor:
+    """Per-slice sums [shared, own_1 .. own_K] -> (K,) shares: own_k + shared / K."""
+    return slice_sums[1:] + slice_sums[0] / (len(slice_sums) - 1)
+
+
+def latent_error_split(kind: str, code, z, z_sizes: list[int], shared_z: int = 0) -> torch.Tensor:
     """(K,) shares of `latent_error`, one per z slice; they sum to it (l2: unit u adds e_u^2 / ||e||)."""
     error = code.float() - z.float()
     if kind == "l2":
         units = error.square() / error.norm(dim=1, keepdim=True).clamp_min(1e-12)
     else:
         units = (error.abs() if kind == "l1" else error.square()) / error.shape[1]
-    return torch.stack([part.sum(1).mean() for part in units.split(z_sizes, dim=1)])
+    return charge_shared(torch.stack([part.sum(1).mean() for part in units.split([shared_z, *z_sizes], dim=1)]))
 
 
 def global_mean(values: torch.Tensor) -> torch.Tensor:
@@ -87,20 +94,19 @@ def code_moments(code: torch.Tensor) -> torch.Tensor:
     return moment_errors(code).mean()
 
 
-def code_moments_split(code: torch.Tensor, z_sizes: list[int]) -> torch.Tensor:
+def code_moments_split(code: torch.Tensor, z_sizes: list[int], shared_z: int = 0) -> torch.Tensor:
     """(K,) shares of `code_moments`, one per code slice."""
     errors = moment_errors(code)
-    return torch.stack([part.sum() for part in errors.split(z_sizes)]) / len(errors)
+    return charge_shared(torch.stack([part.sum() for part in errors.split([shared_z, *z_sizes])])) / len(errors)
 
 
-def mode_seeking(parts: torch.Tensor, z: torch.Tensor, z_sizes: list[int]) -> torch.Tensor:
+def mode_seeking(parts: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor:
     """Sum over generators of 1 / (image distance / latent distance), images 2i and 2i + 1 paired
-    (the same pairs however the global batch is split over ranks)."""
+    (the same pairs however the global batch is split over ranks); inputs[k] is G_k's latent input."""
     pairs = len(parts) // 2
     a, b = parts[0 : 2 * pairs : 2], parts[1 : 2 * pairs : 2]
     image_distance = (a - b).abs().flatten(2).mean(2)  # (pairs, K)
-    slices = z[: 2 * pairs].split(z_sizes, dim=1)
-    latent_distance = torch.stack([(s[0::2] - s[1::2]).abs().mean(1) for s in slices], 1)
+    latent_distance = torch.stack([(s[0 : 2 * pairs : 2] - s[1 : 2 * pairs : 2]).abs().mean(1) for s in inputs], 1)
     ratio = global_mean(image_distance / latent_distance.clamp_min(1e-8))
     return (1 / (ratio + DIVERSITY_EPS)).sum()
 
@@ -112,8 +118,9 @@ class MultigenFamily:
     def __init__(self, cfg, device: torch.device):
         self.device = device
         self.options = mg = cfg.model.multigen
-        self.z_sizes = list(mg.z_sizes)
-        self.latent_size = sum(self.z_sizes)
+        self.z_sizes, self.shared_z = list(mg.z_sizes), int(mg.shared_z)
+        self.composition = mg.composition
+        self.latent_size = self.shared_z + sum(self.z_sizes)
         self.gamma, self.lambda_k = float(cfg.train.gamma), float(cfg.train.lambda_k)
         gammas = cfg.train.multigen.gammas
         self.per_component = gammas is not None  # the terms are then (K,) shares, else totals of shape ()
@@ -131,6 +138,9 @@ class MultigenFamily:
         self.optimizers = (self.opt_G, self.opt_D)
         self.k_t = torch.zeros(len(self.z_sizes) if self.per_component else (), device=device)  # k_0 = 0
 
+    def compose(self, parts: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return compose(parts, y, self.composition)
+
     # -- the combined terms ----------------------------------------------------------------
     # Each is the total (shape ()) or, per component, its (K,) shares summing to the total.
     def _reconstruction(self, recon, target, parts, y) -> torch.Tensor:
@@ -142,14 +152,18 @@ class MultigenFamily:
         """T(x_r) = L_rec(x_r) + w L_z(dz_r)."""
         term = self._reconstruction(recon, real, parts, y)
         if self.options.real_code_loss == "moments":
-            moments = code_moments_split(code, self.z_sizes) if self.per_component else code_moments(code)
+            split = self.per_component
+            moments = code_moments_split(code, self.z_sizes, self.shared_z) if split else code_moments(code)
             term = term + self.options.latent_weight * moments
         return term
 
     def _fake_terms(self, fake, recon, code, parts, y, z) -> tuple[torch.Tensor, torch.Tensor]:
         """(L_rec(x_f), w L_z(dz_f))."""
         kind = self.options.latent_loss
-        error = latent_error_split(kind, code, z, self.z_sizes) if self.per_component else latent_error(kind, code, z)
+        if self.per_component:
+            error = latent_error_split(kind, code, z, self.z_sizes, self.shared_z)
+        else:
+            error = latent_error(kind, code, z)
         return self._reconstruction(recon, fake, parts, y), self.options.latent_weight * error
 
     # -- the step ----------------------------------------------------------------------------
@@ -158,7 +172,7 @@ class MultigenFamily:
         y = labels.to(self.device, torch.float32)
         z_D, z_G = latents
         with torch.no_grad():
-            fake_D = compose(self.G(z_D), y)  # G is not back-propagated in the D phase
+            fake_D = self.compose(self.G(z_D), y)  # G is not back-propagated in the D phase
         real_term, loss_D, real_code = self._d_phase(real, fake_D, z_D, y)
         self.opt_D.step()
         fake_term, loss_G = self._g_phase(z_G, y, real, real_code)
@@ -190,15 +204,15 @@ class MultigenFamily:
         self.D.requires_grad_(False)
         try:
             parts = self.G_train(torch.cat([z, real_code]) if rebuild else z)
-            fake = compose(parts[:n], y)
+            fake = self.compose(parts[:n], y)
             recon, code, d_parts = self.D(fake, y, with_parts=True)
             fake_rec, fake_z = self._fake_terms(fake, recon, code, d_parts, y, z)
             fake_term = fake_rec + fake_z
             loss_G = fake_term.sum()
             if rebuild:
-                loss_G = loss_G + mg.real_recon_weight * (compose(parts[n:], y) - real).abs().mean()
+                loss_G = loss_G + mg.real_recon_weight * (self.compose(parts[n:], y) - real).abs().mean()
             if mg.diversity_weight > 0:
-                loss_G = loss_G + mg.diversity_weight * mode_seeking(parts[:n], z, self.z_sizes)
+                loss_G = loss_G + mg.diversity_weight * mode_seeking(parts[:n], self.G.inputs(z))
             self.opt_G.zero_grad(set_to_none=True)
             loss_G.backward()
         finally:
@@ -250,7 +264,7 @@ class MultigenFamily:
         """compose(G(z), y); y = None switches every component on."""
         z = z.to(self.device)
         y = self.all_on(len(z)) if labels is None else labels.to(self.device, torch.float32)
-        return compose(self.G(z), y)
+        return self.compose(self.G(z), y)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
