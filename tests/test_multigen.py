@@ -338,7 +338,12 @@ def test_two_workers_on_the_shared_cluster_equal_one_worker(ray_cluster, tmp_pat
     are the global batch's: 2 workers x 8 make the step 1 worker x 16 makes."""
     from began_dist.distributed.ray_train import run_on_ray
 
-    extras = ["model.multigen.real_recon_weight=1", "model.multigen.diversity_weight=0.01"]
+    extras = [  # our recipe's options (configs/multigen_crs_shared_max.yaml) and mode seeking
+        "model.multigen.real_recon_weight=1",
+        "model.multigen.diversity_weight=0.01",
+        "model.multigen.shared_z=2",
+        "model.multigen.composition=max",
+    ]
     common = [
         *K_MOVES,
         *extras,
