@@ -101,6 +101,14 @@ def param_space(spec: SweepSpec) -> dict:
     return {group: _domain(*parse_domain(domain, f"space.{group}")) for group, domain in spec.space.items()}
 
 
+def tune_checkpoints_to_keep(spec: SweepSpec, base) -> Optional[int]:
+    """Tune's num_to_keep: the run's checkpoints_to_keep, but every checkpoint under PBT. An exploit
+    restores the donor's checkpoint while the donor trains on; Ray deletes the donor's older ones
+    by num_to_keep meanwhile, and a clone whose checkpoint was deleted under it restarts from its
+    own weights with only the donor's hyperparameters (seen on 2 cores)."""
+    return None if spec.scheduler_type == "pbt" else base.run.checkpoints_to_keep
+
+
 def scheduler(spec: SweepSpec, steps: int):
     """Tune's scheduler for the spec; times are training steps (the `step` every result carries)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -163,7 +171,7 @@ def build_tuner(spec: SweepSpec, base: DictConfig, resume: bool):
         run_config=tune.RunConfig(
             name=EXPERIMENT,
             storage_path=sweep_dir,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=base.run.checkpoints_to_keep),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=tune_checkpoints_to_keep(spec, base)),
             failure_config=tune.FailureConfig(max_failures=base.run.max_failures),
             verbose=1,
         ),
