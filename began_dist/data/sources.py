@@ -22,6 +22,7 @@ import itertools
 import math
 import os
 import pickle
+import re
 import subprocess
 import tarfile
 import unicodedata
@@ -388,8 +389,10 @@ def load_image(path: str, size: int, channels: int, crop: str = "center", max_pi
         with pixel_limit(max_pixels), Image.open(path) as image:
             image = image.convert("L" if channels == 1 else "RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise DataError(f"unreadable image {path}: more than --max-pixels {max_pixels} pixels, refused unread "
-                        f"({error})") from None
+        declared = re.search(r"\((\d+) pixels\)", str(error))  # Pillow's message carries the declared size
+        size_text = f"{int(declared.group(1)):,} pixels" if declared else "its size"
+        raise DataError(f"unreadable image {path}: {size_text} is more than --max-pixels {max_pixels:,}; "
+                        f"refused undecoded (a decompression bomb?)") from None
     except (OSError, ValueError, SyntaxError) as error:  # Pillow raises all three for damaged files
         raise DataError(f"unreadable image {path}: {error}") from None
     array = np.asarray(crop_resize(image, size, crop))
