@@ -428,7 +428,7 @@ def test_decompression_bomb_is_a_bad_file_refused_or_skipped(tmp_path, capsys):
     paths = make_folder(tmp_path / "src", np.random.default_rng(13))
     (tmp_path / "src" / "cats" / "bomb.png").write_bytes(png_declaring(20000, 20000))
     code, err = prepare(capsys, tmp_path / "src", tmp_path / "out", "--size", 8)
-    assert code == 2 and "bomb.png: 400,000,000 pixels is more than --max-pixels 89,478,485" in err
+    assert code == 2 and "bomb.png: 400,000,000 pixels, more than the limit of 89,478,485 (prepare --max-pixels)" in err
     assert "--skip-bad" in err
     assert not os.path.exists(tmp_path / "out" / "manifest.json")
     code, err = prepare(capsys, tmp_path / "src", tmp_path / "out", "--size", 8, "--skip-bad")

@@ -391,8 +391,8 @@ def load_image(path: str, size: int, channels: int, crop: str = "center", max_pi
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         declared = re.search(r"\((\d+) pixels\)", str(error))  # Pillow's message carries the declared size
         size_text = f"{int(declared.group(1)):,} pixels" if declared else "its size"
-        raise DataError(f"unreadable image {path}: {size_text} is more than --max-pixels {max_pixels:,}; "
-                        f"refused undecoded (a decompression bomb?)") from None
+        raise DataError(f"unreadable image {path}: {size_text}, more than the limit of {max_pixels:,} "
+                        f"(prepare --max-pixels); refused undecoded (a decompression bomb?)") from None
     except (OSError, ValueError, SyntaxError) as error:  # Pillow raises all three for damaged files
         raise DataError(f"unreadable image {path}: {error}") from None
     array = np.asarray(crop_resize(image, size, crop))
