@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--charset", default="", help="glyphs: hex RANGE (4E00-9FFF), a FILE of chars, or common")
     prepare.add_argument("--source-size", type=int, default=0, help="hdf5-flat: H of the flattened source rows")
     prepare.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted in the manifest)")
+    prepare.add_argument("--max-pixels", type=int, default=0, help="refuse image files declaring more pixels "
+                         "(decompression bombs; default Pillow's 89478485)")
     prepare.add_argument("--jobs", type=int, default=0, help="worker processes (0: auto)")
     prepare.add_argument("--limit", type=int, default=0, help="keep only the first N items (0 = all)")
 
@@ -335,7 +337,7 @@ def run_prepare(args) -> int:
     if not (args.source and args.out):
         raise DataError("prepare: give SOURCE and OUT (or --verify DATASET_DIR)")
     names = ("format", "size", "shards", "kind", "crop", "channels", "fonts", "charset", "source_size", "skip_bad",
-             "jobs", "limit")
+             "jobs", "limit", "max_pixels")
     options = prep.PrepareOptions(**{name: getattr(args, name) or prep.PrepareOptions.__dataclass_fields__[name]
                                      .default for name in names})
     prep.prepare(args.source, args.out, options)
