@@ -531,11 +531,21 @@ def cmd_kill(args) -> int:
     return 0
 
 
+def forget_neighbours(state: dict) -> None:
+    """Drop every host's ARP cache: addresses that failed to resolve during a partition, or
+    that moved to a new host's MAC on a join, would otherwise stay wrong for seconds."""
+    sh("ip", "neigh", "flush", "dev", BRIDGE, check=False)
+    for host in state["hosts"].values():
+        sh("ip", "-n", netns(host["index"]), "neigh", "flush", "all", check=False)
+
+
 def set_link(state: dict, name: str, up: bool) -> None:
     host = state["hosts"][name]
     if up and not host["alive"]:
         return  # killed meanwhile: its link stays down
     sh("ip", "link", "set", veth(host["index"]), "up" if up else "down")
+    if up:
+        forget_neighbours(state)
 
 
 def cmd_partition(args) -> int:
@@ -600,6 +610,7 @@ def cmd_join(args) -> int:
             sh("ip", "link", "del", veth(index), check=False)
         create_host(state, index)
         save_state(state)
+        forget_neighbours(state)
         restart = [name]
         if name == "host0":  # a new head: the surviving hosts' Ray must join it afresh
             restart += [n for n, h in state["hosts"].items() if n != "host0" and h["alive"]]
