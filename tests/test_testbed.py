@@ -182,3 +182,17 @@ def test_join_adds_a_node(testbed):
     assert f"{name} joined at {ip}" in out
     node = [n for n in testbed.nodes() if n["node_ip"] == ip and n["state"] == "ALIVE"]
     assert node and json.dumps(node[0]["resources_total"]).count("train_slot") == 1
+
+
+def test_one_testbed_per_machine(testbed):
+    refused = testbed.cli("up", "2", check=False)
+    assert refused.returncode == 1 and "a testbed is up" in refused.stderr
+    assert testbed.exec("host0", "true").returncode == 0  # the live one is untouched
+
+
+def test_join_host0_starts_a_new_head_the_hosts_rejoin(testbed):
+    testbed.cli("kill", "host0")
+    assert testbed.exec("host1", "ray", "status").returncode != 0
+    testbed.cli("join", "host0", timeout=300)
+    alive = {n["node_ip"] for n in testbed.nodes() if n["state"] == "ALIVE"}
+    assert set(HOST_IPS) <= alive
