@@ -632,13 +632,13 @@ def cmd_down(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cluster/testbed", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     up = sub.add_parser("up", help="start host0 (head) .. host{N-1} and the store")
     up.add_argument("hosts", type=int)
     up.add_argument("--cpus", type=int, default=1, help="CPUs of each non-head host (default 1)")
     up.add_argument("--object-store-mb", type=int, default=100, help="Ray object store per host (default 100)")
     up.add_argument("--owner", type=int, help="tear the testbed down when this PID exits (tests)")
-    sub.add_parser("env", help="exports for clients on this machine: eval \"$(cluster/testbed env)\"")
+    sub.add_parser("env", help='exports for clients on this machine: eval "$(cluster/testbed env)"')
     sub.add_parser("status", help="hosts and client environment as JSON")
     ex = sub.add_parser("exec", help="run a command in a host; returns its exit status (255: host down)")
     ex.add_argument("host")
