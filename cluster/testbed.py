@@ -406,7 +406,7 @@ def cmd_up(args) -> int:
         raise TestbedError("up N: N >= 1 hosts (host0 is the head)")
     token = STATE / "auth_token"
     token.write_text(secrets.token_hex(32))
-    token.chmod(0o644)  # readable inside the hosts, which are root too
+    token.chmod(0o600)  # hosts run as root; other users of the machine get no job API
     state = {
         "hosts": {},
         "cpus": args.cpus,
@@ -611,13 +611,16 @@ def cmd_join(args) -> int:
         create_host(state, index)
         save_state(state)
         forget_neighbours(state)
-        restart = [name]
+        restart, stops = [name], []
         if name == "host0":  # a new head: the surviving hosts' Ray must join it afresh
             restart += [n for n, h in state["hosts"].items() if n != "host0" and h["alive"]]
-            for other in restart[1:]:
-                subprocess.run(nsenter(state, other, ["ray", "stop", "--force"], cwd="/"),
-                               capture_output=True, timeout=WAIT_S)  # fmt: skip
-        wait_started({name: ray_start(state, name)})
+            stops = [subprocess.Popen(nsenter(state, other, ["ray", "stop", "--force"], cwd="/"),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     for other in restart[1:]]  # fmt: skip
+        started = ray_start(state, name)
+        for stop in stops:
+            stop.wait(timeout=WAIT_S)
+        wait_started({name: started})
         wait_started({n: ray_start(state, n) for n in restart[1:]})
         wait_nodes(state, {state["hosts"][n]["ip"] for n in restart})
     print(f"{name} joined at {host_ip(index)}")

@@ -192,7 +192,7 @@ def test_one_testbed_per_machine(testbed):
 
 def test_join_host0_starts_a_new_head_the_hosts_rejoin(testbed):
     testbed.cli("kill", "host0")
-    assert testbed.exec("host1", "ray", "status").returncode != 0
+    assert connect(testbed, "host1", HEAD, 6379, timeout=1) != "ok"
     testbed.cli("join", "host0", timeout=300)
     alive = {n["node_ip"] for n in testbed.nodes() if n["state"] == "ALIVE"}
     assert set(HOST_IPS) <= alive
