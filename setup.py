@@ -23,6 +23,10 @@ setup(
         "noto-cjk-sans-otc>=0.0.1",  # OFL CJK font for the built-in glyph data
         "fonttools>=4.40",  # glyph sources: font character maps (--charset common)
     ],
-    extras_require={"test": ["pytest>=7.4", "pytest-timeout>=2.2", "ruff>=0.4"]},
+    extras_require={
+        "test": ["pytest>=7.4", "pytest-timeout>=2.2", "ruff>=0.4"],
+        # cluster/testbed's S3 store; 5.2.1 answers multipart uploads in a form Arrow rejects
+        "testbed": ["moto[server]>=5.2.2,<5.3"],
+    },
     entry_points={"console_scripts": ["began-dist=began_dist.cli:main"]},
 )

@@ -27,10 +27,13 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one)")
     config.addinivalue_line("markers", "slow: longer end-to-end runs")
     config.addinivalue_line("markers", "ray: runs on the session's real Ray cluster")
+    config.addinivalue_line("markers", "testbed: runs on the session's emulated multi-host cluster (root; last)")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 def pytest_collection_modifyitems(config, items):
+    # Testbed tests run last: their cluster starts after the one-host cluster is gone (2 cores).
+    items.sort(key=lambda item: item.get_closest_marker("testbed") is not None)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="no CUDA device")
@@ -101,9 +104,8 @@ def ray_cluster(tmp_path_factory):
     ray.init(address=cluster.address)
     cluster.dashboard_url = f"http://127.0.0.1:{dashboard_port}"
     cluster.training_nodes = workers
-    try:
-        yield cluster
-    finally:
+
+    def stop():
         ray.shutdown()
         cluster.shutdown()
         for key, value in saved.items():
@@ -111,3 +113,46 @@ def ray_cluster(tmp_path_factory):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+    _one_host_cluster_stops.append(stop)
+    try:
+        yield cluster
+    finally:
+        stop_one_host_cluster()
+
+
+_one_host_cluster_stops: list = []
+
+
+def stop_one_host_cluster() -> None:
+    """Stop the session's one-host cluster now (idempotent): the testbed tests come after it."""
+    while _one_host_cluster_stops:
+        _one_host_cluster_stops.pop()()
+
+
+@pytest.fixture(scope="session")
+def testbed_session():
+    """One `cluster/testbed` for the session (tests/testbed_support.py); down even if a test fails.
+
+    In CI (CI=true) a testbed that cannot start fails the test; elsewhere it skips saying why.
+    """
+    from testbed_support import Testbed, unavailable
+
+    reason = unavailable()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the testbed cannot start in CI: {reason}")
+        pytest.skip(reason)
+    stop_one_host_cluster()
+    bed = Testbed()
+    try:
+        yield bed.up()
+    finally:
+        bed.down()
+
+
+@pytest.fixture
+def testbed(testbed_session):
+    """The session's testbed, reset after each test: limits off, killed hosts replaced."""
+    yield testbed_session
+    testbed_session.reset()
