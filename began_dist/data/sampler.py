@@ -23,6 +23,7 @@ from began_dist.data.dataset import DataError
 FEISTEL = "feistel-v1"
 RANDPERM = "randperm"  # the order of runs started before FEISTEL: a checkpoint without a `shuffle` key
 SHUFFLES = (FEISTEL, RANDPERM)
+AHEAD = 1 << 13  # Feistel indices computed at once, for this rank's next batches: amortises numpy's per-call cost
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -85,6 +86,7 @@ class GlobalBatchSampler:
         self.epoch, self.offset = 0, 0
         self.shuffle = FEISTEL
         self._perm_epoch, self._perm = -1, None
+        self._ahead = (-1, 0, np.empty((0, 0), np.int64))  # (epoch, offset, this rank's indices of the next batches)
 
     def _order(self, epoch: int):
         """This epoch's order as a callable positions -> image indices (built once per epoch)."""
@@ -105,7 +107,18 @@ class GlobalBatchSampler:
     def state_bytes(self) -> int:
         """Memory the shuffle holds between batches."""
         self._order(self.epoch)
-        return self._perm.state_bytes if self.shuffle == FEISTEL else self._perm.nbytes
+        return self._perm.state_bytes + self._ahead[2].nbytes if self.shuffle == FEISTEL else self._perm.nbytes
+
+    def _feistel_share(self, epoch: int, offset: int, share: int) -> np.ndarray:
+        """This rank's indices of the batch at (epoch, offset), from those of its next AHEAD // share batches."""
+        start_epoch, start, ahead = self._ahead
+        row, late = divmod(offset - start, self.global_batch)
+        if start_epoch != epoch or late or not 0 <= row < len(ahead):
+            count = max(1, min(AHEAD // share, (self.num_images - offset) // self.global_batch))
+            first = offset + self.rank * share + np.arange(count)[:, None] * self.global_batch
+            ahead = self._order(epoch)((first + np.arange(share)).reshape(-1)).reshape(count, share)
+            self._ahead, row = (epoch, offset, ahead), 0
+        return ahead[row]
 
     @property
     def position(self) -> tuple[int, int]:
@@ -117,9 +130,11 @@ class GlobalBatchSampler:
         if offset + self.global_batch > self.num_images:
             epoch, offset = epoch + 1, 0
         share = self.global_batch // self.world
-        start = offset + self.rank * share
-        indices = self._order(epoch)(np.arange(start, start + share))
-        return torch.from_numpy(indices), (epoch, offset + self.global_batch)
+        if self.shuffle == FEISTEL:
+            indices = self._feistel_share(epoch, offset, share)
+        else:
+            indices = self._order(epoch)(np.arange(offset + self.rank * share, offset + (self.rank + 1) * share))
+        return torch.from_numpy(indices.copy()), (epoch, offset + self.global_batch)
 
     def next_indices(self) -> torch.Tensor:
         """This rank's image indices for the next global batch."""
@@ -139,6 +154,7 @@ class GlobalBatchSampler:
             raise DataError(f"the checkpoint's data order is {shuffle!r}; this version knows {', '.join(SHUFFLES)}")
         self.epoch, self.offset, self.shuffle = int(state["epoch"]), int(state["offset"]), shuffle
         self.seed, self._perm_epoch = int(state.get("seed", self.seed)), -1  # keep the saved order
+        self._ahead = (-1, 0, self._ahead[2][:0])
 
 
 class LatentSource:
