@@ -109,7 +109,7 @@ def shard_status(store: DatasetDir, entry: dict, checksums: bool, record: Option
 
 
 def _sha256_matches(store: DatasetDir, entry: dict, info: pafs.FileInfo, record: Optional[VerifiedRecord]) -> bool:
-    location = store.location(entry["file"])
+    location = store.location(entry["file"]) if store.local else store.name(entry["file"])  # a path, or the URI
     version = record and shard_version(store.manifest_sha256, location, entry["sha256"], store.local, info.size,
                                        info.mtime_ns)  # stat before hashing: a write meanwhile makes a new version
     if not version:
