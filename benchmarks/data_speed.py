@@ -1,9 +1,12 @@
 """How fast each data path delivers training-ready batches, next to what a training step consumes.
 
-    .venv/bin/python benchmarks/data_speed.py                  # 64 px, 2048 images, ~1 min
+    .venv/bin/python benchmarks/data_speed.py                  # read, shuffle, prefetch: ~2 min
     .venv/bin/python benchmarks/data_speed.py --size 128 --images 4096 --workers 4
+    .venv/bin/python benchmarks/data_speed.py --rows startup --startup-gb 1.5   # opt-in: writes 1.5 GB
 
-Every row times the same thing: the sampler's next global batch of random indices
+Tables (`--rows`, comma-separated; `--help` lists them):
+
+`read`: every row times the same thing: the sampler's next global batch of random indices
 -> uint8 images -> float32 in [-1, 1] (`to_model_range`), on the CPU. Rows:
 - an in-RAM numpy array (the ceiling: the reader's gather and convert without files), and
   the torch tensor the built-in sources use;
@@ -15,6 +18,18 @@ Every row times the same thing: the sampler's next global batch of random indice
 - the BEGAN training step at the same size (this repo's step, default model sizes),
   i.e. the images/s a reader must at least deliver.
 All baselines are measured in the same run, on the same (possibly shared) CPU.
+
+`shuffle`: the sampler's permutation at N = 10^6, 10^8, 10^9 images: the Feistel bijection
+(memory held between batches, ns per index in a batch of 64 and in bulk, the first batch
+of an epoch) against `torch.randperm` where N int64 fit in `--randperm-max`.
+
+`prefetch`: steps/s and data wait per step of a loop whose step takes `--step-ms` (the host
+waiting on a GPU step: a sleep, which releases the GIL as a CUDA sync does), reading Arrow
+shards and a CelebA-like JPEG folder, with and without `Prefetcher`.
+
+`startup` (opt-in; writes `--startup-gb` of Arrow shards to a temp dir): seconds from
+opening the dataset to the first batch, with an empty verified-shard record (every shard
+hashed) and with the record in place (stat only).
 """
 
 from __future__ import annotations
@@ -24,6 +39,7 @@ import os
 import sys
 import tempfile
 import time
+import tracemalloc
 
 import numpy as np
 import torch
@@ -32,11 +48,13 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from began_dist.config import load_config  # noqa: E402
+from began_dist.data import format as fmt  # noqa: E402
 from began_dist.data import prepare as prep  # noqa: E402
-from began_dist.data import sources  # noqa: E402
+from began_dist.data import reader, sources  # noqa: E402
 from began_dist.data.dataset import InMemoryDataset, to_model_range  # noqa: E402
+from began_dist.data.prefetch import Prefetcher  # noqa: E402
 from began_dist.data.reader import ShardedDataset  # noqa: E402
-from began_dist.data.sampler import GlobalBatchSampler, LatentSource  # noqa: E402
+from began_dist.data.sampler import FeistelPermutation, GlobalBatchSampler, LatentSource  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -151,8 +169,15 @@ def step_rate(size: int, batch: int, steps: int) -> float:
     return steps * batch / (time.perf_counter() - started)
 
 
+ROWS = ("read", "shuffle", "prefetch", "startup")
+DEFAULT_ROWS = "read,shuffle,prefetch"
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"tables to print, of {', '.join(ROWS)} "
+                        f"(default {DEFAULT_ROWS}; startup is opt-in)")
     parser.add_argument("--size", type=int, default=64, help="image side, pixels")
     parser.add_argument("--images", type=int, default=2048, help="images in the prepared datasets")
     parser.add_argument("--folder-images", type=int, default=512, help="images in the PNG / JPEG folders")
@@ -161,9 +186,23 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--step-batch", type=int, default=16, help="batch of the training step row")
     parser.add_argument("--steps", type=int, default=2, help="timed training steps")
+    parser.add_argument("--randperm-max", type=float, default=1e8, help="largest N the randperm rows materialise")
+    parser.add_argument("--step-ms", type=float, default=12.0, help="simulated step of the prefetch rows (ms)")
+    parser.add_argument("--startup-gb", type=float, default=1.5, help="dataset size of the startup rows (GB)")
     args = parser.parse_args()
+    rows = [row.strip() for row in args.rows.split(",") if row.strip()]
+    if set(rows) - set(ROWS):
+        parser.error(f"--rows: unknown {', '.join(sorted(set(rows) - set(ROWS)))}; rows are {', '.join(ROWS)}")
     torch.set_num_threads(1)  # one process = one core for the reader rows
+    if "read" in rows or "prefetch" in rows:
+        read_and_prefetch(args, rows)
+    if "shuffle" in rows:
+        print_shuffle(args)
+    if "startup" in rows:
+        print_startup(args)
 
+
+def read_and_prefetch(args, rows: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         images = synthetic_images(args.images, args.size)
         png = write_folder(images[: args.folder_images], os.path.join(tmp, "png"), ".png")
@@ -173,30 +212,143 @@ def main() -> None:
         source = os.path.join(tmp, "source")
         write_folder(images, source, ".png")
         shards = {}
-        for fmt in ("arrow", "hdf5"):
-            shards[fmt] = os.path.join(tmp, fmt)
-            prep.prepare(source, shards[fmt], prep.PrepareOptions(format=fmt, size=args.size, shards=4, jobs=1))
-
+        for fmt_name in ("arrow", "hdf5"):
+            shards[fmt_name] = os.path.join(tmp, fmt_name)
+            prep.prepare(source, shards[fmt_name], prep.PrepareOptions(format=fmt_name, size=args.size, shards=4,
+                                                                       jobs=1))
+        if "prefetch" in rows:
+            print_prefetch(args, {"arrow shards": ShardedDataset(shards["arrow"]),
+                                  "CelebA-like JPEG 178x218 + crop/resize": FolderDataset(celeba, args.size,
+                                                                                          "carpedm20")})
+        if "read" not in rows:
+            return
         ram = InMemoryDataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
         readers = {
             "in-RAM numpy array (ceiling)": in_process(NumpyDataset(images), args.batch),
             "in-RAM torch tensor (built-in sources)": in_process(ram, args.batch),
         }
-        for fmt in ("arrow", "hdf5"):
-            readers[f"{fmt} shards, 1 process"] = in_process(ShardedDataset(shards[fmt]), args.batch)
-            readers[f"{fmt} shards, DataLoader x{args.workers} workers"] = through_dataloader(
-                ShardedDataset(shards[fmt]), args.batch, args.workers
+        for fmt_name in ("arrow", "hdf5"):
+            readers[f"{fmt_name} shards, 1 process"] = in_process(ShardedDataset(shards[fmt_name]), args.batch)
+            readers[f"{fmt_name} shards, DataLoader x{args.workers} workers"] = through_dataloader(
+                ShardedDataset(shards[fmt_name]), args.batch, args.workers
             )
         readers["PNG folder, decoded per batch"] = in_process(FolderDataset(png, args.size), args.batch)
         readers["JPEG folder, decoded per batch"] = in_process(FolderDataset(jpg, args.size), args.batch)
         readers["CelebA-like JPEG 178x218 + crop/resize"] = in_process(
             FolderDataset(celeba, args.size, "carpedm20"), args.batch
         )
-        rows = list(measure(readers, args.seconds).items())
+        measured = list(measure(readers, args.seconds).items())
         del readers  # stops the DataLoader workers
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     step = step_rate(args.size, args.step_batch, args.steps)
-    print_table(rows, step, args)
+    print_table(measured, step, args)
+
+
+# -- shuffle ------------------------------------------------------------------------------------
+def batch_ns(sampler: GlobalBatchSampler, seconds: float = 1.0) -> float:
+    """ns per index through the sampler's next_indices (what training asks for, batch after batch)."""
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        done += len(sampler.next_indices())
+    return (time.perf_counter() - started) / done * 1e9
+
+
+def bulk_ns(order, n: int) -> float:
+    """ns per index for 2^20 random positions at once."""
+    positions = np.random.default_rng(0).integers(0, n, 1 << 20)
+    started = time.perf_counter()
+    order(positions)
+    return (time.perf_counter() - started) / len(positions) * 1e9
+
+
+def print_shuffle(args) -> None:
+    print(f"\nshuffle: one epoch's order at N images, global batch {args.batch}, 1 torch thread; "
+          f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(f"| {'N':>13} | {'order':<9} | {'state held':>12} | {'peak, batch':>11} | {'ns/idx batch':>12} | "
+          f"{'ns/idx bulk':>11} | {'epoch start':>11} |")
+    print(f"|{'-' * 15}|{'-' * 11}|{'-' * 14}|{'-' * 13}|{'-' * 14}|{'-' * 13}|{'-' * 13}|")
+    for n in (10**6, 10**8, 10**9):
+        for order in ("feistel", "randperm"):
+            sampler = GlobalBatchSampler(n, args.batch, seed=1)
+            if order == "randperm":  # a run resumed from a checkpoint without the shuffle marker
+                if n > args.randperm_max:
+                    print(f"| {n:>13,} | {order:<9} | {8 * n / 1e9:>9,.1f} GB | {'-':>11} | {'-':>12} | {'-':>11} | "
+                          f"{'not run':>11} |")
+                    continue
+                sampler.load_state_dict({"epoch": 0, "offset": 0, "seed": 1, "num_images": n})
+            tracemalloc.start()  # numpy's allocations (the Feistel path); torch's randperm is not traced
+            started = time.perf_counter()
+            sampler.next_indices()  # the epoch's order (keys, or the whole randperm), then one batch
+            first = time.perf_counter() - started
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            held, per_batch = sampler.state_bytes, batch_ns(sampler)
+            bulk = bulk_ns(FeistelPermutation(n, 1, 0) if order == "feistel" else sampler._perm.__getitem__, n)
+            peak_text = f"{peak / 1e3:>8,.1f} kB" if order == "feistel" else f"{'-':>11}"
+            print(f"| {n:>13,} | {order:<9} | {held / 1e6:>9,.3f} MB | {peak_text} | {per_batch:>12,.0f} | "
+                  f"{bulk:>11,.0f} | {first * 1e3:>8,.1f} ms |")
+            del sampler
+    print("goal: shuffle state <= 1 MB per worker at any N (feistel: round keys + this rank's next indices; "
+          "randperm: 8 bytes x N)")
+
+
+# -- prefetch -----------------------------------------------------------------------------------
+def print_prefetch(args, datasets: dict) -> None:
+    step_s, steps = args.step_ms / 1e3, max(8, int(args.seconds / (args.step_ms / 1e3)))
+    print(f"\nprefetch: a loop of {steps} steps of {args.step_ms:g} ms (sleep: the host waiting on the device), "
+          f"batch {args.batch}, {args.size} px; load {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(f"| {'source':<40} | {'prefetch':>8} | {'steps/s':>8} | {'vs step alone':>13} | {'wait/step':>10} |")
+    print(f"|{'-' * 42}|{'-' * 10}|{'-' * 10}|{'-' * 15}|{'-' * 12}|")
+    for name, dataset in datasets.items():
+        for depth in (0, 2):
+            with Prefetcher(dataset, GlobalBatchSampler(len(dataset), args.batch, seed=1), CPU, depth) as ahead:
+                ahead.next()  # start the thread, open the files
+                ahead.take_wait_s()
+                started = time.perf_counter()
+                for _ in range(steps):
+                    ahead.next()
+                    time.sleep(step_s)
+                rate, wait = steps / (time.perf_counter() - started), ahead.take_wait_s() / steps
+            label = f"depth {depth}" if depth else "off"
+            print(f"| {name:<40} | {label:>8} | {rate:>8.1f} | {rate * step_s:>12.0%} | {wait * 1e3:>7.2f} ms |")
+    print(f"a step of {args.step_ms:g} ms at batch {args.batch} needs {args.batch / step_s:,.0f} images/s "
+          f"({args.batch * args.size * args.size * 3 / step_s / 1e6:,.0f} MB/s of {args.size} px RGB)")
+
+
+# -- startup ------------------------------------------------------------------------------------
+def write_big_dataset(out: str, gigabytes: float, size: int) -> int:
+    """Arrow shards of ~256 MB of random images (hashing cost does not depend on content)."""
+    os.makedirs(out)
+    image_bytes, per_shard = size * size * 3, (256 << 20) // (size * size * 3)
+    total = int(gigabytes * 1e9) // image_bytes
+    rng, entries, index = np.random.default_rng(0), [], 0
+    while index * per_shard < total:
+        count = min(per_shard, total - index * per_shard)
+        images = rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+        entries.append(fmt.write_shard(os.path.join(out, fmt.shard_name(index, "arrow")), "arrow", images, {}))
+        index += 1
+    fmt.write_manifest(out, {"format_version": fmt.FORMAT_VERSION, "format": "arrow", "height": size, "width": size,
+                             "channels": 3, "dtype": "uint8", "labels": {}, "count": total, "shards": entries})
+    return total
+
+
+def print_startup(args) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        out, cache = os.path.join(tmp, "big"), os.path.join(tmp, "cache")
+        count = write_big_dataset(out, args.startup_gb, args.size)
+        size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
+        print(f"\nstartup: {count:,} images, {size / 1e9:.2f} GB in {len(os.listdir(out)) - 1} Arrow shards "
+              f"(in the page cache: hashing, not the disk, is timed); load {os.getloadavg()[0]:.2f}")
+        print(f"| {'verified-shard record':<28} | {'to first batch':>14} | {'hashed':>9} |")
+        print(f"|{'-' * 30}|{'-' * 16}|{'-' * 11}|")
+        for label in ("empty (first start)", "present (later starts)"):
+            hashed, started = reader.HASHED["bytes"], time.perf_counter()
+            dataset = ShardedDataset(out, cache_dir=cache)
+            sampler = GlobalBatchSampler(len(dataset), args.batch, seed=1)
+            to_model_range(dataset.batch(sampler.next_indices()), CPU)
+            seconds, hashed = time.perf_counter() - started, reader.HASHED["bytes"] - hashed
+            print(f"| {label:<28} | {seconds:>12.2f} s | {hashed / 1e9:>6.2f} GB |")
+    print("goal: time to the first step independent of the dataset's size once verified")
 
 
 def print_table(rows: list[tuple[str, tuple[float, float]]], step: float, args) -> None:

@@ -57,6 +57,15 @@ def train_cli(tmp_path):
     return run
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_cache_dir(tmp_path_factory):
+    """The node-local record of verified shards goes to the session's temporary tree, not ~/.cache."""
+    saved = os.environ.get("BEGAN_DIST_CACHE_DIR")
+    os.environ["BEGAN_DIST_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield os.environ["BEGAN_DIST_CACHE_DIR"]
+    os.environ.pop("BEGAN_DIST_CACHE_DIR") if saved is None else os.environ.update(BEGAN_DIST_CACHE_DIR=saved)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
     """One real Ray cluster for the whole session, all on 127.0.0.1, with token auth.

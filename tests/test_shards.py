@@ -295,12 +295,13 @@ def test_training_on_shards_resumes_at_the_exact_image(tmp_path, capsys):
     assert main(["train", *data, "train.steps=7", f"run.dir={tmp_path / 'straight'}"]) == 0
     assert main(["train", *data, "train.steps=3", f"run.dir={tmp_path / 'cut'}"]) == 0
     cut = ckpt.load_checkpoint(ckpt.latest_checkpoint(str(tmp_path / "cut")))
-    assert cut["data"] == {"epoch": 0, "offset": 24, "seed": 0, "num_images": COUNT}  # mid-epoch: 5 batches of 8
+    position = {"seed": 0, "num_images": COUNT, "shuffle": "feistel-v1"}
+    assert cut["data"] == {"epoch": 0, "offset": 24, **position}  # mid-epoch: 5 batches of 8
     assert main(["train", "--resume", str(tmp_path / "cut"), "train.steps=7"]) == 0
     a = ckpt.load_checkpoint(ckpt.latest_checkpoint(str(tmp_path / "straight")))
     b = ckpt.load_checkpoint(ckpt.latest_checkpoint(str(tmp_path / "cut")))
     assert a["step"] == b["step"] == 7
-    assert a["data"] == b["data"] == {"epoch": 1, "offset": 16, "seed": 0, "num_images": COUNT}
+    assert a["data"] == b["data"] == {"epoch": 1, "offset": 16, **position}
     for key in ("G", "D"):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name}"

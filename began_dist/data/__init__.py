@@ -23,11 +23,16 @@ def check_source(cfg) -> None:
     elif d.source == "shapes":
         _check_labels(cfg, torch.from_numpy(shape_images(d, 16, limit=1)[1]))
     elif d.source == "shards":
-        dataset = ShardedDataset(d.path, limit=d.limit)
+        dataset = ShardedDataset(d.path, limit=d.limit, cache_dir=cache_dir(d))
         _check_shards(cfg, dataset)
         _check_labels(cfg, dataset.labels)
     if cfg.model.channels != 1 and d.source in ("glyphs", "shapes"):
         raise DataError(f"model.channels={cfg.model.channels}: data.source={d.source} is grayscale; use 1")
+
+
+def cache_dir(d):
+    """data.cache_dir where the config has it (None: began_dist.data.verified.default_cache_dir)."""
+    return getattr(d, "cache_dir", None) or None
 
 
 def _check_shards(cfg, dataset: ShardedDataset) -> None:
@@ -62,7 +67,7 @@ def build_dataset(cfg) -> ImageDataset:
     """The dataset named by `cfg.data`, at `cfg.model.image_size` and `cfg.model.channels`."""
     d, size = cfg.data, cfg.model.image_size
     if d.source == "shards":
-        dataset = ShardedDataset(d.path, limit=d.limit)  # checks every shard (checksums once per process)
+        dataset = ShardedDataset(d.path, limit=d.limit, cache_dir=cache_dir(d))  # checksums once per shard version
         _check_shards(cfg, dataset)
         _check_size(d, len(dataset), cfg.train.batch_size)
         return dataset

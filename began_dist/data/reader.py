@@ -1,9 +1,10 @@
 """The sharded reader: a map-style dataset over a prepared dataset directory.
 
 Construction checks everything a run depends on before training starts: the
-manifest, that every shard exists with the manifest's size and sha256, and that
-its schema and row count match the manifest. Any failure is a DataError naming
-the file (exit 2), so a run never silently trains on fewer images.
+manifest, that every shard the run reads exists with the manifest's size and sha256,
+and that its schema and row count match the manifest. Any failure is a DataError
+naming the file (exit 2), so a run never silently trains on fewer images. A shard's
+sha256 is computed once per shard version on a node (began_dist/data/verified.py).
 
 Files are opened lazily, in the process that reads (never inside something
 pickled or forked): local Arrow shards are memory-mapped and read zero-copy, local
@@ -30,8 +31,9 @@ from began_dist import uris
 from began_dist.data import format as fmt
 from began_dist.data import hdf5
 from began_dist.data.dataset import DataError, ImageDataset
+from began_dist.data.verified import VerifiedRecord, shard_version
 
-_VERIFIED: set[tuple] = set()  # (shard path, size, mtime_ns, sha256) already hashed in this process
+HASHED = {"files": 0, "bytes": 0}  # what this process has hashed (tests and benchmarks read it)
 
 
 def open_filesystem(path: str, key: str = "data.path") -> tuple[pafs.FileSystem, str]:
@@ -51,7 +53,9 @@ class DatasetDir:
         self.path = path
         self.fs, self.base = open_filesystem(path, key)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
-        self.manifest = fmt.parse_manifest(self.read_text(fmt.MANIFEST), self.name(fmt.MANIFEST))
+        text = self.read_text(fmt.MANIFEST)
+        self.manifest = fmt.parse_manifest(text, self.name(fmt.MANIFEST))
+        self.manifest_sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def location(self, file: str) -> str:
         return f"{self.base.rstrip('/')}/{file}"
@@ -75,6 +79,8 @@ class DatasetDir:
         with self.fs.open_input_stream(self.location(file)) as stream:
             while block := stream.read(1 << 22):
                 digest.update(block)
+                HASHED["bytes"] += len(block)
+        HASHED["files"] += 1
         return digest.hexdigest()
 
     def read_bytes(self, file: str) -> bytes:
@@ -83,23 +89,38 @@ class DatasetDir:
 
 
 # -- integrity ---------------------------------------------------------------------------------
-def shard_status(store: DatasetDir, entry: dict, checksums: bool) -> str:
-    """'ok', or what is wrong with one shard: missing, truncated/grown, checksum mismatch, schema."""
+def shard_status(store: DatasetDir, entry: dict, checksums: bool, record: Optional[VerifiedRecord] = None) -> str:
+    """'ok', or what is wrong with one shard: missing, truncated/grown, checksum mismatch, schema.
+
+    With `checksums`, the sha256 is computed in full unless `record` holds this shard version.
+    """
     info = store.info(entry["file"])
     if info.type != pafs.FileType.File:
         return "missing"
     if info.size != entry["bytes"]:
         return f"size {info.size} bytes, the manifest says {entry['bytes']} (truncated or replaced)"
-    key = (store.location(entry["file"]), info.size, info.mtime_ns, entry["sha256"])
-    if checksums and key not in _VERIFIED:
-        if store.sha256(entry["file"]) != entry["sha256"]:
-            return "checksum mismatch (corrupt)"
-        _VERIFIED.add(key)
+    if checksums and not _sha256_matches(store, entry, info, record):
+        return "checksum mismatch (corrupt)"
     try:
         check_shard_schema(store, entry)
     except DataError as error:
         return str(error).removeprefix(f"{store.name(entry['file'])}: ")
     return "ok"
+
+
+def _sha256_matches(store: DatasetDir, entry: dict, info: pafs.FileInfo, record: Optional[VerifiedRecord]) -> bool:
+    location = store.location(entry["file"]) if store.local else store.name(entry["file"])  # a path, or the URI
+    version = record and shard_version(store.manifest_sha256, location, entry["sha256"], store.local, info.size,
+                                       info.mtime_ns)  # stat before hashing: a write meanwhile makes a new version
+    if not version:
+        return store.sha256(entry["file"]) == entry["sha256"]
+    with record.lock(version):
+        if record.has(version):
+            return True
+        if store.sha256(entry["file"]) != entry["sha256"]:
+            return False
+        record.add(version)
+    return True
 
 
 def check_shard_schema(store: DatasetDir, entry: dict) -> None:
@@ -120,7 +141,7 @@ def check_shard_schema(store: DatasetDir, entry: dict) -> None:
 
 
 def verify_shards(path: str) -> list[dict]:
-    """Every shard of the manifest with its status after a full checksum (`prepare --verify`)."""
+    """Every shard of the manifest with its status after a full checksum (`prepare --verify`: no record used)."""
     store = DatasetDir(path, key="prepare --verify")
     return [{**entry, "status": shard_status(store, entry, checksums=True)} for entry in store.manifest["shards"]]
 
@@ -199,19 +220,21 @@ def _hdf5_array(dataset: h5py.Dataset, mapped: Optional[np.memmap]) -> np.ndarra
 class ShardedDataset(ImageDataset):
     """The images (and labels) of a prepared dataset directory, by global index."""
 
-    def __init__(self, path: str, limit: int = 0, checksums: bool = True):
+    def __init__(self, path: str, limit: int = 0, checksums: bool = True, cache_dir: Optional[str] = None):
+        """`cache_dir`: where the node-local record of verified shards lives (None: verified.default_cache_dir)."""
         self.path = path
         store = DatasetDir(path)
         manifest = self.manifest = store.manifest
-        for entry in manifest["shards"]:
-            status = shard_status(store, entry, checksums)
+        self.count = min(limit, manifest["count"]) if limit else manifest["count"]
+        record = VerifiedRecord(cache_dir) if checksums else None
+        for entry in self._shards():
+            status = shard_status(store, entry, checksums, record)
             if status != "ok":
                 raise DataError(f"{store.name(entry['file'])}: {status}; re-run `began-dist prepare` for {path}")
         if manifest["height"] != manifest["width"]:
             raise DataError(f"{store.name(fmt.MANIFEST)}: images must be square, not {manifest['height']}x"
                             f"{manifest['width']}")
         self.image_size, self.channels = manifest["height"], manifest["channels"]
-        self.count = min(limit, manifest["count"]) if limit else manifest["count"]
         self.label_names = list(manifest["labels"])
         self._blocks: Optional[list[dict[str, np.ndarray]]] = None
         self._starts: Optional[np.ndarray] = None
@@ -221,6 +244,11 @@ class ShardedDataset(ImageDataset):
     def __len__(self) -> int:
         return self.count
 
+    def _shards(self) -> list[dict]:
+        """The shards that hold images 0 .. count-1: all but those data.limit leaves out, which are not read."""
+        shards, ends = self.manifest["shards"], np.cumsum([entry["count"] for entry in self.manifest["shards"]])
+        return shards[: int(np.searchsorted(ends, self.count)) + 1]
+
     def __getstate__(self) -> dict:
         # open files and memory maps stay in the process that opened them
         return {**self.__dict__, "_blocks": None, "_starts": None, "_pid": None}
@@ -229,7 +257,7 @@ class ShardedDataset(ImageDataset):
         if self._blocks is None or self._pid != os.getpid():
             store = DatasetDir(self.path)
             reader = arrow_blocks if self.manifest["format"] == "arrow" else hdf5_blocks
-            blocks = [block for entry in self.manifest["shards"] if entry["count"] for block in
+            blocks = [block for entry in self._shards() if entry["count"] for block in
                       reader(store, entry["file"])]
             self._starts = np.cumsum([0] + [len(block["image"]) for block in blocks])[:-1]
             self._blocks, self._pid = blocks, os.getpid()
