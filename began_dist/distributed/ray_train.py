@@ -184,19 +184,22 @@ def wait_for_autoscaler(
 
 
 def autoscaler_status():
-    """The v2 autoscaler's view of this cluster (`ray.autoscaler.v2.sdk`), None when none reports.
+    """The v2 autoscaler's view of this cluster (`ray.autoscaler.v2.sdk`), None without one.
 
-    `ray up` starts the v2 autoscaler by default since Ray 2.50; its instance manager counts
-    the head, so a cluster with an autoscaler reports a state version above 0.
+    `ray up` starts Ray's v2 autoscaler by default since Ray 2.50 (KubeRay's in-tree
+    autoscaler may run it too); the GCS records that it runs with it. The v1 autoscaler
+    exposes no such status, so a cluster with it is checked like a fixed one.
     """
     import ray
     from ray.autoscaler.v2.sdk import get_cluster_status
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
 
     try:
-        status = get_cluster_status(ray.get_runtime_context().gcs_address)
-    except Exception:  # an older GCS or no autoscaler state service: treat as no autoscaler
+        if not is_autoscaler_v2(fetch_from_server=True):
+            return None
+        return get_cluster_status(ray.get_runtime_context().gcs_address)
+    except Exception:  # no autoscaler state in this GCS: checked like a fixed cluster
         return None
-    return status if status.stats.autoscaler_version not in ("", "0") else None
 
 
 def check_placement(run, wait_s: float = AUTOSCALER_WAIT_S) -> None:
@@ -232,6 +235,7 @@ def check_placement(run, wait_s: float = AUTOSCALER_WAIT_S) -> None:
     def say(message: str) -> None:
         print(f"began-dist: {message}", file=sys.stderr, flush=True)
 
+    started = time.monotonic()
     request_resources(bundles=[{k: float(v) for k, v in bundle.items()}] * run.workers)
     try:
         placeable = wait_for_autoscaler(observe, run.workers, say, wait_s=wait_s)
@@ -239,8 +243,9 @@ def check_placement(run, wait_s: float = AUTOSCALER_WAIT_S) -> None:
         request_resources(bundles=[])  # the placement group Ray Train makes next keeps the demand
     if placeable < run.workers:
         raise ConfigError(
-            f"{key}: {describe_placement(alive(), bundle, run.workers, run.placement_strategy)}; "
-            f"the autoscaler added no room for more within {wait_s:g} s"
+            f"{key}: {describe_placement(alive(), bundle, run.workers, run.placement_strategy)} "
+            f"after waiting {time.monotonic() - started:.0f} s for the autoscaler (it launches nodes "
+            f"up to its max_workers, for node types that fit a worker)"
         )
 
 
