@@ -72,6 +72,11 @@ def test_unplaceable_request_is_refused_at_once(ray_cluster, tmp_path, capsys):
     code = main(["train", *TINY, "--workers", "1", "--gpus-per-worker", "1", f"run.dir={tmp_path / 'gpu'}"])
     assert code == 2
     assert "0 GPU" in capsys.readouterr().err
+    # Four CPUs in all, but three `train_slot`s: every resource a worker asks for counts.
+    code = main(["train", *TINY, "--workers", "4", "run.worker_resources.train_slot=1", f"run.dir={tmp_path / 's'}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "1 train_slot" in err and "3 train_slot on 4 node(s), room for 3 of them" in err
     assert time.time() - started < 60
 
 

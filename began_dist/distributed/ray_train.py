@@ -12,7 +12,10 @@ continue from the newest checkpoint.
 
 from __future__ import annotations
 
+import math
 import os
+import sys
+import time
 
 from began_dist.config import ConfigError, to_container
 
@@ -38,40 +41,212 @@ def worker_entry(config: dict) -> dict:
     return result
 
 
+JOB_API_SCHEMES = ("http://", "https://")
+# How long the placement check waits for an autoscaler to add nodes (cloud GPU nodes take minutes
+# to boot and run their setup commands), and how long it waits while the autoscaler launches
+# nothing before it concludes that no more nodes will come (the v2 autoscaler reconciles every 5 s).
+AUTOSCALER_WAIT_S = 900.0
+AUTOSCALER_IDLE_S = 60.0
+AUTOSCALER_POLL_S = 5.0
+UNBOUNDED = 2**31  # how many workers asking for nothing a node holds
+
+
+def is_job_api_url(address: str) -> bool:
+    """True for the job API / dashboard URL (`http://HEAD:8265`), which `ray job submit` takes
+    but `ray.init` rejects: a cluster address is the GCS `HOST:PORT`, `auto` or `ray://HOST:PORT`."""
+    return address.strip().lower().startswith(JOB_API_SCHEMES)
+
+
+def cluster_address(address: str, environ=os.environ) -> str:
+    """The cluster address began-dist joins: `run.address`, else RAY_ADDRESS; '' starts a local cluster.
+
+    RAY_ADDRESS set to the job API URL (what `ray job submit` reads, e.g. after
+    `eval "$(cluster/testbed env)"`) is not an address a driver can join, so it counts as
+    unset; inside a `ray job submit` job Ray itself sets RAY_ADDRESS to the GCS address
+    (ray/dashboard/modules/job/job_supervisor.py). A job API URL given as `run.address`
+    is refused, since the user meant a cluster.
+    """
+    if address:
+        if is_job_api_url(address):
+            raise ConfigError(
+                f"run.address={address}: that is the job API URL, not a cluster address; submit the command "
+                f"through it (`ray job submit --address {address} -- began-dist train ...`), or give the "
+                "cluster's GCS address HOST:6379 (ray://HOST:10001 for Ray Client)"
+            )
+        return address
+    from_env = environ.get("RAY_ADDRESS", "")
+    return "" if is_job_api_url(from_env) else from_env
+
+
 def connect(address: str) -> bool:
-    """Join the cluster at `address`, or start a local one on 127.0.0.1; True if started here."""
+    """Join the cluster at `address` (else RAY_ADDRESS), or start a local one on 127.0.0.1; True if started here."""
     import ray
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS", "")  # set inside `ray job submit` jobs
-    if address:
-        ray.init(address=address)
+    target = cluster_address(address)
+    if target:
+        ray.init(address=target)
         return False
-    ray.init(_node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1")
+    job_api = os.environ.pop("RAY_ADDRESS", None)  # ray.init would read the job API URL from it
+    if job_api:
+        print(
+            f"began-dist: RAY_ADDRESS={job_api} is the job API URL (for `ray job submit`), not a cluster "
+            "address: starting a local Ray cluster; to train on that cluster, submit this command with "
+            "`ray job submit -- began-dist ...`",
+            file=sys.stderr,
+            flush=True,
+        )
+    try:
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1")
+    finally:
+        if job_api:
+            os.environ["RAY_ADDRESS"] = job_api
     return True
 
 
-def check_placement(run) -> None:
-    """Refuse at once what the cluster can never place, instead of waiting forever."""
+def worker_bundle(run) -> dict:
+    """Every resource one training worker asks Ray for (its placement-group bundle)."""
+    bundle = {"CPU": run.cpus_per_worker, **dict(run.worker_resources)}
+    if run.gpus_per_worker > 0:
+        bundle["GPU"] = run.gpus_per_worker
+    return bundle
+
+
+def placeable_workers(nodes: list[dict], bundle: dict, strategy: str = "PACK") -> int:
+    """How many workers asking `bundle` each the nodes (their total resources) can ever hold.
+
+    Every resource in the bundle counts (CPU, GPU, custom ones such as `train_slot`): a node
+    holds floor(have / ask) bundles of the scarcest one. STRICT_SPREAD places at most one worker
+    per node, STRICT_PACK all of them on one node (Ray's placement-group strategies).
+    """
+    asked = {name: float(amount) for name, amount in bundle.items() if float(amount) > 0}
+    per_node = []
+    for node in nodes:
+        fits = [math.floor(float(node.get(name, 0)) / amount + 1e-9) for name, amount in asked.items()]
+        per_node.append(min(fits) if fits else UNBOUNDED)
+    if strategy == "STRICT_SPREAD":
+        return sum(min(count, 1) for count in per_node)
+    if strategy == "STRICT_PACK":
+        return max(per_node, default=0)
+    return min(sum(per_node), UNBOUNDED)
+
+
+def describe_placement(nodes: list[dict], bundle: dict, workers: int, strategy: str) -> str:
+    """'cannot place N workers x ...: the cluster has ...', naming every resource asked for."""
+    custom = [name for name in bundle if name not in ("CPU", "GPU")]
+    asked = f"{workers} workers x {bundle['CPU']} CPU, {bundle.get('GPU', 0.0)} GPU"
+    asked += "".join(f", {bundle[name]:g} {name}" for name in custom)
+    totals = {name: sum(float(node.get(name, 0)) for node in nodes) for name in ("CPU", "GPU", *custom)}
+    has = f"the cluster has {totals['CPU']:g} CPU and {totals['GPU']:g} GPU"
+    has += "".join(f" and {totals[name]:g} {name}" for name in custom)
+    room = placeable_workers(nodes, bundle, strategy)
+    where = "on separate nodes" if strategy == "STRICT_SPREAD" else "on one node" if strategy == "STRICT_PACK" else ""
+    return (
+        f"cannot place {asked}{' ' + where if where else ''}: {has} on {len(nodes)} node(s), "
+        f"room for {min(room, workers)} of them"
+    )
+
+
+def wait_for_autoscaler(
+    observe,
+    workers: int,
+    say,
+    *,
+    wait_s: float = AUTOSCALER_WAIT_S,
+    idle_s: float = AUTOSCALER_IDLE_S,
+    poll_s: float = AUTOSCALER_POLL_S,
+    clock=time.monotonic,
+    sleep=time.sleep,
+) -> int:
+    """Poll `observe()` -> (workers placeable now, nodes the autoscaler is launching) until every
+    worker fits, `wait_s` passes, or the autoscaler has launched nothing for `idle_s`; returns
+    the last count of placeable workers. Every wait is bounded."""
+    started = clock()
+    last_busy = started
+    shown = None
+    while True:
+        placeable, launching = observe()
+        now = clock()
+        if placeable >= workers:
+            return placeable
+        if launching:
+            last_busy = now
+        if (placeable, launching) != shown:
+            say(
+                f"waiting for the autoscaler: {placeable} of {workers} workers placeable, "
+                f"{launching} node(s) launching (up to {wait_s:g} s)"
+            )
+            shown = (placeable, launching)
+        if now - started >= wait_s or now - last_busy >= idle_s:
+            return placeable
+        sleep(poll_s)
+
+
+def autoscaler_status():
+    """The v2 autoscaler's view of this cluster (`ray.autoscaler.v2.sdk`), None without one.
+
+    `ray up` starts Ray's v2 autoscaler by default since Ray 2.50 (KubeRay's in-tree
+    autoscaler may run it too); the GCS records that it runs with it. The v1 autoscaler
+    exposes no such status, so a cluster with it is checked like a fixed one.
+    """
+    import ray
+    from ray.autoscaler.v2.sdk import get_cluster_status
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+    try:
+        if not is_autoscaler_v2(fetch_from_server=True):
+            return None
+        return get_cluster_status(ray.get_runtime_context().gcs_address)
+    except Exception:  # no autoscaler state in this GCS: checked like a fixed cluster
+        return None
+
+
+def check_placement(run, wait_s: float = AUTOSCALER_WAIT_S) -> None:
+    """Refuse at once what the cluster can never place, instead of waiting forever.
+
+    With an autoscaler, ask it for the workers' bundles (`ray.autoscaler.sdk.request_resources`,
+    so it starts nodes before Ray Train's placement group exists) and wait a bounded time for
+    them; refuse when the bound passes or the autoscaler stops launching nodes.
+    """
     import ray
 
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    total_cpu = sum(n.get("CPU", 0) for n in nodes)
-    total_gpu = sum(n.get("GPU", 0) for n in nodes)
-    asked = f"{run.workers} workers x {run.cpus_per_worker} CPU, {run.gpus_per_worker} GPU"
-    has = f"the cluster has {total_cpu:g} CPU and {total_gpu:g} GPU on {len(nodes)} node(s)"
-    fitting_nodes = sum(
-        n.get("CPU", 0) >= run.cpus_per_worker and n.get("GPU", 0) >= run.gpus_per_worker for n in nodes
-    )
-    if run.placement_strategy == "STRICT_SPREAD" and fitting_nodes < run.workers:
-        raise ConfigError(f"run.placement_strategy=STRICT_SPREAD: cannot place {asked} on separate nodes: {has}")
-    if (
-        run.workers * run.cpus_per_worker > total_cpu
-        or run.workers * run.gpus_per_worker > total_gpu
-        or not fitting_nodes
-    ):
-        raise ConfigError(f"run.workers: cannot place {asked}: {has}")
+    def alive() -> list[dict]:
+        return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+    bundle = worker_bundle(run)
+    nodes = alive()
+    if placeable_workers(nodes, bundle, run.placement_strategy) >= run.workers:
+        return
+    key = "run.placement_strategy=STRICT_SPREAD" if run.placement_strategy == "STRICT_SPREAD" else "run.workers"
+    if autoscaler_status() is None:
+        raise ConfigError(f"{key}: {describe_placement(nodes, bundle, run.workers, run.placement_strategy)}")
+    from ray.autoscaler.sdk import request_resources
+
+    def observe() -> tuple[int, int]:
+        status = autoscaler_status()
+        launching = (
+            0
+            if status is None
+            else (sum(launch.count for launch in status.pending_launches) + len(status.pending_nodes))
+        )
+        return placeable_workers(alive(), bundle, run.placement_strategy), launching
+
+    def say(message: str) -> None:
+        print(f"began-dist: {message}", file=sys.stderr, flush=True)
+
+    started = time.monotonic()
+    request_resources(bundles=[{k: float(v) for k, v in bundle.items()}] * run.workers)
+    try:
+        placeable = wait_for_autoscaler(observe, run.workers, say, wait_s=wait_s)
+    finally:
+        request_resources(bundles=[])  # the placement group Ray Train makes next keeps the demand
+    if placeable < run.workers:
+        raise ConfigError(
+            f"{key}: {describe_placement(alive(), bundle, run.workers, run.placement_strategy)} "
+            f"after waiting {time.monotonic() - started:.0f} s for the autoscaler (it launches nodes "
+            f"up to its max_workers, for node types that fit a worker)"
+        )
 
 
 def run_on_ray(cfg, callbacks: tuple = ()) -> dict:
@@ -81,7 +256,7 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> dict:
     is a nested Tune trial (its storage, RUN_DIR/ray, is then the trial's own).
     """
     run = cfg.run
-    if not (run.address or os.environ.get("RAY_ADDRESS")):
+    if not cluster_address(run.address):
         # A local cluster: keep every process on 127.0.0.1. Ray reads this when first imported.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -91,9 +266,7 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> dict:
     started_here = connect(run.address)
     try:
         check_placement(run)
-        resources = {"CPU": run.cpus_per_worker, **dict(run.worker_resources)}
-        if use_gpu:
-            resources["GPU"] = run.gpus_per_worker
+        resources = worker_bundle(run)
         trainer = TorchTrainer(
             worker_entry,
             train_loop_config=to_container(cfg),
@@ -121,4 +294,3 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> dict:
             import ray
 
             ray.shutdown()
-
