@@ -15,15 +15,16 @@ and every logged value is an all-reduced mean, so rank 0 speaks for all.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 import time
 from typing import Optional
 
 import torch
+from omegaconf import OmegaConf
 
-from began_dist.config import from_container, save_yaml, to_container
+from began_dist import storage
+from began_dist.config import from_container, to_container
 from began_dist.data import build_dataset
 from began_dist.data.dataset import to_model_range
 from began_dist.data.sampler import GlobalBatchSampler, LatentSource, fixed_latents
@@ -169,7 +170,7 @@ class Trainer:
         shown = getattr(self.family, "progress_keys", BEGAN_SHOWN)
         log = RunLogger(self.run_dir, self.rank == 0, self.step, t.steps, progress, scalars, shown)
         if self.rank == 0:
-            save_yaml(cfg, os.path.join(self.run_dir, "config.yaml"))
+            storage.write_text(storage.join(self.run_dir, "config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
             truncate_metrics(self.run_dir, self.step)  # as stats.jsonl: no step recorded twice
         log.info(self._banner(resumed_from))
         snapshot = torch.arange(min(FIXED_SAMPLES, len(self.dataset)))
