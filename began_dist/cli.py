@@ -35,6 +35,7 @@ import sys
 
 from omegaconf import OmegaConf
 
+from began_dist import families  # noqa: F401  (registers every family's config rules: docs/design.md)
 from began_dist.config import ConfigError, load_config, resolve_run_dir
 from began_dist.data import DataError, check_source
 from began_dist.train import state as ckpt
@@ -170,10 +171,10 @@ def check_eval_files(cfg) -> None:
     """The feature nets train.eval_metrics needs, checked before any cluster work or training step."""
     if not cfg.train.eval_every:
         return
-    from began_dist.eval.metrics import check_prerequisites, parse_metrics
+    from began_dist.eval.metrics import check_metric_names, check_prerequisites
 
     try:
-        check_prerequisites(parse_metrics(cfg.train.eval_metrics))
+        check_prerequisites(check_metric_names(cfg.train.eval_metrics))
     except FileNotFoundError as error:
         raise ConfigError(f"train.eval_metrics={cfg.train.eval_metrics}: {error}") from None
 

@@ -12,8 +12,7 @@ from test_loop import assert_bitwise_equal
 from began_dist.cli import main
 from began_dist.config import load_config, resolve_run_dir
 from began_dist.eval.decompose import real_parts
-from began_dist.models.multigen import compose, label_combinations, part_images
-from began_dist.objectives.multigen import (
+from began_dist.families.multigen import (
     MultigenFamily,
     code_moments,
     code_moments_split,
@@ -21,6 +20,7 @@ from began_dist.objectives.multigen import (
     latent_error_split,
     reconstruction,
 )
+from began_dist.models.multigen import compose, label_combinations, part_images
 from began_dist.train import state as ckpt
 
 Z_SIZES = [2, 4]

@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 
 from began_dist.cli import build_parser, prepare_train
 from began_dist.config import Config, ConfigError, load_config
-from began_dist.objectives import began
-from began_dist.objectives.began import BeganFamily, ScaleGrad
+from began_dist.families import began
+from began_dist.families.began import BeganFamily, ScaleGrad
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/ is not installed
 from benchmarks.reference_step import reference_step  # noqa: E402

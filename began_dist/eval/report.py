@@ -287,9 +287,8 @@ def _reconstructions(run: Run) -> str:
     if images is None:
         images, which = load_examples(cfg, RECON_IMAGES), "training"
     x = images.float() / 127.5 - 1
-    reconstruct = getattr(family, "reconstruct", None) or family.D
     with torch.no_grad():
-        pairs = torch.cat([x, reconstruct(x.to(family.device)).cpu()])
+        pairs = torch.cat([x, family.reconstruct(x.to(family.device)).cpu()])
     picture = grid_image(pairs, columns=RECON_IMAGES, scale=3 if cfg.model.image_size <= 32 else 2)
     return _img(_png(picture), f"step {step}: {which} images (top) and their reconstructions D(x) (bottom)")
 

@@ -21,8 +21,8 @@ from began_dist.config import ConfigError, from_container
 from began_dist.data import load_examples
 from began_dist.data.dataset import to_model_range
 from began_dist.eval.latent import framed_interpolation, interpolation_rows, latent_codec
+from began_dist.families import get_family
 from began_dist.images import save_grid
-from began_dist.objectives import get_family
 from began_dist.train import state as ckpt
 
 STEPS = 10  # images per interpolation row

@@ -16,18 +16,9 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from began_dist import storage
+from began_dist.families.base import BEGAN_SCALARS
 from began_dist.images import make_grid, save_grid
 
-BEGAN_SCALARS = {  # BEGAN's stats.jsonl keys -> TensorBoard tags: the default a family may replace
-    "L_x": "loss/L_x",
-    "L_Gz": "loss/L_Gz",
-    "L_D": "loss/L_D",
-    "L_G": "loss/L_G",
-    "k_t": "equilibrium/k_t",
-    "M": "equilibrium/M",
-    "balance": "equilibrium/balance",
-}
-BEGAN_SHOWN = ("M", "k_t", "L_x")  # the progress bar shows all but the last; the log line all
 COMMON_SCALARS = {"lr_G": "lr/G", "lr_D": "lr/D", "images_per_s": "perf/images_per_s"}  # every family
 
 
@@ -36,7 +27,7 @@ def stats_keys(family_scalars: dict[str, str]) -> tuple[str, ...]:
     return ("step", *family_scalars, *COMMON_SCALARS, "time_s")
 
 
-STATS_KEYS = stats_keys(BEGAN_SCALARS)
+STATS_KEYS = stats_keys(BEGAN_SCALARS)  # a BEGAN run's stats.jsonl line
 TB_TAGS = {**BEGAN_SCALARS, **COMMON_SCALARS}
 
 
@@ -76,9 +67,9 @@ class RunLogger:
         enabled: bool,
         start_step: int,
         total_steps: int,
-        progress: bool = True,
-        scalars: dict[str, str] = BEGAN_SCALARS,  # the family's stats -> TensorBoard tags
-        shown: tuple[str, ...] = BEGAN_SHOWN,
+        progress: bool,
+        scalars: dict[str, str],  # the family's stats -> TensorBoard tags (Family.scalar_tags)
+        shown: tuple[str, ...],  # the stats the progress bar shows (Family.progress_keys)
     ):
         self.run_dir, self.enabled = run_dir, enabled
         self.keys, self.tags, self.shown = stats_keys(scalars), {**scalars, **COMMON_SCALARS}, shown

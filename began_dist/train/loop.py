@@ -31,14 +31,12 @@ from began_dist.data.sampler import GlobalBatchSampler, LatentSource, fixed_late
 from began_dist.distributed import comm
 from began_dist.eval.evaluate import evaluate_family, summary, truncate_metrics
 from began_dist.eval.metrics import check_prerequisites, parse_metrics
-from began_dist.objectives import get_family
-from began_dist.objectives.equilibrium import LrControl
+from began_dist.families import get_family
+from began_dist.families.equilibrium import LrControl
 from began_dist.train import state as ckpt
-from began_dist.train.logging import BEGAN_SCALARS, BEGAN_SHOWN, RunLogger
+from began_dist.train.logging import RunLogger
 from began_dist.train.reporting import Reporter
 
-# BEGAN's statistics; a family may declare its own (objectives/__init__.py).
-LOGGED_LOSSES = ("L_x", "L_Gz", "L_D", "L_G", "M", "balance")  # averaged over each log interval
 FIXED_SAMPLES = 64  # images in the G(z_fixed) grids
 
 
@@ -111,10 +109,7 @@ class Trainer:
         self.lr_control = LrControl(cfg.train)
         self.fixed_z = fixed_latents(seed, FIXED_SAMPLES, self.family.latent_size)
         self.step, self.elapsed_s = 0, 0.0
-        self.logged = getattr(self.family, "logged_losses", LOGGED_LOSSES)
-        # Resolved once here, not in every step: what the lr control watches, whether steps take labels.
-        self.lr_monitor = getattr(self.family, "lr_monitor", "M")
-        self.needs_labels = bool(getattr(self.family, "needs_labels", False))
+        self.logged = self.family.logged_losses
         self.guard = NonFiniteGuard(self.logged, self.device)
         self.last_stats: dict = {}
         self.last_checkpoint: Optional[str] = None
@@ -166,9 +161,8 @@ class Trainer:
             check_prerequisites(parse_metrics(t.eval_metrics))
         resumed_from = self.restore_latest()
         self.lr_control.apply(*self.family.optimizers)
-        scalars = getattr(self.family, "scalar_tags", BEGAN_SCALARS)
-        shown = getattr(self.family, "progress_keys", BEGAN_SHOWN)
-        log = RunLogger(self.run_dir, self.rank == 0, self.step, t.steps, progress, scalars, shown)
+        tags, shown = self.family.scalar_tags, self.family.progress_keys
+        log = RunLogger(self.run_dir, self.rank == 0, self.step, t.steps, progress, tags, shown)
         if self.rank == 0:
             storage.write_text(storage.join(self.run_dir, "config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
             truncate_metrics(self.run_dir, self.step)  # as stats.jsonl: no step recorded twice
@@ -223,8 +217,7 @@ class Trainer:
     def _replica_digests(self) -> list[str]:
         """Each rank's digest of its networks (and k_t); replicas that drifted apart would differ."""
         state = self.family.state_dict()
-        names = getattr(self.family, "replicated_networks", ("G", "D"))
-        tensors = [t for name in names for t in state[name].values()]
+        tensors = [t for name in self.family.replicated_networks for t in state[name].values()]
         digests = comm.replica_digests(tensors + ([self.family.k_t] if "k_t" in state else []))
         if len(set(digests)) > 1:
             raise RuntimeError(f"replicas differ at step {self.step}: {digests}")
@@ -251,7 +244,7 @@ class Trainer:
         self.step += 1
         losses = torch.stack([stats[k].float() for k in self.logged])  # built once: guard and log totals
         self.guard.observe(self.step, losses)
-        if self.lr_control.observe(self.step, stats[self.lr_monitor]):
+        if self.lr_control.observe(self.step, stats[self.family.lr_monitor]):
             self.lr_control.apply(*self.family.optimizers)
         self.elapsed_s += time.perf_counter() - started
         return losses
@@ -259,7 +252,7 @@ class Trainer:
     def _labels(self, indices: torch.Tensor) -> dict:
         """{"labels": the images' labels} for a family that needs them (the same indices: sliced per rank as
         the images are), else nothing."""
-        if not self.needs_labels:
+        if not self.family.needs_labels:
             return {}
         return {"labels": self.dataset.labels[indices].to(self.device)}
 
@@ -278,15 +271,12 @@ class Trainer:
         return record
 
     def _banner(self, resumed_from: Optional[str]) -> str:
-        m, t = self.cfg.model, self.cfg.train
+        t = self.cfg.train
         where = f"resumed from {resumed_from} at step {self.step}" if resumed_from else "new run"
-        vaegan = m.family == "vaegan"  # no D bottleneck, no gamma: its own weight instead
-        bottleneck = f" nh={m.nh}" if m.family == "began" else ""  # multigen and vaegan have no Nh
-        weight = f"feature weight {t.vaegan.feature_weight}" if vaegan else f"gamma {t.gamma}"
         return (
-            f"{where}: {m.family} {m.image_size}px {m.arch} n={m.filters} nz={self.family.latent_size}{bottleneck} "
-            f"on {self.device} x {self.world}; {len(self.dataset)} images ({self.cfg.data.source}); "
-            f"batch {t.batch_size}, {weight}, steps {t.steps}; run dir {self.run_dir}"
+            f"{where}: {self.family.describe()} on {self.device} x {self.world}; "
+            f"{len(self.dataset)} images ({self.cfg.data.source}); batch {t.batch_size}, steps {t.steps}; "
+            f"run dir {self.run_dir}"
         )
 
 

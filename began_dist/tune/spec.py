@@ -31,7 +31,7 @@ from typing import Any, Optional
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from began_dist import storage
+from began_dist import families, storage  # noqa: F401  (families registers every family's config rules: docs/design.md)
 from began_dist.config import Config, ConfigError, load_config, parse_overrides, validate
 
 DOMAINS = {  # name -> number of arguments (None: a list of values)
