@@ -365,9 +365,9 @@ def test_two_workers_on_the_shared_cluster_equal_one_worker(ray_cluster, tmp_pat
     )
     resolve_run_dir(cfg)
     result = run_on_ray(cfg)
-    assert result["step"] == 4
-    assert len(result["replica_digests"]) == 2 and len(set(result["replica_digests"])) == 1
-    assert len(set(result["worker_nodes"])) == 2
+    assert result.step == 4
+    assert len(result.debug["replica_digests"]) == 2 and len(set(result.debug["replica_digests"])) == 1
+    assert len(set(result.debug["worker_nodes"])) == 2
     code, local = train(tmp_path, *common, name="local")
     assert code == 0
     for ray_line, local_line in zip(stats_lines(tmp_path / "ray"), stats_lines(local), strict=True):

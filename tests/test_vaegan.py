@@ -135,9 +135,9 @@ def test_two_workers_on_the_ray_cluster_match_one_worker(ray_cluster, tmp_path, 
     cfg = load_config(None, [*common, *ON_TWO_NODES, f"run.dir={tmp_path / 'ray'}"])
     resolve_run_dir(cfg)
     result = run_on_ray(cfg)
-    assert result["step"] == 4
-    assert len(result["replica_digests"]) == 2 and len(set(result["replica_digests"])) == 1  # E, G, D agree
-    assert len(set(result["worker_nodes"])) == 2
+    assert result.step == 4
+    assert len(result.debug["replica_digests"]) == 2 and len(set(result.debug["replica_digests"])) == 1  # E, G, D agree
+    assert len(set(result.debug["worker_nodes"])) == 2
     code, local = train_cli(*common, run_dir=tmp_path / "local")
     assert code == 0
     ray_lines, local_lines = stats_lines(tmp_path / "ray"), stats_lines(local)

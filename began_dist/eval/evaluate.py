@@ -15,7 +15,7 @@ from torch.utils.tensorboard import SummaryWriter
 from began_dist import storage
 from began_dist.config import ConfigError
 from began_dist.data import build_dataset
-from began_dist.eval.metrics import DEFAULT_METRICS, MetricContext, check_prerequisites, compute, parse_metrics
+from began_dist.eval.metrics import DEFAULT_METRICS, MetricContext, compute, parse_metrics
 from began_dist.eval.sample import load_run
 from began_dist.train import state as ckpt
 from began_dist.train.logging import truncate_stats
@@ -84,10 +84,10 @@ def evaluate_run(
     """`began-dist eval`: evaluate the chosen checkpoints of a run (default metrics: DEFAULT_METRICS).
 
     The real-side work (real descriptors, floors, k-means bins) is done once and shared by the checkpoints.
+    The metrics' feature nets were checked by the preflight (train/preflight.py, `began-dist eval`).
     """
     names = parse_metrics(metrics) if metrics else list(DEFAULT_METRICS)
     steps = checkpoint_steps(run_dir, checkpoint)
-    check_prerequisites(names)
     cache: dict = {}
     dataset, results = None, []
     for step in steps:

@@ -1,7 +1,7 @@
 """The per-worker training loop: the one loop of every mode.
 
-Local mode calls `train_loop(config)` in this process; Ray Train runs the same
-function in each worker. Rank and world size come from the environment, the
+Local mode runs `Trainer` in this process (began_dist.distributed.launch); Ray
+Train runs the same loop in each worker. Rank and world size come from the environment, the
 global batch and its latents are sliced per rank (Contract: data parallelism),
 and every logged value is an all-reduced mean, so rank 0 speaks for all.
 
@@ -30,12 +30,13 @@ from began_dist.data.dataset import to_model_range
 from began_dist.data.sampler import GlobalBatchSampler, LatentSource, fixed_latents
 from began_dist.distributed import comm
 from began_dist.eval.evaluate import evaluate_family, summary, truncate_metrics
-from began_dist.eval.metrics import check_prerequisites, parse_metrics
+from began_dist.eval.metrics import parse_metrics
 from began_dist.families import get_family
 from began_dist.families.equilibrium import LrControl
 from began_dist.train import state as ckpt
 from began_dist.train.logging import RunLogger
 from began_dist.train.reporting import Reporter
+from began_dist.train.result import RunResult, Status
 
 FIXED_SAMPLES = 64  # images in the G(z_fixed) grids
 
@@ -155,10 +156,12 @@ class Trainer:
         return source
 
     # -- the loop -----------------------------------------------------------------------
-    def run(self, progress: bool = True) -> dict:
+    def run(self, progress: bool = True) -> RunResult:
+        """Train to train.steps; raises NonFiniteLoss or Interrupted (`run_trainer` turns them into results).
+
+        The feature nets of train.eval_metrics were checked by the preflight (train/preflight.py).
+        """
         cfg, t = self.cfg, self.cfg.train
-        if self.rank == 0 and t.eval_every:  # a missing feature net fails now, not after eval_every steps
-            check_prerequisites(parse_metrics(t.eval_metrics))
         resumed_from = self.restore_latest()
         self.lr_control.apply(*self.family.optimizers)
         tags, shown = self.family.scalar_tags, self.family.progress_keys
@@ -206,13 +209,11 @@ class Trainer:
             log.close()
         digests = self._replica_digests()
         log.info(f"done: {self.step} steps in {self.run_dir}")
-        return {
-            "step": self.step,
-            "run_dir": self.run_dir,
-            "checkpoint": self.last_checkpoint,
-            "stats": record,
-            "replica_digests": digests,
-        }
+        return self.result(Status.done, metrics=record or {}, replica_digests=digests)
+
+    def result(self, status: Status, message: str = "", metrics: Optional[dict] = None, **debug) -> RunResult:
+        """Where this worker stands, as a RunResult; `debug` holds test diagnostics (replica_digests, ...)."""
+        return RunResult(status, self.step, metrics or {}, self.last_checkpoint, self.run_dir, message, debug)
 
     def _replica_digests(self) -> list[str]:
         """Each rank's digest of its networks (and k_t); replicas that drifted apart would differ."""
@@ -280,6 +281,16 @@ class Trainer:
         )
 
 
-def train_loop(config: dict, reporter: Optional[Reporter] = None, progress: bool = True) -> dict:
-    """Run (or continue) the training of `config` in this worker; returns the final step and stats."""
-    return Trainer(config, reporter).run(progress)
+def run_trainer(trainer: Trainer, progress: bool = True) -> RunResult:
+    """`trainer.run`, with the ways a run stops early turned into a RunResult's status."""
+    try:
+        return trainer.run(progress)
+    except NonFiniteLoss as error:
+        return trainer.result(Status.non_finite, str(error))
+    except Interrupted as error:
+        return trainer.result(Status.interrupted, str(error))
+
+
+def train_loop(config: dict, reporter: Optional[Reporter] = None, progress: bool = True) -> RunResult:
+    """Run (or continue) the training of `config` in this worker (local mode: began_dist.distributed.launch)."""
+    return run_trainer(Trainer(config, reporter), progress)
