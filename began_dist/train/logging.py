@@ -16,7 +16,6 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from began_dist import storage
-from began_dist.families.base import BEGAN_SCALARS
 from began_dist.images import make_grid, save_grid
 
 COMMON_SCALARS = {"lr_G": "lr/G", "lr_D": "lr/D", "images_per_s": "perf/images_per_s"}  # every family
@@ -25,10 +24,6 @@ COMMON_SCALARS = {"lr_G": "lr/G", "lr_D": "lr/D", "images_per_s": "perf/images_p
 def stats_keys(family_scalars: dict[str, str]) -> tuple[str, ...]:
     """One stats.jsonl line's keys, in order: step, the family's stats, lr and speed, time."""
     return ("step", *family_scalars, *COMMON_SCALARS, "time_s")
-
-
-STATS_KEYS = stats_keys(BEGAN_SCALARS)  # a BEGAN run's stats.jsonl line
-TB_TAGS = {**BEGAN_SCALARS, **COMMON_SCALARS}
 
 
 class _TqdmConsole(logging.Handler):
