@@ -165,7 +165,7 @@ def _overrides(args) -> list[str]:
 
 
 def run_train(args) -> int:
-    from began_dist.distributed.launch import launch
+    from began_dist.launch import launch
     from began_dist.train.preflight import train_config
 
     result = launch(train_config(args.config, _overrides(args), args.resume))

@@ -6,7 +6,7 @@ from conftest import TINY
 
 from began_dist.cli import EXIT_CODES, build_parser
 from began_dist.data.prepare import PrepareOptions
-from began_dist.distributed.launch import RunResult, Status, launch
+from began_dist.launch import RunResult, Status, launch
 from began_dist.train import state as ckpt
 from began_dist.train.preflight import train_config
 

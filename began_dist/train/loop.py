@@ -1,6 +1,6 @@
 """The per-worker training loop: the one loop of every mode.
 
-Local mode runs `Trainer` in this process (began_dist.distributed.launch); Ray
+Local mode runs `Trainer` in this process (began_dist.launch); Ray
 Train runs the same loop in each worker. Rank and world size come from the environment, the
 global batch and its latents are sliced per rank (Contract: data parallelism),
 and every logged value is an all-reduced mean, so rank 0 speaks for all.
@@ -292,5 +292,5 @@ def run_trainer(trainer: Trainer, progress: bool = True) -> RunResult:
 
 
 def train_loop(config: dict, reporter: Optional[Reporter] = None, progress: bool = True) -> RunResult:
-    """Run (or continue) the training of `config` in this worker (local mode: began_dist.distributed.launch)."""
+    """Run (or continue) the training of `config` in this worker (local mode: began_dist.launch)."""
     return run_trainer(Trainer(config, reporter), progress)

@@ -17,7 +17,7 @@ import math
 
 from began_dist import storage
 from began_dist.config import validate
-from began_dist.distributed.launch import launch
+from began_dist.launch import launch
 from began_dist.train.result import Status
 from began_dist.tune.spec import apply_params
 

@@ -6,8 +6,9 @@
                        `callbacks` are Ray Train callbacks, e.g. Tune's TuneReportCallback
                        when the run is a nested Tune trial
 
-It sits in `distributed/` (docs/design.md): below `tune/`, whose trials call it, and
-above `train/`, which never imports Ray; Ray itself is imported only for workers > 0.
+It sits in layer 5 with `distributed/` and `tune/` (docs/design.md): `tune/`'s trials
+call it, and it is above `train/`, which never imports Ray; it imports Ray (through
+distributed/ray_train.py) only for workers > 0.
 The config must have passed the preflight (began_dist/train/preflight.py). Nothing
 here produces Status.storage_error yet: the object-storage backend of
 began_dist/storage.py will.
