@@ -59,6 +59,7 @@ PREPARE_HELP = {  # flag help of `prepare`; the flags and their defaults come fr
     "charset": ("glyphs: hex RANGE (4E00-9FFF), a FILE of chars, or common", None),
     "source_size": ("hdf5-flat: H of the flattened source rows", None),
     "skip_bad": ("skip unreadable images (counted in the manifest)", None),
+    "max_pixels": ("refuse image files declaring more pixels (decompression bombs; default Pillow's 89478485)", None),
     "jobs": ("worker processes (0: auto)", None),
     "limit": ("keep only the first N items (0 = all)", None),
 }

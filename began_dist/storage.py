@@ -27,7 +27,8 @@ local path. (torch's SummaryWriter goes through tensorboard's gfile, which takes
 `s3://` only with boto3 installed and S3_ENDPOINT set, and, having no append for S3,
 rewrites the whole event file on every flush; there is no gs://.)
 
-This module imports nothing of began_dist: it is the lowest layer besides config.
+This module imports only began_dist.uris (the supported schemes): it sits in the lowest
+layer with config (docs/design.md).
 """
 
 from __future__ import annotations
@@ -44,13 +45,15 @@ from typing import IO, Any, Optional
 
 import pyarrow.fs as pafs
 
-URI_SCHEMES = ("s3", "gs", "gcs", "hdfs", "file")
+from began_dist.uris import uri_scheme
 
 
 def is_uri(path: str) -> bool:
-    """True for `scheme://...` (s3, gs, ...), False for a local path."""
-    scheme, sep, _ = str(path).partition("://")
-    return bool(sep) and scheme.lower() in URI_SCHEMES
+    """True for `scheme://...` of a supported scheme (uris.SCHEMES), False for a local path.
+
+    Other schemes raise ValueError before pyarrow sees them (uris.py says why).
+    """
+    return bool(uri_scheme(str(path), "path"))
 
 
 def is_local(path: str) -> bool:

@@ -12,6 +12,8 @@ import os
 import pickle
 import struct
 import tarfile
+import tracemalloc
+import zlib
 
 import h5py
 import numpy as np
@@ -235,7 +237,14 @@ def test_glyphs_from_two_styles_with_tofu_counted(tmp_path, capsys, fmt):
 WQY = "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"
 
 
-@pytest.mark.skipif(not os.path.isfile(WQY), reason="fonts-wqy-microhei is not installed")
+def needs_debian_package(present: bool, package: str):
+    """Skip without the package, except in CI: .ci/run installs it, so a missing one fails there."""
+    return pytest.mark.skipif(
+        not present and os.environ.get("CI") != "true", reason=f"{package} is not installed (apt-get install {package})"
+    )
+
+
+@needs_debian_package(os.path.isfile(WQY), "fonts-wqy-microhei")
 def test_an_installed_debian_font_is_a_second_style(tmp_path, capsys):
     code, err = prepare(capsys, "glyphs", tmp_path / "out", "--size", 32, "--charset", "4E00-4E07",
                         "--fonts", f"{sources.default_font()}:2,{WQY}")
@@ -286,7 +295,7 @@ def test_cns_tree_maps_euc_tw_names_to_unicode(tmp_path, capsys, fmt):
     assert np.array_equal(as_nhwc(dataset), expected) and dataset.labels[:, 0].tolist() == [c for _, c, _ in found]
 
 
-@pytest.mark.skipif(not os.path.isdir(sources.CNS_ROOT), reason="fonts-cns11643-pixmaps is not installed")
+@needs_debian_package(os.path.isdir(sources.CNS_ROOT), "fonts-cns11643-pixmaps")
 def test_installed_cns_planes_1_to_3():
     found = sources.cns_files()
     lao = (os.path.join(sources.CNS_ROOT, "a1", "8ea1e7bc.png"), ord("酪"), 1)
@@ -329,7 +338,7 @@ def test_truncated_idx_file_is_named(tmp_path, capsys):
     assert code == 2 and "t10k-images-idx3-ubyte.gz" in err and "truncated" in err
 
 
-@pytest.mark.skipif(not os.path.isdir(sources.FASHION_ROOT), reason="dataset-fashion-mnist is not installed")
+@needs_debian_package(os.path.isdir(sources.FASHION_ROOT), "dataset-fashion-mnist")
 def test_installed_fashion_mnist_reads_70k():
     images, labels, split = sources.read_fashion_mnist()
     assert images.shape == (70_000, 28, 28, 1) and np.bincount(labels[split == 0]).tolist() == [6000] * 10
@@ -348,3 +357,143 @@ def test_shapes_write_train_and_heldout_with_masks(tmp_path, capsys, fmt):
     assert heldout.labels.tolist() == [[1, 0]] * 12 and not heldout.label_batch("masks", everything)[:, 1].any()
     full = sources.crs_render([("square+cross", 32, 32, 18, 0, 2)], 64)
     assert np.array_equal(full[0][0, ..., 0], full[2][0].max(axis=0))  # the image is the union of its components
+
+
+# -- hostile inputs: refused naming the file, nothing read outside it --------------------------
+def untouched_sentinel(path):
+    """Give `path` an access time older than its mtime: under relatime any read would move it."""
+    os.utime(path, (1_000_000, 2_000_000))
+    return lambda: os.stat(path).st_atime == 1_000_000
+
+
+def atime_works(tmp_path):
+    """Whether reads update access times here (not on a noatime mount); else the sentinels prove nothing."""
+    control = tmp_path / "control"
+    control.write_bytes(b"x")
+    unread = untouched_sentinel(control)
+    control.read_bytes()
+    return not unread()
+
+
+def hostile_hdf5(path, trick, other):
+    """Seed 001's layout whose `images` reach outside the file: `other` holds the bytes (or an HDF5 file)."""
+    rows = np.random.default_rng(12).integers(0, 255, (8, 4 * 4 * 3), dtype=np.uint8)
+    with h5py.File(path, "w") as handle:
+        if trick == "external storage":  # the /etc/passwd case: the dataset's bytes live in another file
+            other.write_bytes(rows.tobytes())
+            handle.create_dataset("images", shape=rows.shape, dtype=np.uint8, external=[(str(other), 0, rows.nbytes)])
+            return
+        if trick == "plugin filter":  # an unknown filter id: HDF5 would search its plugin path for a library
+            plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            plist.set_chunk(rows.shape)
+            plist.set_filter(32001, h5py.h5z.FLAG_OPTIONAL)
+            space = h5py.h5s.create_simple(rows.shape)
+            h5py.h5d.create(handle.id, b"images", h5py.h5t.STD_U8LE, space, dcpl=plist).write(space, space, rows)
+            return
+        with h5py.File(other, "w") as target:
+            target.create_dataset("images", data=rows)
+        if trick == "external link":
+            handle["images"] = h5py.ExternalLink(str(other), "/images")
+        elif trick == "soft link":  # a soft link stays in the file, but can lead through an external one
+            handle["ext"] = h5py.ExternalLink(str(other), "/")
+            handle["images"] = h5py.SoftLink("/ext/images")
+        else:
+            layout = h5py.VirtualLayout(shape=rows.shape, dtype=np.uint8)
+            layout[:] = h5py.VirtualSource(str(other), "images", shape=rows.shape)
+            handle.create_virtual_dataset("images", layout)
+
+
+@pytest.mark.parametrize("trick, message", [
+    ("external storage", "stores its bytes in external file"),
+    ("external link", "external link"),
+    ("soft link", "external link"),
+    ("virtual", "virtual dataset"),
+    ("plugin filter", "uses HDF5 filter 32001"),
+])
+def test_hdf5_source_reaching_other_files_is_refused_unread(tmp_path, capsys, trick, message):
+    other = tmp_path / ("secret.bin" if trick == "external storage" else "other.h5")
+    hostile_hdf5(tmp_path / "celeba.h5", trick, other)
+    unread = untouched_sentinel(other) if other.exists() else None
+    code, err = prepare(capsys, tmp_path / "celeba.h5", tmp_path / "out", "--size", 4)
+    assert code == 2 and "celeba.h5" in err and "'images'" in err and message in err
+    assert not os.path.exists(tmp_path / "out" / "manifest.json")
+    if unread:
+        assert str(other) in err and (unread() or not atime_works(tmp_path))
+
+
+def png_declaring(width, height):
+    """A real 1x1 PNG whose header claims width x height (the IHDR CRC fixed), as a bomb's header does."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, "PNG")
+    raw = bytearray(buffer.getvalue())
+    raw[16:24] = struct.pack(">II", width, height)  # IHDR data starts after the signature, length and type
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
+    return bytes(raw)
+
+
+def test_decompression_bomb_is_a_bad_file_refused_or_skipped(tmp_path, capsys):
+    paths = make_folder(tmp_path / "src", np.random.default_rng(13))
+    (tmp_path / "src" / "cats" / "bomb.png").write_bytes(png_declaring(20000, 20000))
+    code, err = prepare(capsys, tmp_path / "src", tmp_path / "out", "--size", 8)
+    assert code == 2 and "bomb.png: 400,000,000 pixels, more than the limit of 89,478,485 (prepare --max-pixels)" in err
+    assert "--skip-bad" in err
+    assert not os.path.exists(tmp_path / "out" / "manifest.json")
+    code, err = prepare(capsys, tmp_path / "src", tmp_path / "out", "--size", 8, "--skip-bad")
+    assert code == 0, err
+    skipped = manifest(tmp_path / "out")["skipped"]
+    assert [os.path.basename(p) for p in skipped["bad_files"]] == ["bomb.png"] and skipped["count"] == 1
+    assert "bomb.png: 400,000,000 pixels" in skipped["reasons"][0]
+    # the limit is the option's: the 30x30 RGBA image (900 px) is over 800, the others (<= 672 px) are not
+    code, err = prepare(capsys, tmp_path / "src", tmp_path / "o2", "--size", 8, "--skip-bad", "--max-pixels", 800)
+    assert code == 0, err
+    assert sorted(os.path.basename(p) for p in manifest(tmp_path / "o2")["skipped"]["bad_files"]) == [
+        "bomb.png", "rgba.png"] and manifest(tmp_path / "o2")["count"] == len(paths) - 1
+
+
+def test_oversized_archive_member_is_refused_before_it_is_read(tmp_path, capsys):
+    """A 60 MB member of zeros (60 KB compressed) where a CIFAR batch is 31 MB: refused from its tar header."""
+    rng = np.random.default_rng(14)
+    with tarfile.open(tmp_path / "c.tar.gz", "w:gz", compresslevel=1) as archive, open("/dev/zero", "rb") as zeros:
+        for name in sources.CIFAR_MEMBERS:
+            big = name == "data_batch_1"
+            raw = b"" if big else pickle.dumps(cifar_batch(rng, 2), protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = 60 << 20 if big else len(raw)
+            archive.addfile(info, zeros if big else io.BytesIO(raw))
+    assert os.path.getsize(tmp_path / "c.tar.gz") < 1 << 20
+    tracemalloc.start()
+    try:
+        code, err = prepare(capsys, tmp_path / "c.tar.gz", tmp_path / "out", "--size", 32)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert code == 2 and "data_batch_1" in err and "62,914,560 bytes" in err and "refused unread" in err
+    assert peak < 16 << 20, f"peak {peak / 2**20:.0f} MB of Python allocations"
+    assert not os.path.exists(tmp_path / "out" / "manifest.json")
+
+
+def test_idx_header_promising_too_much_is_refused_unread(tmp_path, capsys):
+    make_fashion(tmp_path / "fm", np.random.default_rng(15))
+    header = bytes([0, 0, 0x08, 3]) + struct.pack(">3i", 100_000, 4096, 4096)  # 1.6 TB promised
+    with gzip.open(tmp_path / "fm" / "train-images-idx3-ubyte.gz", "wb") as handle:
+        handle.write(header + bytes(1000))
+    code, err = prepare(capsys, tmp_path / "fm", tmp_path / "out", "--size", 28)
+    assert code == 2 and "train-images-idx3-ubyte.gz" in err and "refused unread" in err
+
+
+@pytest.mark.parametrize("out, message", [
+    ("hdfs://namenode/data/x", "scheme hdfs:// is not supported"),
+    ("mock://x", "scheme mock:// is not supported"),  # pyarrow.fs would accept this one
+    ("s3://bucket/data/x", "writes local directories only"),
+])
+def test_prepare_out_scheme_is_checked_before_anything(tmp_path, capsys, monkeypatch, out, message):
+    monkeypatch.chdir(tmp_path)
+    code, err = prepare(capsys, "shapes", out, "--size", 8, "--limit", 4)
+    assert code == 2 and f"prepare OUT={out}" in err and message in err and "libhdfs" not in err
+    assert os.listdir(tmp_path) == []  # no local directory named after the URI
+
+
+def test_prepare_out_as_a_file_uri(tmp_path, capsys):
+    code, err = prepare(capsys, "shapes", f"file://{tmp_path}/crs", "--size", 8, "--limit", 4)
+    assert code == 0, err
+    assert manifest(tmp_path / "crs" / "train")["count"] == 4

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import TINY
 
+from began_dist import uris
 from began_dist.cli import main
 from began_dist.data import DataError, ShardedDataset, reader, sources
 from began_dist.data import format as fmt
@@ -80,7 +81,7 @@ def test_a_remote_filesystem_is_read_without_memory_maps(crs, monkeypatch):
     """Any non-local pyarrow filesystem (s3://, gs://, ...) takes the in-memory path; a wrapped local one stands in."""
     parent, name = os.path.split(os.path.abspath(crs[0]))
     remote = pafs.SubTreeFileSystem(parent, pafs.LocalFileSystem())
-    monkeypatch.setattr(reader, "open_filesystem", lambda uri: (remote, uri.removeprefix("remote://")))
+    monkeypatch.setattr(reader, "open_filesystem", lambda uri, key: (remote, uri.removeprefix("remote://")))
     dataset = ShardedDataset(f"remote://{name}")
     order = torch.randperm(COUNT, generator=torch.Generator().manual_seed(1))
     assert torch.equal(dataset.batch(order), crs[2][order]) and dataset.labels.tolist() == crs[3].tolist()
@@ -173,6 +174,74 @@ def test_verify_passes_on_an_intact_dataset(crs, capsys, uri):
     assert main(["prepare", "--verify", ("file://" + os.path.abspath(crs[0])) if uri else crs[0]]) == 0
     out = capsys.readouterr().out
     assert out.count("  ok\n") == 3 and "3 of 3 shards ok" in out
+
+
+def make_hostile_shard(path, trick, outside):
+    """Rewrite shard-00001.h5 so one object reaches `outside` (holding the same bytes: training on
+    main would run), and record its true size and sha256 in the manifest."""
+    manifest = read_manifest(path)
+    entry = manifest["shards"][1]
+    shard = os.path.join(path, entry["file"])
+    with h5py.File(shard) as handle:
+        arrays = {name: handle[name][()] for name in handle}
+    os.remove(shard)
+    with h5py.File(shard, "w") as handle:
+        for name, values in arrays.items():
+            if name == "images" and trick == "external storage":
+                outside.write_bytes(values.tobytes())
+                handle.create_dataset(name, shape=values.shape, dtype=values.dtype,
+                                      external=[(str(outside), 0, values.nbytes)])
+            elif name == "y" and trick == "external link":
+                with h5py.File(outside, "w") as other:
+                    other.create_dataset("y", data=values)
+                handle["y"] = h5py.ExternalLink(str(outside), "/y")
+            elif name == "masks" and trick == "virtual":
+                with h5py.File(outside, "w") as other:
+                    other.create_dataset("masks", data=values)
+                layout = h5py.VirtualLayout(shape=values.shape, dtype=values.dtype)
+                layout[:] = h5py.VirtualSource(str(outside), "masks", shape=values.shape)
+                handle.create_virtual_dataset("masks", layout)
+            else:
+                handle.create_dataset(name, data=values)
+    entry.update(bytes=os.path.getsize(shard), sha256=fmt.sha256_file(shard))
+    fmt.write_manifest(path, manifest)
+
+
+@pytest.mark.parametrize("crs", ["hdf5"], indirect=True)
+@pytest.mark.parametrize("trick, name, message", [
+    ("external storage", "images", "stores its bytes in external file"),
+    ("external link", "y", "external link"),
+    ("virtual", "masks", "virtual dataset"),
+])
+def test_hdf5_shard_reaching_other_files_is_refused_though_its_checksum_passes(crs, tmp_path, capsys, trick,
+                                                                               name, message):
+    path = copy_dataset(crs[0], str(tmp_path / "data"))
+    outside = tmp_path / ("pixels.bin" if trick == "external storage" else "outside.h5")
+    make_hostile_shard(path, trick, outside)
+    assert train_on(path, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "shard-00001.h5" in err and f"{name!r}" in err and message in err and str(outside) in err
+    assert not os.path.exists(tmp_path / "run")  # refused before the run directory exists
+    assert main(["prepare", "--verify", path]) == 2
+    table = capsys.readouterr().out
+    assert "2 of 3 shards ok" in table and message in table
+
+
+@pytest.mark.parametrize("uri", ["hdfs://namenode:8020/data/crs", "viewfs://cluster/crs", "mock://crs", "data://crs"])
+def test_data_path_with_an_unlisted_scheme_is_refused(tmp_path, capsys, uri):
+    assert train_on(uri, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert f"data.path={uri}" in err and "is not supported" in err and "libhdfs" not in err
+    assert not os.path.exists(tmp_path / "run")
+    assert main(["prepare", "--verify", uri]) == 2 and f"prepare --verify={uri}" in capsys.readouterr().err
+
+
+def test_uri_scheme_names_the_key():
+    assert [uris.uri_scheme(p, "k") for p in ("runs/a", "/abs", "file:///x", "S3://b/p?region=x", "gs://b")] == [
+        "", "", "file", "s3", "gs"]
+    for bad in ("hdfs://nn/x", "runs/a://b", "://x"):
+        with pytest.raises(DataError, match=r"^run\.dir=.*not supported; use a local path or file://, s3://, gs://"):
+            uris.uri_scheme(bad, "run.dir", DataError)
 
 
 # -- the sampler (Contract: data parallelism) --------------------------------------------------

@@ -102,3 +102,8 @@ def test_local_dir_for_self_writing_tools(tmp_path):
     assert storage.local_dir(str(tmp_path / "tb")) == str(tmp_path / "tb") and (tmp_path / "tb").is_dir()
     with pytest.raises(ValueError, match="local directory"):
         storage.local_dir("s3://bucket/run/tb")
+
+
+def test_unsupported_schemes_are_refused_before_pyarrow(tmp_path):
+    with pytest.raises(ValueError, match="hdfs://"):
+        storage.exists("hdfs://namenode/runs/x")

@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 import pyarrow as pa
 
+from began_dist.data import hdf5
 from began_dist.data.dataset import DataError
 
 FORMAT_VERSION = 1
@@ -150,12 +151,12 @@ def check_arrow_schema(schema: pa.Schema, manifest: dict, where: str) -> None:
 
 def check_hdf5_layout(handle: h5py.File, manifest: dict, count: int, where: str) -> None:
     shape = (count, manifest["height"], manifest["width"], manifest["channels"])
-    images = handle.get("images")
-    if not isinstance(images, h5py.Dataset) or images.shape != shape or images.dtype != np.uint8:
+    images = hdf5.dataset(handle, "images", where)
+    if images is None or images.shape != shape or images.dtype != np.uint8:
         found = None if images is None else (getattr(images, "shape", None), getattr(images, "dtype", None))
         raise DataError(f"{where}: schema does not match the manifest: images {found}, expected {shape} uint8")
     for name, dtype in manifest["labels"].items():
         want = (count, *manifest.get("label_shapes", {}).get(name, []))
-        found = handle.get(name)
-        if not isinstance(found, h5py.Dataset) or found.shape != want or found.dtype != np.dtype(dtype):
+        found = hdf5.dataset(handle, name, where)
+        if found is None or found.shape != want or found.dtype != np.dtype(dtype):
             raise DataError(f"{where}: schema does not match the manifest: label {name!r} is not {want} {dtype}")

@@ -26,8 +26,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
 from tqdm import tqdm
 
+from began_dist import uris
 from began_dist.data import format as fmt
 from began_dist.data import sources
 from began_dist.data.dataset import DataError
@@ -50,6 +53,7 @@ class PrepareOptions:
     charset: str = ""  # glyphs: RANGE | FILE | common (default)
     source_size: int = 0  # hdf5-flat: H of the flattened rows; 0 = inferred as a square RGB image
     skip_bad: bool = False  # skip unreadable files (counted in the manifest) instead of refusing
+    max_pixels: int = sources.MAX_PIXELS  # image files declaring more pixels are unreadable (decompression bombs)
     jobs: int = 0  # worker processes writing shards; 0 = min(shards, CPUs) for large sources, else 1
     limit: int = 0  # keep only the first N items (0 = all); for shapes an evenly spread subset
 
@@ -107,20 +111,21 @@ def _plan_folder(source: str, options: PrepareOptions, kind: str) -> Plan:
     if crop not in sources.CROPS:
         raise DataError(f"--crop {crop!r}: must be one of {', '.join(sources.CROPS)}")
     items = list(zip(paths, class_ids.tolist()))
-    kwargs = {"size": options.size, "channels": options.channels, "crop": crop}
+    kwargs = {"size": options.size, "channels": options.channels, "crop": crop, "max_pixels": options.max_pixels}
     return Plan(kind, load_image_files, items, kwargs, {"classes": classes, "crop": crop})
 
 
-def load_image_files(items, size: int, channels: int, crop: str):
-    images, classes, bad = [], [], []
+def load_image_files(items, size: int, channels: int, crop: str, max_pixels: int):
+    images, classes, bad, reasons = [], [], [], []
     for path, class_id in items:
         try:
-            images.append(sources.load_image(path, size, channels, crop))
+            images.append(sources.load_image(path, size, channels, crop, max_pixels))
             classes.append(class_id)
-        except DataError:
+        except DataError as error:
             bad.append(path)
+            reasons.append(str(error))
     stacked = np.stack(images) if images else np.zeros((0, size, size, channels), np.uint8)
-    return stacked, {"class": np.array(classes, np.int64)}, {"bad_files": bad}
+    return stacked, {"class": np.array(classes, np.int64)}, {"bad_files": bad, "bad_reasons": reasons}
 
 
 def _plan_cifar10(source: str, options: PrepareOptions, kind: str) -> Plan:
@@ -188,17 +193,18 @@ def _plan_cns(source: str, options: PrepareOptions, kind: str) -> Plan:
 
 
 def load_cns(items, size: int):
-    images, codes, planes, bad = [], [], [], []
+    images, codes, planes, bad, reasons = [], [], [], [], []
     for path, code, plane in items:
         try:
             images.append(sources.load_cns_glyph(path, size))
             codes.append(code)
             planes.append(plane)
-        except DataError:
+        except DataError as error:
             bad.append(path)
+            reasons.append(str(error))
     stacked = np.stack(images) if images else np.zeros((0, size, size, 1), np.uint8)
     labels = {"codepoint": np.array(codes, np.int32), "plane": np.array(planes, np.uint8)}
-    return stacked, labels, {"bad_files": bad}
+    return stacked, labels, {"bad_files": bad, "bad_reasons": reasons}
 
 
 def load_shapes(items, size: int):
@@ -264,7 +270,7 @@ def write_dataset(plan: Plan, out_dir: str, options: PrepareOptions, source: str
     try:
         results = _run_tasks(tasks, options.jobs or _auto_jobs(options.shards, total), total, out_dir)
         skipped = _merge_skipped([s for _, s in results])
-        bad = skipped.get("bad_files", [])
+        bad = skipped.get("bad_reasons", [])
         if bad and not options.skip_bad:
             listing = "\n  ".join(bad[:50]) + ("\n  ..." if len(bad) > 50 else "")
             raise DataError(f"prepare: {len(bad)} unreadable image file(s) (use --skip-bad to skip them):\n  {listing}")
@@ -321,6 +327,7 @@ def _manifest(plan: Plan, options: PrepareOptions, source: str, channels: int, s
         "source": {"kind": plan.kind, "path": source if source in KINDS else os.path.abspath(source)},
         "options": {key: value for key, value in asdict(options).items() if key not in ("jobs",)},
         "skipped": {"bad_files": skipped.get("bad_files", []), "count": len(skipped.get("bad_files", [])),
+                    "reasons": skipped.get("bad_reasons", []),
                     **({"missing_glyphs": skipped["missing_glyphs"]} if "missing_glyphs" in skipped else {})},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **plan.info,
@@ -337,6 +344,7 @@ def _label_schema(plan: Plan) -> tuple[dict, dict]:
 def prepare(source: str, out_dir: str, options: PrepareOptions) -> list[str]:
     """Prepare SOURCE into OUT (for shapes: OUT/train and OUT/heldout); returns the dataset directories."""
     _check_options(options)
+    out_dir = local_out(out_dir)
     kind = options.kind or infer_kind(source)
     if kind not in KINDS:
         raise DataError(f"--kind {kind!r}: must be one of {', '.join(KINDS)}")
@@ -371,6 +379,21 @@ def _write(plan: Plan, out_dir: str, options: PrepareOptions, source: str) -> st
     return out_dir
 
 
+def local_out(out_dir: str) -> str:
+    """OUT as a local directory: a path or a file:// URI. s3:// and gs:// are valid locations that
+    prepare cannot write yet (prepare locally, then copy); any other scheme is refused."""
+    scheme = uris.uri_scheme(out_dir, "prepare OUT", DataError)
+    if scheme == "file":
+        try:
+            return pafs.FileSystem.from_uri(out_dir)[1]
+        except (pa.ArrowException, ValueError) as error:
+            raise DataError(f"prepare OUT={out_dir}: not a local directory URI: {error}") from None
+    if scheme:
+        raise DataError(f"prepare OUT={out_dir}: prepare writes local directories only; prepare into a local "
+                        f"directory and copy it to {scheme}:// (training reads data.path={scheme}://...)")
+    return out_dir
+
+
 def _check_options(options: PrepareOptions) -> None:
     if options.format not in fmt.FORMATS:
         raise DataError(f"--format {options.format!r}: must be arrow or hdf5")
@@ -380,6 +403,8 @@ def _check_options(options: PrepareOptions) -> None:
         raise DataError(f"--channels {options.channels}: must be 1 or 3")
     if options.jobs < 0 or options.limit < 0 or options.source_size < 0:
         raise DataError("--jobs, --limit and --source-size must be >= 0")
+    if options.max_pixels < 1:
+        raise DataError(f"--max-pixels {options.max_pixels}: must be a positive number of pixels")
 
 
 def verify(dataset_dir: str, out: Optional[Callable[[str], None]] = print) -> bool:

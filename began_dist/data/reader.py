@@ -8,8 +8,9 @@ the file (exit 2), so a run never silently trains on fewer images.
 Files are opened lazily, in the process that reads (never inside something
 pickled or forked): local Arrow shards are memory-mapped and read zero-copy, local
 HDF5 shards through memory maps of their uncompressed chunks. `data.path` may also
-be a pyarrow.fs URI (file://, s3://, gs://, hdfs://); remote shards are read into
-memory once per process.
+be a file://, s3:// or gs:// URI (other schemes are refused before pyarrow.fs sees
+them); remote shards are read into memory once per process. HDF5 shards are opened
+so that they read only themselves (began_dist/data/hdf5.py).
 """
 
 from __future__ import annotations
@@ -25,28 +26,30 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import torch
 
+from began_dist import uris
 from began_dist.data import format as fmt
+from began_dist.data import hdf5
 from began_dist.data.dataset import DataError, ImageDataset
 
 _VERIFIED: set[tuple] = set()  # (shard path, size, mtime_ns, sha256) already hashed in this process
 
 
-def open_filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a local path or a pyarrow.fs URI."""
-    if "://" not in path:
+def open_filesystem(path: str, key: str = "data.path") -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or a URI of a scheme `uris.SCHEMES` lists."""
+    if not uris.uri_scheme(path, key, DataError):
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
     try:
         return pafs.FileSystem.from_uri(path)
     except (pa.ArrowException, ValueError) as error:
-        raise DataError(f"data.path={path}: cannot open this location: {error}") from None
+        raise DataError(f"{key}={path}: cannot open this location: {error}") from None
 
 
 class DatasetDir:
     """A dataset directory on a local disk or behind a pyarrow.fs URI."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, key: str = "data.path"):
         self.path = path
-        self.fs, self.base = open_filesystem(path)
+        self.fs, self.base = open_filesystem(path, key)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
         self.manifest = fmt.parse_manifest(self.read_text(fmt.MANIFEST), self.name(fmt.MANIFEST))
 
@@ -118,7 +121,7 @@ def check_shard_schema(store: DatasetDir, entry: dict) -> None:
 
 def verify_shards(path: str) -> list[dict]:
     """Every shard of the manifest with its status after a full checksum (`prepare --verify`)."""
-    store = DatasetDir(path)
+    store = DatasetDir(path, key="prepare --verify")
     return [{**entry, "status": shard_status(store, entry, checksums=True)} for entry in store.manifest["shards"]]
 
 
@@ -130,7 +133,7 @@ def _arrow_source(store: DatasetDir, file: str):
 
 def _hdf5_file(store: DatasetDir, file: str) -> h5py.File:
     source = store.location(file) if store.local else io.BytesIO(store.read_bytes(file))
-    return h5py.File(source, "r")
+    return hdf5.open_file(source, store.name(file))
 
 
 # -- blocks: (rows, ...) numpy views of the shards, by global row ------------------------------------
@@ -156,10 +159,12 @@ def _column_view(column: pa.Array, item_shape: tuple) -> np.ndarray:
 
 def hdf5_blocks(store: DatasetDir, file: str) -> list[dict[str, np.ndarray]]:
     """One block per HDF5 chunk of images; labels sliced to match."""
+    where = store.name(file)
     with _hdf5_file(store, file) as handle:
         mapped = np.memmap(store.location(file), np.uint8, "r") if store.local else None
-        images = handle["images"]
-        labels = {name: _hdf5_array(handle[name], mapped) for name in store.manifest["labels"]}
+        images = hdf5.dataset(handle, "images", where, required=True)
+        labels = {name: _hdf5_array(hdf5.dataset(handle, name, where, required=True), mapped)
+                  for name in store.manifest["labels"]}
         pieces = _hdf5_image_pieces(images, mapped)
     return [{"image": view, **{n: v[start : start + len(view)] for n, v in labels.items()}} for start, view in pieces]
 

@@ -15,25 +15,30 @@ Resizing is always Pillow's LANCZOS, after the crop. Nothing downloads.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import itertools
 import math
 import os
 import pickle
+import re
 import subprocess
 import tarfile
 import unicodedata
+import warnings
 from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+from began_dist.data import hdf5
 from began_dist.data.dataset import DataError
 
 FIRST_CJK = 0x4E00  # start of the CJK Unified Ideographs block
 LAST_CJK = 0x9FFF
+MAX_PIXELS = 89_478_485  # image files declaring more pixels are refused unread: Pillow's own default limit
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -362,11 +367,32 @@ def centre_crop_resize(image: Image.Image, size: int) -> Image.Image:
     return crop_resize(image, size, "center")
 
 
-def load_image(path: str, size: int, channels: int, crop: str = "center") -> np.ndarray:
-    """One image file as (size, size, channels) uint8; DataError naming the file if it cannot be decoded."""
+@contextlib.contextmanager
+def pixel_limit(max_pixels: int):
+    """Pillow's own decompression-bomb check, at `max_pixels`: Pillow checks the declared size at
+    open and again where a format learns a new one (GIF frames, ...); it warns above
+    MAX_IMAGE_PIXELS, which this makes an error, and raises above twice it."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def load_image(path: str, size: int, channels: int, crop: str = "center", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """One image file as (size, size, channels) uint8; DataError naming the file if it cannot be decoded
+    or declares more than `max_pixels` pixels (then nothing is decoded)."""
+    try:
+        with pixel_limit(max_pixels), Image.open(path) as image:
             image = image.convert("L" if channels == 1 else "RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        declared = re.search(r"\((\d+) pixels\)", str(error))  # Pillow's message carries the declared size
+        size_text = f"{int(declared.group(1)):,} pixels" if declared else "its size"
+        raise DataError(f"unreadable image {path}: {size_text}, more than the limit of {max_pixels:,} "
+                        f"(prepare --max-pixels); refused undecoded (a decompression bomb?)") from None
     except (OSError, ValueError, SyntaxError) as error:  # Pillow raises all three for damaged files
         raise DataError(f"unreadable image {path}: {error}") from None
     array = np.asarray(crop_resize(image, size, crop))
@@ -391,6 +417,7 @@ def image_folder(root: str, size: int, channels: int, limit: int = 0) -> tuple[n
 
 # -- CIFAR-10 python archive -------------------------------------------------------------
 CIFAR_MEMBERS = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]  # split 0 = train, 1 = test
+CIFAR_MEMBER_BYTES = 32 << 20  # a CIFAR-10 batch pickle is 31.0 MB (10,000 x 3,072 pixel bytes, labels, names)
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -446,6 +473,10 @@ def read_cifar10(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             missing = [name for name in CIFAR_MEMBERS if name not in members]
             if missing:
                 raise DataError(f"{path}: not the CIFAR-10 python archive (no {', '.join(missing)})")
+            for name in CIFAR_MEMBERS:  # sizes come from the tar headers: refuse before reading a byte
+                if members[name].size > CIFAR_MEMBER_BYTES:
+                    raise DataError(f"{path}: member {members[name].name} is {members[name].size:,} bytes, more "
+                                    f"than a CIFAR-10 batch can be ({CIFAR_MEMBER_BYTES:,}); refused unread")
             parts = [_load_cifar_member(archive, members[name], path) for name in CIFAR_MEMBERS]
     except (tarfile.TarError, OSError, EOFError) as error:
         raise DataError(f"{path}: unreadable archive: {error}") from None
@@ -459,15 +490,13 @@ def read_cifar10(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # -- seed 001's flat HDF5 ------------------------------------------------------------------
 def hdf5_flat_shape(path: str, source_size: int) -> tuple[int, int, int]:
     """(count, H, C) of a file with dataset `images` of N x H*W*C flattened uint8 rows."""
-    import h5py
-
     try:
-        with h5py.File(path, "r") as handle:
-            images = handle.get("images")
-            if not isinstance(images, h5py.Dataset) or images.ndim != 2 or images.dtype != np.uint8:
+        with hdf5.open_file(path, path) as handle:
+            images = hdf5.dataset(handle, "images", path)
+            if images is None or images.ndim != 2 or images.dtype != np.uint8:
                 raise DataError(f"{path}: expected a dataset 'images' of N x H*W*C uint8 rows")
             count, row = images.shape
-    except OSError as error:
+    except (OSError, KeyError) as error:
         raise DataError(f"{path}: unreadable HDF5 file: {error}") from None
     side = source_size or int(round(math.sqrt(row / 3)))
     channels = row // (side * side)
@@ -477,12 +506,10 @@ def hdf5_flat_shape(path: str, source_size: int) -> tuple[int, int, int]:
 
 
 def read_hdf5_flat(path: str, start: int, stop: int, side: int, channels: int) -> np.ndarray:
-    import h5py
-
     try:
-        with h5py.File(path, "r") as handle:
-            rows = handle["images"][start:stop]
-    except OSError as error:
+        with hdf5.open_file(path, path) as handle:
+            rows = hdf5.dataset(handle, "images", path, required=True)[start:stop]
+    except (OSError, KeyError) as error:
         raise DataError(f"{path}: unreadable rows {start}..{stop}: {error}") from None
     return rows.reshape(-1, side, side, channels)
 
@@ -531,24 +558,37 @@ def load_cns_glyph(path: str, size: int) -> np.ndarray:
 # -- Fashion-MNIST IDX files (Debian dataset-fashion-mnist) -------------------------------
 FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_SPLITS = ("train", "t10k")  # split 0 = train, 1 = test
+IDX_MAX_BYTES = 1 << 30  # refuse an IDX header promising more data than this
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def read_idx(path: str) -> np.ndarray:
-    """An IDX file (optionally .gz): magic 0 0 dtype ndim, big-endian int32 dims, then the data."""
+    """An IDX file (optionally .gz): magic 0 0 dtype ndim, big-endian int32 dims, then the data.
+
+    Only what the header promises is decompressed, and a promise above IDX_MAX_BYTES is refused
+    unread: a small .gz can expand to any size (Fashion-MNIST's largest file is 47 MB).
+    """
     try:
         with (gzip.open if path.endswith(".gz") else open)(path, "rb") as handle:
-            raw = handle.read()
+            head = handle.read(4)
+            if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_DTYPES:
+                raise DataError(f"{path}: not an IDX file (bad magic)")
+            ndim, dtype = head[3], np.dtype(IDX_DTYPES[head[2]])
+            dims = np.frombuffer(handle.read(4 * ndim), ">i4")
+            if len(dims) != ndim or (dims < 0).any():
+                raise DataError(f"{path}: not an IDX file (bad dimensions)")
+            expected = int(np.prod(dims.astype(object))) * dtype.itemsize
+            if expected > IDX_MAX_BYTES:
+                raise DataError(f"{path}: the header promises {expected:,} bytes of data, more than "
+                                f"{IDX_MAX_BYTES:,}; refused unread")
+            raw = handle.read(expected + 1)
     except (OSError, EOFError) as error:
         raise DataError(f"{path}: unreadable IDX file: {error}") from None
-    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in IDX_DTYPES:
-        raise DataError(f"{path}: not an IDX file (bad magic)")
-    ndim, dtype = raw[3], np.dtype(IDX_DTYPES[raw[2]])
-    dims = np.frombuffer(raw, ">i4", count=ndim, offset=4)
-    expected = 4 + 4 * ndim + int(np.prod(dims)) * dtype.itemsize
-    if len(raw) != expected:
-        raise DataError(f"{path}: {len(raw)} bytes, the header promises {expected} (truncated?)")
-    return np.frombuffer(raw, dtype, offset=4 + 4 * ndim).reshape(dims.tolist())
+    if len(raw) > expected:
+        raise DataError(f"{path}: more data than the {expected} bytes the header promises")
+    if len(raw) < expected:
+        raise DataError(f"{path}: {len(raw)} bytes of data, the header promises {expected} (truncated?)")
+    return np.frombuffer(raw, dtype).reshape(dims.tolist())
 
 
 def _idx_file(root: str, stem: str) -> str:
