@@ -45,9 +45,17 @@ def latest_checkpoint(run_dir: str) -> Optional[str]:
 
 
 def save_checkpoint(state: dict, run_dir: str, step: int, keep: int) -> str:
-    """Write `state` atomically as step-XXXXXXXX.pt (storage.atomic_writer), then keep only the newest `keep`."""
+    """Write `state` atomically as step-XXXXXXXX.pt (storage.atomic_writer), then keep only the newest `keep`.
+
+    Checkpoints of later steps than `step` are dropped first: they belong to a history the run
+    went back from (a PBT exploit restores the donor's earlier step into a trial that had gone
+    further), and counting them as newer would delete the checkpoint just written.
+    """
     final = storage.save_torch(state, checkpoint_path(run_dir, step))
-    for _, old in list_checkpoints(run_dir)[:-keep]:
+    found = list_checkpoints(run_dir)
+    for _, later in (item for item in found if item[0] > step):
+        storage.delete(later)
+    for _, old in [item for item in found if item[0] <= step][:-keep]:
         storage.delete(old)
     return final
 
