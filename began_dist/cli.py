@@ -23,23 +23,46 @@ Ray Tune sweeps (tune/*.yaml; docs/tune.md):
     began-dist tune tune/gamma.yaml run.dir=runs/gamma [tune.num_samples=2] [train.steps=4000]
     began-dist tune tune/gamma.yaml run.dir=runs/gamma --resume
 
-Exit codes: 0 done; 2 refused input (before any work); 3 stopped on a non-finite
-loss (last good checkpoint kept); 130 interrupted (checkpoint saved).
+Exit codes (EXIT_CODES, from the run's Status): 0 done; 1 failed; 2 refused input
+(before any work); 3 stopped on a non-finite loss (last good checkpoint kept);
+4 storage error; 130 interrupted (checkpoint saved).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
 import sys
 
-from omegaconf import OmegaConf
+from began_dist import families, storage  # noqa: F401  (families: registers their config rules, docs/design.md)
+from began_dist.config import ConfigError
+from began_dist.data import DataError
+from began_dist.train.result import Status
 
-from began_dist.config import ConfigError, load_config, resolve_run_dir
-from began_dist.data import DataError, check_source
-from began_dist.train import state as ckpt
-
-EXIT_OK, EXIT_REFUSED, EXIT_NON_FINITE, EXIT_INTERRUPTED = 0, 2, 3, 130
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_NON_FINITE, EXIT_STORAGE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_CODES = {  # how a run ended -> the process's exit code (this module's docstring): the one table
+    Status.done: EXIT_OK,
+    Status.failed: EXIT_FAILED,
+    Status.refused: EXIT_REFUSED,
+    Status.non_finite: EXIT_NON_FINITE,
+    Status.storage_error: EXIT_STORAGE,
+    Status.interrupted: EXIT_INTERRUPTED,
+}
+PREPARE_HELP = {  # flag help of `prepare`; the flags and their defaults come from data.prepare.PrepareOptions
+    "format": ("shard file format", ("arrow", "hdf5")),
+    "size": ("output image height = width, pixels", None),
+    "shards": ("number of shard files", None),
+    "kind": ("source kind (default: inferred from SOURCE)", None),
+    "crop": ("carpedm20|center160|center|none (celeba default carpedm20, else center)", None),
+    "channels": ("1 or 3 (default: the source's own)", None),
+    "fonts": ("glyphs: font files PATH[:FACE],... (default bundled Noto)", None),
+    "charset": ("glyphs: hex RANGE (4E00-9FFF), a FILE of chars, or common", None),
+    "source_size": ("hdf5-flat: H of the flattened source rows", None),
+    "skip_bad": ("skip unreadable images (counted in the manifest)", None),
+    "max_pixels": ("refuse image files declaring more pixels (decompression bombs; default Pillow's 89478485)", None),
+    "jobs": ("worker processes (0: auto)", None),
+    "limit": ("keep only the first N items (0 = all)", None),
+}
 WORKER_ALIASES = {  # flag -> config key (Contract: aliases of run.*)
     "workers": "run.workers",
     "gpus_per_worker": "run.gpus_per_worker",
@@ -72,20 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("source", nargs="?", help="folder, archive, HDF5 file, or glyphs|shapes|shapes4|cns|...")
     prepare.add_argument("out", nargs="?", help="output dataset directory (shapes, shapes4: OUT/train and OUT/heldout)")
     prepare.add_argument("--verify", metavar="DATASET_DIR", help="recompute the checksums of DATASET_DIR's shards")
-    prepare.add_argument("--format", choices=("arrow", "hdf5"), default="arrow", help="shard file format")
-    prepare.add_argument("--size", type=int, default=64, help="output image height = width, pixels")
-    prepare.add_argument("--shards", type=int, default=1, help="number of shard files")
-    prepare.add_argument("--kind", help="source kind (default: inferred from SOURCE)")
-    prepare.add_argument("--crop", help="carpedm20|center160|center|none (celeba default carpedm20, else center)")
-    prepare.add_argument("--channels", type=int, default=0, help="1 or 3 (default: the source's own)")
-    prepare.add_argument("--fonts", default="", help="glyphs: font files PATH[:FACE],... (default bundled Noto)")
-    prepare.add_argument("--charset", default="", help="glyphs: hex RANGE (4E00-9FFF), a FILE of chars, or common")
-    prepare.add_argument("--source-size", type=int, default=0, help="hdf5-flat: H of the flattened source rows")
-    prepare.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted in the manifest)")
-    prepare.add_argument("--max-pixels", type=int, default=0, help="refuse image files declaring more pixels "
-                         "(decompression bombs; default Pillow's 89478485)")
-    prepare.add_argument("--jobs", type=int, default=0, help="worker processes (0: auto)")
-    prepare.add_argument("--limit", type=int, default=0, help="keep only the first N items (0 = all)")
+    _prepare_options(prepare)
 
     evaluate = commands.add_parser("eval", help="sample-quality metrics of checkpoints (metric-<name>.jsonl, tb/)")
     evaluate.add_argument("run_dir")
@@ -123,6 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _prepare_options(command: argparse.ArgumentParser) -> None:
+    """One flag per PrepareOptions field, with the dataclass's default (the one source of defaults)."""
+    from began_dist.data.prepare import PrepareOptions
+
+    for option in dataclasses.fields(PrepareOptions):
+        help_text, choices = PREPARE_HELP.get(option.name, ("", None))
+        flag = "--" + option.name.replace("_", "-")
+        if isinstance(option.default, bool):
+            command.add_argument(flag, action="store_true", default=option.default, help=help_text)
+        else:
+            command.add_argument(flag, type=type(option.default), default=option.default, choices=choices,
+                                 help=help_text)
+
+
 def _check_invert_steps(args) -> None:
     if args.invert_steps < 1:
         raise ConfigError(f"--invert-steps {args.invert_steps}: must be at least 1")
@@ -141,79 +165,16 @@ def _overrides(args) -> list[str]:
     return list(args.overrides) + [f"{key}={value}" for key, value in given.items()]
 
 
-def prepare_train(args):
-    """Resolve and check everything a run needs; refuse (ConfigError/DataError) before creating anything."""
-    if args.resume:
-        run_dir = os.path.abspath(args.resume)
-        saved = os.path.join(run_dir, "config.yaml")
-        if not os.path.isfile(saved):
-            raise ConfigError(f"--resume {args.resume}: no config.yaml there; is it a run directory?")
-        if args.config:
-            raise ConfigError("--config cannot be combined with --resume (the run's config.yaml is used)")
-        cfg = load_config(saved, _overrides(args))
-        cfg.run.dir = run_dir
-        _check_resume(cfg, load_config(saved), run_dir)  # compared as resolved, the same way as cfg
-    else:
-        cfg = load_config(args.config, _overrides(args))
-        run_dir = resolve_run_dir(cfg)
-        if ckpt.list_checkpoints(run_dir):
-            raise ConfigError(f"run.dir={run_dir}: already has checkpoints; continue it with --resume {run_dir}")
-    if cfg.train.precision != "fp32" and cfg.train.device == "auto":
-        import torch  # deferred: the other commands start faster without it
-
-        if not (torch.cuda.is_available() or (cfg.run.workers > 0 and cfg.run.gpus_per_worker > 0)):
-            raise ConfigError(f"train.precision={cfg.train.precision}: mixed precision needs a GPU; no CUDA device")
-    check_source(cfg)
-    check_eval_files(cfg)
-    return cfg
-
-
-def check_eval_files(cfg) -> None:
-    """The feature nets train.eval_metrics needs, checked before any cluster work or training step."""
-    if not cfg.train.eval_every:
-        return
-    from began_dist.eval.metrics import check_prerequisites, parse_metrics
-
-    try:
-        check_prerequisites(parse_metrics(cfg.train.eval_metrics))
-    except FileNotFoundError as error:
-        raise ConfigError(f"train.eval_metrics={cfg.train.eval_metrics}: {error}") from None
-
-
-def _check_resume(cfg, saved, run_dir: str) -> None:
-    found = ckpt.list_checkpoints(run_dir)
-    if not found:
-        raise ConfigError(f"--resume {run_dir}: no checkpoint to resume from")
-    if OmegaConf.to_container(saved.model) != OmegaConf.to_container(cfg.model):
-        raise ConfigError("model.*: cannot change on resume (the checkpoint's networks have the saved shapes)")
-    last_step = found[-1][0]
-    if cfg.train.steps <= last_step:
-        raise ConfigError(f"train.steps={cfg.train.steps}: the run is already at step {last_step}; give more steps")
-
-
 def run_train(args) -> int:
-    from began_dist.train.loop import Interrupted, NonFiniteLoss, train_loop
+    from began_dist.launch import launch
+    from began_dist.train.preflight import train_config
 
-    cfg = prepare_train(args)
-    os.makedirs(cfg.run.dir, exist_ok=True)
-    try:
-        if cfg.run.workers > 0:
-            from began_dist.distributed.ray_train import run_on_ray
-
-            result = run_on_ray(cfg)
-            if result.get("status") == "non_finite":
-                raise NonFiniteLoss(result["error"])
-        else:
-            result = train_loop(OmegaConf.to_container(cfg, resolve=True))
-    except NonFiniteLoss as error:
-        print(f"began-dist: {error}", file=sys.stderr)
-        return EXIT_NON_FINITE
-    except Interrupted as error:
-        print(f"began-dist: {error}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    run_dir = cfg.run.dir
-    print(f"samples:     {os.path.join(run_dir, 'samples')}")
-    print(f"tensorboard: tensorboard --logdir {os.path.join(run_dir, 'tb')}")
+    result = launch(train_config(args.config, _overrides(args), args.resume))
+    if result.status is not Status.done:
+        print(f"began-dist: {result.message}", file=sys.stderr)
+        return EXIT_CODES[result.status]
+    print(f"samples:     {storage.join(result.run_dir, 'samples')}")
+    print(f"tensorboard: tensorboard --logdir {storage.join(result.run_dir, 'tb')}")
     return EXIT_OK
 
 
@@ -231,9 +192,12 @@ def run_sample(args) -> int:
 
 def run_eval(args) -> int:
     from began_dist.eval.evaluate import evaluate_run, summary
+    from began_dist.eval.metrics import DEFAULT_METRICS
+    from began_dist.train.preflight import check_metrics
 
     if args.n < 2:
         raise ConfigError(f"--n {args.n}: must be at least 2")
+    check_metrics(args.metrics or ",".join(DEFAULT_METRICS), "--metrics")
     try:
         results = evaluate_run(args.run_dir, args.metrics, args.checkpoint, args.n)
     except FileNotFoundError as error:
@@ -295,36 +259,10 @@ def run_decompose(args) -> int:
 
 
 def run_tune(args) -> int:
-    from began_dist.tune.spec import load_spec
-    from began_dist.tune.sweep import (
-        SweepInterrupted,
-        best_line,
-        default_sweep_dir,
-        format_table,
-        prepare_sweep_dir,
-        run_sweep,
-        trial_base,
-    )
+    from began_dist.tune.sweep import main as tune_main
 
     overrides = list(args.overrides) + ([f"run.address={args.address}"] if args.address else [])
-    spec, base = load_spec(args.spec, overrides)
-    if args.resume and not base.run.dir:
-        raise ConfigError("--resume: give the sweep's directory as run.dir=SWEEP_DIR")
-    base.run.dir = base.run.dir or default_sweep_dir(spec)
-    resolve_run_dir(base)
-    base = trial_base(spec, base)
-    check_eval_files(base)
-    spec, base = prepare_sweep_dir(spec, base, args.resume)
-    try:
-        rows = run_sweep(spec, base, args.resume)
-    except SweepInterrupted as error:
-        print(f"began-dist: {error}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    print(format_table(rows))
-    print(best_line(spec, rows) or "no trial reported the objective")
-    print(f"results: {os.path.join(base.run.dir, 'results.csv')}")
-    print(f"report:  began-dist report {base.run.dir}")
-    return EXIT_OK
+    return EXIT_CODES[tune_main(args.spec, overrides, args.resume)]
 
 
 def run_prepare(args) -> int:
@@ -336,10 +274,8 @@ def run_prepare(args) -> int:
         return EXIT_OK if prep.verify(args.verify) else EXIT_REFUSED
     if not (args.source and args.out):
         raise DataError("prepare: give SOURCE and OUT (or --verify DATASET_DIR)")
-    names = ("format", "size", "shards", "kind", "crop", "channels", "fonts", "charset", "source_size", "skip_bad",
-             "jobs", "limit", "max_pixels")
-    options = prep.PrepareOptions(**{name: getattr(args, name) or prep.PrepareOptions.__dataclass_fields__[name]
-                                     .default for name in names})
+    options = prep.PrepareOptions(**{option.name: getattr(args, option.name)
+                                     for option in dataclasses.fields(prep.PrepareOptions)})
     prep.prepare(args.source, args.out, options)
     return EXIT_OK
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import math
-import os
 
 import numpy as np
 import torch
 from PIL import Image
+
+from began_dist import storage
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -35,6 +37,8 @@ def grid_image(images: torch.Tensor, columns: int = 0, scale: int = 1) -> Image.
 
 
 def save_grid(images: torch.Tensor, path: str, columns: int = 0, scale: int = 1) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    grid_image(images, columns, scale).save(path)
+    """Write the grid as a PNG at `path` (a run directory's file: through began_dist.storage, atomically)."""
+    buffer = io.BytesIO()
+    grid_image(images, columns, scale).save(buffer, format="PNG")
+    storage.write_bytes(path, buffer.getvalue())
     return path

@@ -47,6 +47,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from began_dist import families  # noqa: E402,F401  (registers the families' config rules)
 from began_dist.config import load_config  # noqa: E402
 from began_dist.data import format as fmt  # noqa: E402
 from began_dist.data import prepare as prep  # noqa: E402

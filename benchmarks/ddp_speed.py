@@ -29,6 +29,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
+from began_dist import families  # noqa: E402,F401  (registers the families' config rules)
 from began_dist.config import load_config  # noqa: E402
 from began_dist.models.began import build_networks, count_parameters  # noqa: E402
 

@@ -31,9 +31,10 @@ from began_dist.config import load_config, to_container  # noqa: E402
 from began_dist.data.dataset import to_model_range  # noqa: E402
 from began_dist.data.sampler import GlobalBatchSampler, LatentSource  # noqa: E402
 from began_dist.eval.metrics import MetricContext, compute  # noqa: E402
-from began_dist.objectives import get_family  # noqa: E402
-from began_dist.objectives.equilibrium import convergence  # noqa: E402
-from began_dist.train.loop import LOGGED_LOSSES, Trainer  # noqa: E402
+from began_dist.families import get_family  # noqa: E402
+from began_dist.families.base import LOGGED_LOSSES  # noqa: E402
+from began_dist.families.equilibrium import convergence  # noqa: E402
+from began_dist.train.loop import Trainer  # noqa: E402
 from benchmarks.reference_step import reference_step  # noqa: E402
 
 SLICE_S = 5.0  # wall seconds per turn of each trainer
@@ -59,6 +60,7 @@ def ours(config: dict) -> tuple[Timed, object]:
     """The training loop's step, and the dataset it built (shared with the reference and the metrics)."""
     trainer = Trainer(config, device=torch.device("cpu"))
     trainer.lr_control.apply(*trainer.family.optimizers)
+
     def step() -> dict:
         return dict(zip(LOGGED_LOSSES, trainer._one_step()))
 

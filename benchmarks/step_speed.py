@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from began_dist.config import Config  # noqa: E402
-from began_dist.objectives.began import BeganFamily  # noqa: E402
+from began_dist.families.began import BeganFamily  # noqa: E402
 from benchmarks.reference_step import reference_step  # noqa: E402
 
 NECESSARY = {"alternating": (4, 8), "simultaneous": (3, 6)}  # (x f_G, x f_D) per image

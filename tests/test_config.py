@@ -4,7 +4,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from began_dist.cli import main
-from began_dist.config import CHOICES, ConfigError, from_container, load_config, to_container
+from began_dist.config import ConfigError, from_container, load_config, to_container
+from began_dist.families import FAMILIES
 
 
 @pytest.mark.parametrize(
@@ -72,7 +73,7 @@ def test_example_configs_load():
     assert names
     for name in names:
         cfg = load_config(os.path.join(folder, name))
-        named = [family for family in CHOICES["model.family"] if family in name]  # seed002_vaegan_glyphs.yaml
+        named = [family for family in FAMILIES if family in name]  # seed002_vaegan_glyphs.yaml
         assert OmegaConf.select(cfg, "model.family") == (named[0] if named else "began"), name
 
 

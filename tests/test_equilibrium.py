@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from began_dist.config import TrainConfig
-from began_dist.objectives.equilibrium import LrControl, convergence, update_k
+from began_dist.families.equilibrium import LrControl, convergence, update_k
 
 t = torch.tensor
 

@@ -12,7 +12,7 @@ from began_dist.cli import main
 from began_dist.data import build_dataset
 from began_dist.eval.metrics import MetricContext, compute
 from began_dist.eval.sample import load_run
-from began_dist.objectives import get_family
+from began_dist.families import get_family
 
 EVAL = ["train.eval_every=4", "train.eval_n=32", "train.steps=8"]
 

@@ -10,8 +10,12 @@ import torch
 from conftest import TINY
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from began_dist.families.base import BEGAN_SCALARS
 from began_dist.train import state as ckpt
-from began_dist.train.logging import STATS_KEYS, TB_TAGS
+from began_dist.train.logging import COMMON_SCALARS, stats_keys
+
+STATS_KEYS = stats_keys(BEGAN_SCALARS)  # a BEGAN run's stats.jsonl line
+TB_TAGS = {**BEGAN_SCALARS, **COMMON_SCALARS}
 
 # Exercise every piece of state resume has to carry: m_stall windows, the residual carry.
 RESUME_KNOBS = ["train.m_stall_window=3", "model.vanishing_residual=true", "model.residual_steps=10"]

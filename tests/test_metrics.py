@@ -38,6 +38,9 @@ class StubFamily:
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         return self.images[torch.arange(len(z)) % len(self.images)]
 
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:  # as base.Family's: through D
+        return self.D(x)
+
 
 def context(real: torch.Tensor, fake: torch.Tensor, D=None) -> MetricContext:
     cfg = load_config(None, ["model.image_size=32", "data.glyphs=256"])

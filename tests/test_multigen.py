@@ -12,8 +12,7 @@ from test_loop import assert_bitwise_equal
 from began_dist.cli import main
 from began_dist.config import load_config, resolve_run_dir
 from began_dist.eval.decompose import real_parts
-from began_dist.models.multigen import compose, label_combinations, part_images
-from began_dist.objectives.multigen import (
+from began_dist.families.multigen import (
     MultigenFamily,
     code_moments,
     code_moments_split,
@@ -21,6 +20,7 @@ from began_dist.objectives.multigen import (
     latent_error_split,
     reconstruction,
 )
+from began_dist.models.multigen import compose, label_combinations, part_images
 from began_dist.train import state as ckpt
 
 Z_SIZES = [2, 4]
@@ -365,9 +365,9 @@ def test_two_workers_on_the_shared_cluster_equal_one_worker(ray_cluster, tmp_pat
     )
     resolve_run_dir(cfg)
     result = run_on_ray(cfg)
-    assert result["step"] == 4
-    assert len(result["replica_digests"]) == 2 and len(set(result["replica_digests"])) == 1
-    assert len(set(result["worker_nodes"])) == 2
+    assert result.step == 4
+    assert len(result.debug["replica_digests"]) == 2 and len(set(result.debug["replica_digests"])) == 1
+    assert len(set(result.debug["worker_nodes"])) == 2
     code, local = train(tmp_path, *common, name="local")
     assert code == 0
     for ray_line, local_line in zip(stats_lines(tmp_path / "ray"), stats_lines(local), strict=True):

@@ -38,8 +38,8 @@ def test_two_nodes_identical_replicas_equivalent_to_one_worker_and_resume_with_o
 
     common = ["train.batch_size=16", "train.steps=4", "train.log_every=1", "train.checkpoint_every=4"]
     result = run_on_ray(ray_config(tmp_path / "ray", *common))
-    assert result["step"] == 4
-    digests, nodes = result["replica_digests"], result["worker_nodes"]
+    assert result.step == 4
+    digests, nodes = result.debug["replica_digests"], result.debug["worker_nodes"]
     assert len(digests) == 2 and digests[0] == digests[1]  # bit-identical G, D and k_t on both ranks
     assert len(set(nodes)) == 2  # two different Ray nodes
 
@@ -128,7 +128,7 @@ def test_node_failure_resumes_from_last_checkpoint(ray_cluster, tmp_path):
     ray_cluster.remove_node(victim, allow_graceful=False)  # the spare node takes over its worker
     ray_cluster.training_nodes.remove(victim)
     fit.join(timeout=400)
-    assert not fit.is_alive() and outcome["result"]["step"] == 120
+    assert not fit.is_alive() and outcome["result"].step == 120
     steps = [line["step"] for line in stats_steps(run_dir)]
     assert steps == list(range(5, 121, 5))  # redone after the checkpoint, none skipped, none twice
     with open(run_dir / "log.txt") as handle:
@@ -147,4 +147,4 @@ def test_nccl_on_two_gpu_workers(ray_cluster, tmp_path):
         pytest.skip("needs 2 CUDA devices")
     cfg = ray_config(tmp_path / "gpu", "train.steps=4", "run.gpus_per_worker=1", "run.worker_resources={}")
     result = run_on_ray(cfg)
-    assert result["step"] == 4 and len(set(result["replica_digests"])) == 1
+    assert result.step == 4 and len(set(result.debug["replica_digests"])) == 1

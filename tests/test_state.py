@@ -69,3 +69,12 @@ def test_load_refuses_pickled_code(tmp_path):
     torch.save({"evil": os.system}, path)  # a checkpoint that would call code when unpickled in full
     with pytest.raises(Exception, match="[Ww]eights only"):
         ckpt.load_checkpoint(str(path))
+
+
+def test_going_back_to_an_earlier_step_drops_the_later_history(tmp_path):
+    # A PBT exploit restores a donor's step-4 state into a trial that had reached step 20.
+    for step in (4, 8, 12, 16, 20):
+        ckpt.save_checkpoint(small_state(step), str(tmp_path), step, keep=3)
+    path = ckpt.save_checkpoint(small_state(8.0), str(tmp_path), 8, keep=3)
+    assert os.path.exists(path) and ckpt.load_checkpoint(path)["step"] == 8
+    assert [s for s, _ in ckpt.list_checkpoints(str(tmp_path))] == [8]

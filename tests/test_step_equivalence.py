@@ -14,10 +14,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from began_dist.cli import build_parser, prepare_train
 from began_dist.config import Config, ConfigError, load_config
-from began_dist.objectives import began
-from began_dist.objectives.began import BeganFamily, ScaleGrad
+from began_dist.families import began
+from began_dist.families.began import BeganFamily, ScaleGrad
+from began_dist.train.preflight import train_config
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/ is not installed
 from benchmarks.reference_step import reference_step  # noqa: E402
@@ -167,14 +167,12 @@ def test_cpu_refuses_reduced_precision():
     with pytest.raises(ValueError, match="needs a CUDA device"):
         BeganFamily(tiny_config(precision="fp16"), torch.device("cpu"))
     if not torch.cuda.is_available():
-        args = build_parser().parse_args(["train", "train.precision=bf16", "run.dir=/nonexistent/run"])
         with pytest.raises(ConfigError, match="mixed precision needs a GPU"):
-            prepare_train(args)
+            train_config(None, ["train.precision=bf16", "run.dir=/nonexistent/run"])
 
 
 def test_compile_and_fp32_are_accepted_by_the_cli(tmp_path):
-    args = build_parser().parse_args(["train", "train.compile=true", f"run.dir={tmp_path / 'run'}"])
-    assert prepare_train(args).train.compile is True
+    assert train_config(None, ["train.compile=true", f"run.dir={tmp_path / 'run'}"]).train.compile is True
 
 
 @pytest.mark.cuda

@@ -14,8 +14,8 @@ from began_dist.data import load_examples
 from began_dist.data.dataset import to_model_range
 from began_dist.eval.recon import reconstruction_l1
 from began_dist.eval.sample import load_run
+from began_dist.families.vaegan import feature_loss, kl_loss, uniform_to_normal
 from began_dist.models.vaegan import build_vaegan
-from began_dist.objectives.vaegan import feature_loss, kl_loss, uniform_to_normal
 from began_dist.train import state as ckpt
 
 # TINY, with BEGAN's D bottleneck back at its default (model.nh means nothing for vaegan and is refused).
@@ -135,9 +135,9 @@ def test_two_workers_on_the_ray_cluster_match_one_worker(ray_cluster, tmp_path, 
     cfg = load_config(None, [*common, *ON_TWO_NODES, f"run.dir={tmp_path / 'ray'}"])
     resolve_run_dir(cfg)
     result = run_on_ray(cfg)
-    assert result["step"] == 4
-    assert len(result["replica_digests"]) == 2 and len(set(result["replica_digests"])) == 1  # E, G, D agree
-    assert len(set(result["worker_nodes"])) == 2
+    assert result.step == 4
+    assert len(result.debug["replica_digests"]) == 2 and len(set(result.debug["replica_digests"])) == 1  # E, G, D agree
+    assert len(set(result.debug["worker_nodes"])) == 2
     code, local = train_cli(*common, run_dir=tmp_path / "local")
     assert code == 0
     ray_lines, local_lines = stats_lines(tmp_path / "ray"), stats_lines(local)

@@ -17,27 +17,28 @@ import os
 import sys
 import time
 
+from began_dist import storage
 from began_dist.config import ConfigError, to_container
+from began_dist.train.result import RunResult, Status
 
 RAY_RUN_NAME = "train"  # fixed, so fitting again with the same storage path resumes
 
 
-def worker_entry(config: dict) -> dict:
-    """What each Ray Train worker runs."""
+def worker_entry(config: dict) -> RunResult:
+    """What each Ray Train worker runs; rank 0's RunResult is the run's."""
     import ray
     import ray.train.torch
 
     from began_dist.distributed import comm
-    from began_dist.train.loop import NonFiniteLoss, Trainer
-    from began_dist.train.reporting import RayTrainReporter
+    from began_dist.distributed.reporting import RayTrainReporter
+    from began_dist.train.loop import Trainer, run_trainer
 
     trainer = Trainer(config, RayTrainReporter(), device=ray.train.torch.get_device())
-    try:
-        result = trainer.run(progress=False)
-    except NonFiniteLoss as error:
-        # Returned, not raised: Ray retries every exception, and a NaN run would only NaN again.
-        return {"status": "non_finite", "error": str(error), "checkpoint": trainer.last_checkpoint}
-    result["worker_nodes"] = comm.gather_objects(ray.get_runtime_context().get_node_id())
+    # A non-finite loss is returned as a status, not raised: Ray retries every exception,
+    # and a NaN run would only NaN again.
+    result = run_trainer(trainer, progress=False)
+    if result.status is Status.done:
+        result.debug["worker_nodes"] = comm.gather_objects(ray.get_runtime_context().get_node_id())
     return result
 
 
@@ -249,8 +250,9 @@ def check_placement(run, wait_s: float = AUTOSCALER_WAIT_S) -> None:
         )
 
 
-def run_on_ray(cfg, callbacks: tuple = ()) -> dict:
-    """Train `cfg` with `cfg.run.workers` Ray Train workers; returns rank 0's result.
+def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
+    """Train `cfg` with `cfg.run.workers` Ray Train workers; returns rank 0's RunResult
+    (status failed when Ray gives up: workers failed more than run.max_failures times).
 
     `callbacks`: Ray Train callbacks, e.g. Tune's `TuneReportCallback` when this run
     is a nested Tune trial (its storage, RUN_DIR/ray, is then the trial's own).
@@ -259,7 +261,7 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> dict:
     if not cluster_address(run.address):
         # A local cluster: keep every process on 127.0.0.1. Ray reads this when first imported.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
     use_gpu = run.gpus_per_worker > 0
@@ -279,7 +281,7 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> dict:
             ),
             run_config=RunConfig(
                 name=RAY_RUN_NAME,
-                storage_path=os.path.join(run.dir, "ray"),
+                storage_path=storage.join(run.dir, "ray"),
                 failure_config=FailureConfig(
                     max_failures=run.max_failures, controller_failure_limit=run.controller_failure_limit
                 ),
@@ -287,8 +289,14 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> dict:
                 callbacks=list(callbacks),
             ),
         )
-        result = trainer.fit()
-        return result.return_value or {}
+        try:
+            result = trainer.fit()
+        except TrainingFailedError as error:
+            return RunResult(Status.failed, run_dir=run.dir, message=f"Ray Train gave up: {error}")
+        if isinstance(result.return_value, RunResult):
+            return result.return_value
+        # No worker result (Ray found the run already finished in its storage): the newest checkpoint is the end.
+        return RunResult(Status.done, run_dir=run.dir)
     finally:
         if started_here:
             import ray

@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 
+from began_dist import storage
 from began_dist.config import ConfigError
 from began_dist.eval.latent import INVERT_STEPS, LatentCodec, latent_codec, load_inputs
 from began_dist.eval.sample import load_run
@@ -75,10 +76,10 @@ def write_arithmetic(
     items = read_triples(triples)
     cfg, family, _ = load_run(run_dir, step)
     codec = latent_codec(family, latent, invert_steps)
-    out = out or os.path.join(run_dir, "latent")
+    out = out or storage.join(run_dir, "latent")
     written = []
     for number, triple in enumerate(items):
         panels = arithmetic_panels(codec, load_inputs(cfg, triple, family.device))
-        path = os.path.join(out, f"arithmetic-{latent}-{number:02d}.png")
+        path = storage.join(out, f"arithmetic-{latent}-{number:02d}.png")
         written.append(save_grid(panels, path, len(COEFFICIENTS), scale=3))
     return written

@@ -15,12 +15,12 @@ CRS labels are y = [cross, square], so part 0 is the cross and part 1 the square
 from __future__ import annotations
 
 import itertools
-import os
 from typing import Optional
 
 import numpy as np
 import torch
 
+from began_dist import storage
 from began_dist.data import build_dataset, sources
 from began_dist.data.dataset import to_model_range
 from began_dist.eval.sample import load_run
@@ -69,7 +69,7 @@ def write_swaps(family, z: torch.Tensor, out: str) -> list[str]:
     for name, size in zip(names, sizes):
         grid = z[:, None].repeat(1, n, 1)
         grid[:, :, start : start + size] = z[None, :, start : start + size]
-        paths.append(save_grid(family.generate(grid.flatten(0, 1)), os.path.join(out, f"swap_{name}.png"), n, scale=2))
+        paths.append(save_grid(family.generate(grid.flatten(0, 1)), storage.join(out, f"swap_{name}.png"), n, scale=2))
         start += size
     return paths
 
@@ -90,14 +90,14 @@ def decompose(run_dir: str, out: Optional[str] = None, step: Optional[int] = Non
     cfg, family, step = load_run(run_dir, step)
     if cfg.model.family != "multigen":
         raise ValueError(f"{run_dir}: model.family={cfg.model.family}; decompose needs a multigen run")
-    out = out or os.path.join(run_dir, "decompose", f"step-{step:08d}")
+    out = out or storage.join(run_dir, "decompose", f"step-{step:08d}")
     images, labels = real_examples(build_dataset(cfg), ROWS, seed)
     z = uniform(ROWS, family.latent_size, seed)
     return [
-        write_parts(family, images, labels, os.path.join(out, "parts.png")),
+        write_parts(family, images, labels, storage.join(out, "parts.png")),
         *write_swaps(family, z, out),
-        write_switch(family, z, os.path.join(out, "switch.png")),
-        write_alone(family, uniform(2 * ROWS, family.latent_size, seed + 1), os.path.join(out, "alone.png")),
+        write_switch(family, z, storage.join(out, "switch.png")),
+        write_alone(family, uniform(2 * ROWS, family.latent_size, seed + 1), storage.join(out, "alone.png")),
     ]
 
 

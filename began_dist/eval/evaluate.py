@@ -7,16 +7,15 @@ metrics/<value name> at that step (RUN_DIR/tb).
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 from typing import Optional, Union
 
 from torch.utils.tensorboard import SummaryWriter
 
+from began_dist import storage
 from began_dist.config import ConfigError
 from began_dist.data import build_dataset
-from began_dist.eval.metrics import DEFAULT_METRICS, MetricContext, check_prerequisites, compute, parse_metrics
+from began_dist.eval.metrics import DEFAULT_METRICS, MetricContext, compute, parse_metrics
 from began_dist.eval.sample import load_run
 from began_dist.train import state as ckpt
 from began_dist.train.logging import truncate_stats
@@ -25,7 +24,7 @@ RECORD_KEYS = ("metric", "step", "n", "time_s")  # bookkeeping, not plotted
 
 
 def metric_path(run_dir: str, name: str) -> str:
-    return os.path.join(run_dir, f"metric-{name}.jsonl")
+    return storage.join(run_dir, f"metric-{name}.jsonl")
 
 
 def checkpoint_steps(run_dir: str, checkpoint: Union[str, int, None]) -> list[int]:
@@ -48,11 +47,10 @@ def checkpoint_steps(run_dir: str, checkpoint: Union[str, int, None]) -> list[in
 def record(run_dir: str, results: list[dict], writer: Optional[SummaryWriter] = None) -> None:
     """Append each result to its metric-<name>.jsonl and write its values to TensorBoard."""
     own_writer = writer is None
-    writer = writer or SummaryWriter(os.path.join(run_dir, "tb"))
+    writer = writer or SummaryWriter(storage.local_dir(storage.join(run_dir, "tb")))
     try:
         for result in results:
-            with open(metric_path(run_dir, result["metric"]), "a") as handle:
-                handle.write(json.dumps(result) + "\n")
+            storage.append_text(metric_path(run_dir, result["metric"]), json.dumps(result) + "\n")
             for key, value in result.items():
                 if key not in RECORD_KEYS and isinstance(value, (int, float)):  # not e.g. kid_net_sha256
                     writer.add_scalar(f"metrics/{key}", value, result["step"])
@@ -86,10 +84,10 @@ def evaluate_run(
     """`began-dist eval`: evaluate the chosen checkpoints of a run (default metrics: DEFAULT_METRICS).
 
     The real-side work (real descriptors, floors, k-means bins) is done once and shared by the checkpoints.
+    The metrics' feature nets were checked by the preflight (train/preflight.py, `began-dist eval`).
     """
     names = parse_metrics(metrics) if metrics else list(DEFAULT_METRICS)
     steps = checkpoint_steps(run_dir, checkpoint)
-    check_prerequisites(names)
     cache: dict = {}
     dataset, results = None, []
     for step in steps:
@@ -114,5 +112,5 @@ def summary(results: list[dict]) -> str:
 
 def truncate_metrics(run_dir: str, last_step: int) -> None:
     """On resume: drop metric lines after the checkpoint's step, as stats.jsonl is cut back."""
-    for path in glob.glob(os.path.join(run_dir, "metric-*.jsonl")):
+    for path in storage.glob(run_dir, "metric-*.jsonl"):
         truncate_stats(path, last_step)

@@ -9,9 +9,9 @@ into OUT (default RUN_DIR/latent/):
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
+from began_dist import storage
 from began_dist.eval.latent import INVERT_STEPS, framed_interpolation, latent_codec, load_inputs
 from began_dist.eval.sample import load_run
 from began_dist.images import save_grid
@@ -29,11 +29,11 @@ def write_interpolation(
 ) -> list[str]:
     cfg, family, _ = load_run(run_dir, step)
     codec = latent_codec(family, latent, invert_steps)
-    out = out or os.path.join(run_dir, "latent")
+    out = out or storage.join(run_dir, "latent")
     real = load_inputs(cfg, [a, b], family.device)
     pair = framed_interpolation(codec, real[:1], real[1:], steps)
     mirror = framed_interpolation(codec, real, real.flip(-1), steps)
     return [
-        save_grid(pair, os.path.join(out, f"interpolate-{latent}.png"), steps + 2, scale=2),
-        save_grid(mirror, os.path.join(out, f"mirror-{latent}.png"), steps + 2, scale=2),
+        save_grid(pair, storage.join(out, f"interpolate-{latent}.png"), steps + 2, scale=2),
+        save_grid(mirror, storage.join(out, f"mirror-{latent}.png"), steps + 2, scale=2),
     ]

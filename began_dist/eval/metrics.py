@@ -8,7 +8,15 @@ from began_dist.eval.registry import REGISTRY, MetricContext, check_prerequisite
 
 DEFAULT_METRICS = ("swd", "msssim", "ndb", "recon")  # kid needs its feature net trained first (eval/kid.py)
 
-__all__ = ["DEFAULT_METRICS", "REGISTRY", "MetricContext", "check_prerequisites", "compute", "parse_metrics"]
+__all__ = [
+    "DEFAULT_METRICS",
+    "REGISTRY",
+    "MetricContext",
+    "check_metric_names",
+    "check_prerequisites",
+    "compute",
+    "parse_metrics",
+]
 
 
 def parse_metrics(text: str) -> list[str]:
@@ -21,3 +29,12 @@ def parse_metrics(text: str) -> list[str]:
             f"available: {', '.join(sorted(REGISTRY))}"
         )
     return names
+
+
+def check_metric_names(value: str, field: str = "train.eval_metrics") -> list[str]:
+    """`parse_metrics` for a config field: the refusal names the field (config cannot check the names
+    itself: it sits below eval and does not import the registry; docs/design.md)."""
+    try:
+        return parse_metrics(value)
+    except ConfigError as error:
+        raise ConfigError(f"{field}: {error}") from None

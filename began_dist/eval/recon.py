@@ -28,13 +28,12 @@ def heldout_images(cfg, count: int) -> torch.Tensor | None:
 
 
 def reconstruction_l1(family, images: torch.Tensor) -> float:
-    """Mean |x - R(x)| over uint8 images, R = family.reconstruct when it has one, else its D."""
-    reconstruct = getattr(family, "reconstruct", None) or family.D
+    """Mean |x - R(x)| over uint8 images, R = family.reconstruct (BEGAN: D; base.Family)."""
     total = 0.0
     with torch.no_grad():
         for chunk in images.split(BATCH):
             x = to_model_range(chunk, family.device)
-            total += float((reconstruct(x) - x).abs().mean()) * len(chunk)
+            total += float((family.reconstruct(x) - x).abs().mean()) * len(chunk)
     return total / len(images)
 
 

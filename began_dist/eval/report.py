@@ -12,11 +12,9 @@ Several runs share each plot, one colour per run.
 from __future__ import annotations
 
 import base64
-import glob
 import html
 import io
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from began_dist import storage  # noqa: E402
 from began_dist.data import load_examples  # noqa: E402
 from began_dist.eval.recon import heldout_images  # noqa: E402
 from began_dist.eval.sample import load_run  # noqa: E402
@@ -71,12 +70,11 @@ class Run:
 
 def _jsonl(path: str) -> list[dict]:
     rows = []
-    with open(path) as handle:
-        for line in handle:
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue  # a torn last line
+    for line in storage.read_text(path).splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # a torn last line
     return rows
 
 
@@ -86,23 +84,22 @@ def _by_step(rows: list[dict]) -> list[dict]:
 
 
 def load(run_dir: str) -> Run:
-    config_path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(config_path):
+    config_path = storage.join(run_dir, "config.yaml")
+    if not storage.isfile(config_path):
         raise FileNotFoundError(f"{run_dir}: no config.yaml; is it a run directory?")
-    with open(config_path) as handle:
-        text = handle.read()
-    stats_path = os.path.join(run_dir, "stats.jsonl")
+    text = storage.read_text(config_path)
+    stats_path = storage.join(run_dir, "stats.jsonl")
     run = Run(
         path=run_dir,
-        name=os.path.basename(os.path.normpath(run_dir)),
+        name=storage.basename(run_dir),
         config=OmegaConf.to_container(OmegaConf.create(text)),
         config_text=text,
-        stats=_by_step(_jsonl(stats_path)) if os.path.isfile(stats_path) else [],
+        stats=_by_step(_jsonl(stats_path)) if storage.isfile(stats_path) else [],
     )
-    for path in sorted(glob.glob(os.path.join(run_dir, "metric-*.jsonl"))):
-        name = os.path.basename(path)[len("metric-") : -len(".jsonl")]
+    for path in storage.glob(run_dir, "metric-*.jsonl"):
+        name = storage.basename(path)[len("metric-") : -len(".jsonl")]
         run.metrics[name] = _by_step(_jsonl(path))
-    for path in glob.glob(os.path.join(run_dir, "samples", "step-*.png")):
+    for path in storage.glob(storage.join(run_dir, "samples"), "step-*.png"):
         match = _STEP_PNG.search(path)
         if match:
             run.samples.append((int(match.group(1)), path))
@@ -121,8 +118,13 @@ def _shown_width(image: Image.Image) -> int:
 
 
 def _grid_figure(path: str, caption: str) -> str:
-    image = Image.open(path)
+    image = _open_image(path)
     return _img(_png(image), caption, width_px=_shown_width(image))
+
+
+def _open_image(path: str) -> Image.Image:
+    """A PNG of the run directory, read through the storage layer."""
+    return Image.open(io.BytesIO(storage.read_bytes(path)))
 
 
 def _png(image: Image.Image) -> str:
@@ -142,7 +144,7 @@ def _gif(paths: list[str]) -> Optional[str]:
     if len(paths) < 2:
         return None
     picked = [paths[round(i * (len(paths) - 1) / (GIF_FRAMES - 1))] for i in range(GIF_FRAMES)]
-    frames = [Image.open(path).convert("L") for path in dict.fromkeys(picked)]
+    frames = [_open_image(path).convert("L") for path in dict.fromkeys(picked)]
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=350, loop=0)
     return _data_uri(buffer.getvalue(), "image/gif")
@@ -271,7 +273,7 @@ def _progression(run: Run) -> str:
     stills = [_grid_figure(run.samples[i][1], f"step {run.samples[i][0]}") for i in picks]
     gif = _gif([path for _, path in run.samples])
     if gif:
-        width = _shown_width(Image.open(run.samples[-1][1]))
+        width = _shown_width(_open_image(run.samples[-1][1]))
         stills.append(_img(gif, f"animation, {count} grids", width_px=width))
     return "<div class='row'>" + "".join(stills) + "</div>"
 
@@ -285,9 +287,8 @@ def _reconstructions(run: Run) -> str:
     if images is None:
         images, which = load_examples(cfg, RECON_IMAGES), "training"
     x = images.float() / 127.5 - 1
-    reconstruct = getattr(family, "reconstruct", None) or family.D
     with torch.no_grad():
-        pairs = torch.cat([x, reconstruct(x.to(family.device)).cpu()])
+        pairs = torch.cat([x, family.reconstruct(x.to(family.device)).cpu()])
     picture = grid_image(pairs, columns=RECON_IMAGES, scale=3 if cfg.model.image_size <= 32 else 2)
     return _img(_png(picture), f"step {step}: {which} images (top) and their reconstructions D(x) (bottom)")
 
@@ -346,7 +347,7 @@ def render(runs: list[Run]) -> str:
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
-        f"<p class='meta'>{'<br>'.join(html.escape(os.path.abspath(run.path)) for run in runs)}<br>"
+        f"<p class='meta'>{'<br>'.join(html.escape(storage.resolve(run.path)) for run in runs)}<br>"
         f"written {time.strftime('%Y-%m-%d %H:%M:%S')}</p>",
         "<h2>Summary</h2>",
         _summary(runs),
@@ -384,9 +385,6 @@ def write_report(run_dirs: list[str], out: Optional[str] = None) -> str:
     if len(run_dirs) == 1 and is_sweep(run_dirs[0]):
         return write_sweep_report(run_dirs[0], out or "")
     runs = [load(run_dir) for run_dir in run_dirs]
-    out = out or os.path.join(run_dirs[0], "report.html")
-    tmp = f"{out}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(render(runs))
-    os.replace(tmp, out)
+    out = out or storage.join(run_dirs[0], "report.html")
+    storage.write_text(out, render(runs))
     return out

@@ -12,17 +12,17 @@ Writes into OUT (default RUN_DIR/samples/step-XXXXXXXX/):
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 
+from began_dist import storage
 from began_dist.config import ConfigError, from_container
 from began_dist.data import load_examples
 from began_dist.data.dataset import to_model_range
 from began_dist.eval.latent import framed_interpolation, interpolation_rows, latent_codec
+from began_dist.families import get_family
 from began_dist.images import save_grid
-from began_dist.objectives import get_family
 from began_dist.train import state as ckpt
 
 STEPS = 10  # images per interpolation row
@@ -50,22 +50,22 @@ def write_samples(
     cfg, family, step = load_run(run_dir, step)
     if getattr(family, "needs_labels", False):
         raise ConfigError(f"{run_dir}: model.family={cfg.model.family}; its pictures come from began-dist decompose")
-    out = out or os.path.join(run_dir, "samples", f"step-{step:08d}")
+    out = out or storage.join(run_dir, "samples", f"step-{step:08d}")
     generator = torch.Generator().manual_seed(seed)
     nz = family.latent_size
 
     def uniform(count: int) -> torch.Tensor:
         return torch.rand(count, nz, generator=generator) * 2 - 1
 
-    written = [save_grid(family.generate(uniform(n)), os.path.join(out, "grid.png"), scale=2)]
+    written = [save_grid(family.generate(uniform(n)), storage.join(out, "grid.png"), scale=2)]
     pairs = interpolation_rows(uniform(rows), uniform(rows), STEPS)
-    written.append(save_grid(family.generate(pairs), os.path.join(out, "interpolation.png"), STEPS, scale=2))
-    written.append(_mirror(cfg, family, rows, seed, os.path.join(out, "mirror.png")))
+    written.append(save_grid(family.generate(pairs), storage.join(out, "interpolation.png"), STEPS, scale=2))
+    written.append(_mirror(cfg, family, rows, seed, storage.join(out, "mirror.png")))
     if cfg.model.nz == cfg.model.nh and hasattr(family.D, "decoder"):  # BEGAN's auto-encoder D
         z = uniform(min(n, 32))
         with torch.no_grad():
             side_by_side = torch.stack([family.generate(z), family.D.decoder(z)], dim=1).flatten(0, 1)
-        written.append(save_grid(side_by_side, os.path.join(out, "g_vs_decoder.png"), 8, scale=2))
+        written.append(save_grid(side_by_side, storage.join(out, "g_vs_decoder.png"), 8, scale=2))
     return written
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import csv
 import html
-import os
+import io
 import time
 
 import matplotlib.pyplot as plt
 import yaml
 
+from began_dist import storage
 from began_dist.eval import report as run_report
 from began_dist.tune.spec import read_saved_spec
 
@@ -22,12 +23,11 @@ STATUS_MARKERS = {"done": "o", "stopped early": "x", "non-finite": "s"}
 
 
 def is_sweep(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "sweep.yaml")) and os.path.isfile(os.path.join(path, "results.csv"))
+    return storage.isfile(storage.join(path, "sweep.yaml")) and storage.isfile(storage.join(path, "results.csv"))
 
 
 def _rows(sweep_dir: str) -> list[dict]:
-    with open(os.path.join(sweep_dir, "results.csv")) as handle:
-        return list(csv.DictReader(handle))
+    return list(csv.DictReader(io.StringIO(storage.read_text(storage.join(sweep_dir, "results.csv")), newline="")))
 
 
 def _number(text: str):
@@ -76,13 +76,13 @@ def _cell(text) -> str:
 
 
 def render(sweep_dir: str) -> str:
-    spec = read_saved_spec(os.path.join(sweep_dir, "sweep.yaml"))
+    spec = read_saved_spec(storage.join(sweep_dir, "sweep.yaml"))
     rows = _rows(sweep_dir)
-    title = f"Tune sweep report: {spec.name or os.path.basename(os.path.normpath(sweep_dir))}"
+    title = f"Tune sweep report: {spec.name or storage.basename(sweep_dir)}"
     trials = [
-        run_report.load(os.path.join(sweep_dir, "trials", row["trial"]))
+        run_report.load(storage.join(sweep_dir, "trials", row["trial"]))
         for row in rows
-        if os.path.isfile(os.path.join(sweep_dir, "trials", row["trial"], "config.yaml"))
+        if storage.isfile(storage.join(sweep_dir, "trials", row["trial"], "config.yaml"))
     ]
     plotted = dict.fromkeys((spec.metric, "M", "swd"))
     plots = [_against(group, rows, metric) for group in spec.space for metric in plotted]
@@ -90,7 +90,7 @@ def render(sweep_dir: str) -> str:
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         f"<style>{run_report.STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
-        f"<p class='meta'>{html.escape(os.path.abspath(sweep_dir))}<br>objective {spec.metric} ({spec.mode}), "
+        f"<p class='meta'>{html.escape(storage.resolve(sweep_dir))}<br>objective {spec.metric} ({spec.mode}), "
         f"scheduler {html.escape(str(spec.scheduler))}, {len(rows)} trials; "
         f"written {time.strftime('%Y-%m-%d %H:%M:%S')}</p>",
         "<h2>Results (best first)</h2>",
@@ -114,9 +114,6 @@ def render(sweep_dir: str) -> str:
 
 
 def write_sweep_report(sweep_dir: str, out: str = "") -> str:
-    out = out or os.path.join(sweep_dir, "report.html")
-    tmp = f"{out}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(render(sweep_dir))
-    os.replace(tmp, out)
+    out = out or storage.join(sweep_dir, "report.html")
+    storage.write_text(out, render(sweep_dir))
     return out

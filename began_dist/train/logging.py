@@ -9,35 +9,21 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from began_dist import storage
 from began_dist.images import make_grid, save_grid
 
-BEGAN_SCALARS = {  # BEGAN's stats.jsonl keys -> TensorBoard tags: the default a family may replace
-    "L_x": "loss/L_x",
-    "L_Gz": "loss/L_Gz",
-    "L_D": "loss/L_D",
-    "L_G": "loss/L_G",
-    "k_t": "equilibrium/k_t",
-    "M": "equilibrium/M",
-    "balance": "equilibrium/balance",
-}
-BEGAN_SHOWN = ("M", "k_t", "L_x")  # the progress bar shows all but the last; the log line all
 COMMON_SCALARS = {"lr_G": "lr/G", "lr_D": "lr/D", "images_per_s": "perf/images_per_s"}  # every family
 
 
 def stats_keys(family_scalars: dict[str, str]) -> tuple[str, ...]:
     """One stats.jsonl line's keys, in order: step, the family's stats, lr and speed, time."""
     return ("step", *family_scalars, *COMMON_SCALARS, "time_s")
-
-
-STATS_KEYS = stats_keys(BEGAN_SCALARS)
-TB_TAGS = {**BEGAN_SCALARS, **COMMON_SCALARS}
 
 
 class _TqdmConsole(logging.Handler):
@@ -49,19 +35,24 @@ class _TqdmConsole(logging.Handler):
 
 def truncate_stats(path: str, last_step: int) -> None:
     """Drop stats.jsonl lines after `last_step` (and a torn last line), atomically."""
-    if not os.path.exists(path):
-        return
-    kept = []
-    with open(path) as handle:
-        for line in handle:
-            try:
-                if json.loads(line)["step"] <= last_step:
-                    kept.append(line if line.endswith("\n") else line + "\n")
-            except (ValueError, KeyError):
-                continue
-    with open(path + ".tmp", "w") as handle:
-        handle.writelines(kept)
-    os.replace(path + ".tmp", path)
+    storage.truncate_jsonl(path, last_step)
+
+
+class _AppendHandler(logging.Handler):
+    """log.txt through the storage layer: one append per record, as logging.FileHandler did."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.appender = storage.Appender(path)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.appender.write(self.format(record) + "\n")
+        except Exception:  # logging never raises into the caller
+            self.handleError(record)
+
+    def flush(self) -> None:
+        self.appender.flush()
 
 
 class RunLogger:
@@ -71,23 +62,26 @@ class RunLogger:
         enabled: bool,
         start_step: int,
         total_steps: int,
-        progress: bool = True,
-        scalars: dict[str, str] = BEGAN_SCALARS,  # the family's stats -> TensorBoard tags
-        shown: tuple[str, ...] = BEGAN_SHOWN,
+        progress: bool,
+        scalars: dict[str, str],  # the family's stats -> TensorBoard tags (Family.scalar_tags)
+        shown: tuple[str, ...],  # the stats the progress bar shows (Family.progress_keys)
     ):
         self.run_dir, self.enabled = run_dir, enabled
         self.keys, self.tags, self.shown = stats_keys(scalars), {**scalars, **COMMON_SCALARS}, shown
         self.bar = None
         if not enabled:
             return
-        os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)
-        self.stats_path = os.path.join(run_dir, "stats.jsonl")
+        storage.makedirs(storage.join(run_dir, "samples"))
+        self.stats_path = storage.join(run_dir, "stats.jsonl")
         truncate_stats(self.stats_path, start_step)
-        self.tb = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start_step + 1 if start_step else None)
+        self.stats = storage.Appender(self.stats_path)
+        # TensorBoard writes its own event files: a local directory (began_dist/storage.py says why).
+        tb_dir = storage.local_dir(storage.join(run_dir, "tb"))
+        self.tb = SummaryWriter(tb_dir, purge_step=start_step + 1 if start_step else None)
         self.log = logging.getLogger(f"began_dist.run.{id(self)}")
         self.log.setLevel(logging.INFO)
         self.log.propagate = False
-        file_handler = logging.FileHandler(os.path.join(run_dir, "log.txt"))
+        file_handler = _AppendHandler(storage.join(run_dir, "log.txt"))
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         self.log.addHandler(file_handler)
         self.log.addHandler(_TqdmConsole())
@@ -107,8 +101,7 @@ class RunLogger:
         if not self.enabled:
             return
         line = {key: record[key] for key in self.keys}
-        with open(self.stats_path, "a") as handle:
-            handle.write(json.dumps(line) + "\n")
+        self.stats.write(json.dumps(line) + "\n")
         for key, tag in self.tags.items():
             self.tb.add_scalar(tag, record[key], record["step"])
         if self.bar is not None:
@@ -122,13 +115,21 @@ class RunLogger:
             return
         for name, batch in panels.items():
             self.tb.add_image(f"images/{name}", make_grid(batch), step, dataformats="CHW")
-        save_grid(panels[sample_name], os.path.join(self.run_dir, "samples", f"step-{step:08d}.png"))
+        save_grid(panels[sample_name], storage.join(self.run_dir, "samples", f"step-{step:08d}.png"))
+
+    def flush(self) -> None:
+        """Make stats.jsonl and log.txt durable (the point an object-store backend uploads at)."""
+        if self.enabled:
+            self.stats.flush()
+            for handler in self.log.handlers:
+                handler.flush()
 
     def close(self) -> None:
         if not self.enabled:
             return
         if self.bar is not None:
             self.bar.close()
+        self.flush()
         self.tb.close()
         for handler in list(self.log.handlers):
             handler.close()

@@ -1,7 +1,7 @@
 """The per-worker training loop: the one loop of every mode.
 
-Local mode calls `train_loop(config)` in this process; Ray Train runs the same
-function in each worker. Rank and world size come from the environment, the
+Local mode runs `Trainer` in this process (began_dist.launch); Ray
+Train runs the same loop in each worker. Rank and world size come from the environment, the
 global batch and its latents are sliced per rank (Contract: data parallelism),
 and every logged value is an all-reduced mean, so rank 0 speaks for all.
 
@@ -15,29 +15,29 @@ and every logged value is an all-reduced mean, so rank 0 speaks for all.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 import time
 from typing import Optional
 
 import torch
+from omegaconf import OmegaConf
 
-from began_dist.config import from_container, save_yaml, to_container
+from began_dist import storage
+from began_dist.config import from_container, to_container
 from began_dist.data import build_dataset
 from began_dist.data.dataset import to_model_range
 from began_dist.data.sampler import GlobalBatchSampler, LatentSource, fixed_latents
 from began_dist.distributed import comm
 from began_dist.eval.evaluate import evaluate_family, summary, truncate_metrics
-from began_dist.eval.metrics import check_prerequisites, parse_metrics
-from began_dist.objectives import get_family
-from began_dist.objectives.equilibrium import LrControl
+from began_dist.eval.metrics import parse_metrics
+from began_dist.families import get_family
+from began_dist.families.equilibrium import LrControl
 from began_dist.train import state as ckpt
-from began_dist.train.logging import BEGAN_SCALARS, BEGAN_SHOWN, RunLogger
+from began_dist.train.logging import RunLogger
 from began_dist.train.reporting import Reporter
+from began_dist.train.result import RunResult, Status
 
-# BEGAN's statistics; a family may declare its own (objectives/__init__.py).
-LOGGED_LOSSES = ("L_x", "L_Gz", "L_D", "L_G", "M", "balance")  # averaged over each log interval
 FIXED_SAMPLES = 64  # images in the G(z_fixed) grids
 
 
@@ -110,10 +110,7 @@ class Trainer:
         self.lr_control = LrControl(cfg.train)
         self.fixed_z = fixed_latents(seed, FIXED_SAMPLES, self.family.latent_size)
         self.step, self.elapsed_s = 0, 0.0
-        self.logged = getattr(self.family, "logged_losses", LOGGED_LOSSES)
-        # Resolved once here, not in every step: what the lr control watches, whether steps take labels.
-        self.lr_monitor = getattr(self.family, "lr_monitor", "M")
-        self.needs_labels = bool(getattr(self.family, "needs_labels", False))
+        self.logged = self.family.logged_losses
         self.guard = NonFiniteGuard(self.logged, self.device)
         self.last_stats: dict = {}
         self.last_checkpoint: Optional[str] = None
@@ -159,17 +156,18 @@ class Trainer:
         return source
 
     # -- the loop -----------------------------------------------------------------------
-    def run(self, progress: bool = True) -> dict:
+    def run(self, progress: bool = True) -> RunResult:
+        """Train to train.steps; raises NonFiniteLoss or Interrupted (`run_trainer` turns them into results).
+
+        The feature nets of train.eval_metrics were checked by the preflight (train/preflight.py).
+        """
         cfg, t = self.cfg, self.cfg.train
-        if self.rank == 0 and t.eval_every:  # a missing feature net fails now, not after eval_every steps
-            check_prerequisites(parse_metrics(t.eval_metrics))
         resumed_from = self.restore_latest()
         self.lr_control.apply(*self.family.optimizers)
-        scalars = getattr(self.family, "scalar_tags", BEGAN_SCALARS)
-        shown = getattr(self.family, "progress_keys", BEGAN_SHOWN)
-        log = RunLogger(self.run_dir, self.rank == 0, self.step, t.steps, progress, scalars, shown)
+        tags, shown = self.family.scalar_tags, self.family.progress_keys
+        log = RunLogger(self.run_dir, self.rank == 0, self.step, t.steps, progress, tags, shown)
         if self.rank == 0:
-            save_yaml(cfg, os.path.join(self.run_dir, "config.yaml"))
+            storage.write_text(storage.join(self.run_dir, "config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
             truncate_metrics(self.run_dir, self.step)  # as stats.jsonl: no step recorded twice
         log.info(self._banner(resumed_from))
         snapshot = torch.arange(min(FIXED_SAMPLES, len(self.dataset)))
@@ -211,19 +209,16 @@ class Trainer:
             log.close()
         digests = self._replica_digests()
         log.info(f"done: {self.step} steps in {self.run_dir}")
-        return {
-            "step": self.step,
-            "run_dir": self.run_dir,
-            "checkpoint": self.last_checkpoint,
-            "stats": record,
-            "replica_digests": digests,
-        }
+        return self.result(Status.done, metrics=record or {}, replica_digests=digests)
+
+    def result(self, status: Status, message: str = "", metrics: Optional[dict] = None, **debug) -> RunResult:
+        """Where this worker stands, as a RunResult; `debug` holds test diagnostics (replica_digests, ...)."""
+        return RunResult(status, self.step, metrics or {}, self.last_checkpoint, self.run_dir, message, debug)
 
     def _replica_digests(self) -> list[str]:
         """Each rank's digest of its networks (and k_t); replicas that drifted apart would differ."""
         state = self.family.state_dict()
-        names = getattr(self.family, "replicated_networks", ("G", "D"))
-        tensors = [t for name in names for t in state[name].values()]
+        tensors = [t for name in self.family.replicated_networks for t in state[name].values()]
         digests = comm.replica_digests(tensors + ([self.family.k_t] if "k_t" in state else []))
         if len(set(digests)) > 1:
             raise RuntimeError(f"replicas differ at step {self.step}: {digests}")
@@ -250,7 +245,7 @@ class Trainer:
         self.step += 1
         losses = torch.stack([stats[k].float() for k in self.logged])  # built once: guard and log totals
         self.guard.observe(self.step, losses)
-        if self.lr_control.observe(self.step, stats[self.lr_monitor]):
+        if self.lr_control.observe(self.step, stats[self.family.lr_monitor]):
             self.lr_control.apply(*self.family.optimizers)
         self.elapsed_s += time.perf_counter() - started
         return losses
@@ -258,7 +253,7 @@ class Trainer:
     def _labels(self, indices: torch.Tensor) -> dict:
         """{"labels": the images' labels} for a family that needs them (the same indices: sliced per rank as
         the images are), else nothing."""
-        if not self.needs_labels:
+        if not self.family.needs_labels:
             return {}
         return {"labels": self.dataset.labels[indices].to(self.device)}
 
@@ -277,18 +272,25 @@ class Trainer:
         return record
 
     def _banner(self, resumed_from: Optional[str]) -> str:
-        m, t = self.cfg.model, self.cfg.train
+        t = self.cfg.train
         where = f"resumed from {resumed_from} at step {self.step}" if resumed_from else "new run"
-        vaegan = m.family == "vaegan"  # no D bottleneck, no gamma: its own weight instead
-        bottleneck = f" nh={m.nh}" if m.family == "began" else ""  # multigen and vaegan have no Nh
-        weight = f"feature weight {t.vaegan.feature_weight}" if vaegan else f"gamma {t.gamma}"
         return (
-            f"{where}: {m.family} {m.image_size}px {m.arch} n={m.filters} nz={self.family.latent_size}{bottleneck} "
-            f"on {self.device} x {self.world}; {len(self.dataset)} images ({self.cfg.data.source}); "
-            f"batch {t.batch_size}, {weight}, steps {t.steps}; run dir {self.run_dir}"
+            f"{where}: {self.family.describe()} on {self.device} x {self.world}; "
+            f"{len(self.dataset)} images ({self.cfg.data.source}); batch {t.batch_size}, steps {t.steps}; "
+            f"run dir {self.run_dir}"
         )
 
 
-def train_loop(config: dict, reporter: Optional[Reporter] = None, progress: bool = True) -> dict:
-    """Run (or continue) the training of `config` in this worker; returns the final step and stats."""
-    return Trainer(config, reporter).run(progress)
+def run_trainer(trainer: Trainer, progress: bool = True) -> RunResult:
+    """`trainer.run`, with the ways a run stops early turned into a RunResult's status."""
+    try:
+        return trainer.run(progress)
+    except NonFiniteLoss as error:
+        return trainer.result(Status.non_finite, str(error))
+    except Interrupted as error:
+        return trainer.result(Status.interrupted, str(error))
+
+
+def train_loop(config: dict, reporter: Optional[Reporter] = None, progress: bool = True) -> RunResult:
+    """Run (or continue) the training of `config` in this worker (local mode: began_dist.launch)."""
+    return run_trainer(Trainer(config, reporter), progress)

@@ -9,27 +9,31 @@ new one, never a partial file under a checkpoint's name.
 
 from __future__ import annotations
 
-import glob
-import os
 import re
-import tempfile
 from typing import Optional
 
 import torch
+
+from began_dist import storage
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"step-(\d{8,})\.pt$")
 
 
 def checkpoint_path(run_dir: str, step: int) -> str:
-    return os.path.join(run_dir, CHECKPOINT_DIR, f"step-{step:08d}.pt")
+    return storage.join(run_dir, CHECKPOINT_DIR, f"step-{step:08d}.pt")
 
 
 def list_checkpoints(run_dir: str) -> list[tuple[int, str]]:
     """(step, path) of every complete checkpoint, oldest first."""
+    return list_checkpoints_in(storage.join(run_dir, CHECKPOINT_DIR))
+
+
+def list_checkpoints_in(directory: str) -> list[tuple[int, str]]:
+    """(step, path) of the step-XXXXXXXX.pt files directly in `directory`, oldest first."""
     found = []
-    for path in glob.glob(os.path.join(run_dir, CHECKPOINT_DIR, "step-*.pt")):
-        match = _NAME.search(os.path.basename(path))
+    for path in storage.glob(directory, "step-*.pt"):
+        match = _NAME.search(storage.basename(path))
         if match:
             found.append((int(match.group(1)), path))
     return sorted(found)
@@ -41,38 +45,24 @@ def latest_checkpoint(run_dir: str) -> Optional[str]:
 
 
 def save_checkpoint(state: dict, run_dir: str, step: int, keep: int) -> str:
-    """Write `state` atomically as step-XXXXXXXX.pt, then keep only the newest `keep`."""
-    directory = os.path.join(run_dir, CHECKPOINT_DIR)
-    os.makedirs(directory, exist_ok=True)
-    final = checkpoint_path(run_dir, step)
-    handle, tmp = tempfile.mkstemp(prefix=".step-", suffix=".pt.tmp", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-    for _, old in list_checkpoints(run_dir)[:-keep]:
-        os.unlink(old)
+    """Write `state` atomically as step-XXXXXXXX.pt (storage.atomic_writer), then keep only the newest `keep`.
+
+    Checkpoints of later steps than `step` are dropped first: they belong to a history the run
+    went back from (a PBT exploit restores the donor's earlier step into a trial that had gone
+    further), and counting them as newer would delete the checkpoint just written.
+    """
+    final = storage.save_torch(state, checkpoint_path(run_dir, step))
+    found = list_checkpoints(run_dir)
+    for _, later in (item for item in found if item[0] > step):
+        storage.delete(later)
+    for _, old in [item for item in found if item[0] <= step][:-keep]:
+        storage.delete(old)
     return final
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: str) -> dict:
     """Load on the CPU with weights_only=True: no arbitrary code runs from a checkpoint file."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return storage.load_torch(path)
 
 
 def capture_rng(device: torch.device) -> dict:

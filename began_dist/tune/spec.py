@@ -31,6 +31,7 @@ from typing import Any, Optional
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from began_dist import families, storage  # noqa: F401  (families registers every family's config rules: docs/design.md)
 from began_dist.config import Config, ConfigError, load_config, parse_overrides, validate
 
 DOMAINS = {  # name -> number of arguments (None: a list of values)
@@ -270,14 +271,10 @@ def apply_params(base: dict, params: dict[str, Any]) -> DictConfig:
 
 
 def save_spec(spec: SweepSpec, path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as handle:
-        yaml.safe_dump(spec.to_dict(), handle, sort_keys=False, allow_unicode=True)
-    os.replace(tmp, path)
+    storage.write_text(path, yaml.safe_dump(spec.to_dict(), sort_keys=False, allow_unicode=True))
 
 
 def read_saved_spec(path: str) -> Optional[SweepSpec]:
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         return None
-    with open(path) as handle:
-        return spec_from_dict(yaml.safe_load(handle))
+    return spec_from_dict(yaml.safe_load(storage.read_text(path)))

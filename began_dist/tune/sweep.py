@@ -14,16 +14,21 @@ confounded across gamma and Nh.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
+import sys
 import time
 from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from began_dist.config import ConfigError, save_yaml, to_container, validate
+from began_dist import storage
+from began_dist.config import ConfigError, resolve_run_dir, to_container, validate
 from began_dist.train import state as ckpt
-from began_dist.tune.spec import SweepSpec, parse_domain, read_saved_spec, save_spec
+from began_dist.train.preflight import check_run
+from began_dist.train.result import Status
+from began_dist.tune.spec import SweepSpec, load_spec, parse_domain, read_saved_spec, save_spec
 from began_dist.tune.trial import run_trial, trial_dir
 
 EXPERIMENT = "tune"  # SWEEP_DIR/tune: Tune's storage name, fixed so --resume finds it
@@ -32,6 +37,32 @@ ALWAYS_REPORTED = ("M", "swd", "k_t")
 
 class SweepInterrupted(RuntimeError):
     """SIGINT arrived; Tune saved the sweep's state (exit 130, resume with --resume)."""
+
+
+def main(spec_path: str, overrides: list[str], resume: bool = False) -> Status:
+    """`began-dist tune SPEC [overrides] [--resume]`: check, run (or resume) and print the sweep.
+
+    Returns Status.done, or Status.interrupted when the sweep stopped early (resume with --resume);
+    refusals raise ConfigError/DataError before any Ray work.
+    """
+    spec, base = load_spec(spec_path, overrides)
+    if resume and not base.run.dir:
+        raise ConfigError("--resume: give the sweep's directory as run.dir=SWEEP_DIR")
+    base.run.dir = base.run.dir or default_sweep_dir(spec)
+    resolve_run_dir(base)
+    base = trial_base(spec, base)
+    check_run(base)  # the preflight of every trial, once here
+    spec, base = prepare_sweep_dir(spec, base, resume)
+    try:
+        rows = run_sweep(spec, base, resume)
+    except SweepInterrupted as error:
+        print(f"began-dist: {error}", file=sys.stderr)
+        return Status.interrupted
+    print(format_table(rows))
+    print(best_line(spec, rows) or "no trial reported the objective")
+    print(f"results: {storage.join(base.run.dir, 'results.csv')}")
+    print(f"report:  began-dist report {base.run.dir}")
+    return Status.done
 
 
 # -- the base config each trial starts from ------------------------------------------------
@@ -62,19 +93,19 @@ def trial_base(spec: SweepSpec, base: DictConfig) -> DictConfig:
 def prepare_sweep_dir(spec: SweepSpec, base: DictConfig, resume: bool) -> tuple[SweepSpec, DictConfig]:
     """Create (or, with --resume, reopen) SWEEP_DIR; refuse a clash before any Ray work."""
     sweep_dir = base.run.dir
-    spec_path, base_path = os.path.join(sweep_dir, "sweep.yaml"), os.path.join(sweep_dir, "base.yaml")
+    spec_path, base_path = storage.join(sweep_dir, "sweep.yaml"), storage.join(sweep_dir, "base.yaml")
     saved = read_saved_spec(spec_path)
     if resume:
-        if saved is None or not os.path.isdir(os.path.join(sweep_dir, EXPERIMENT)):
+        if saved is None or not storage.isdir(storage.join(sweep_dir, EXPERIMENT)):
             raise ConfigError(f"--resume: run.dir={sweep_dir} holds no sweep to resume")
-        resumed = OmegaConf.load(base_path)
+        resumed = OmegaConf.create(storage.read_text(base_path))
         resumed.run.dir, resumed.run.address = sweep_dir, base.run.address
         return saved, resumed
-    if saved is not None or os.path.isdir(os.path.join(sweep_dir, EXPERIMENT)):
+    if saved is not None or storage.isdir(storage.join(sweep_dir, EXPERIMENT)):
         raise ConfigError(f"run.dir={sweep_dir}: already holds a sweep; continue it with --resume")
-    os.makedirs(sweep_dir, exist_ok=True)
+    storage.makedirs(sweep_dir)
     save_spec(spec, spec_path)
-    save_yaml(base, base_path)
+    storage.write_text(base_path, OmegaConf.to_yaml(base, resolve=True))
     return spec, base
 
 
@@ -194,15 +225,14 @@ def run_sweep(spec: SweepSpec, base: DictConfig, resume: bool = False) -> list[d
         # (ray-project/ray#52343); every path here is absolute, so work from the sweep dir.
         os.chdir(base.run.dir)
         grid = build_tuner(spec, base, resume).fit()
-        trials = grid._experiment_analysis.trials  # statuses: ResultGrid's Results do not carry them
     finally:
         _chdir_back(cwd)
         if started_here:
             import ray
 
             ray.shutdown()
-    rows = results_table(spec, base, trials)
-    write_results(rows, os.path.join(base.run.dir, "results.csv"))
+    rows = results_table(spec, base, list(grid))
+    write_results(rows, storage.join(base.run.dir, "results.csv"))
     if len(rows) < expected_trials(spec) or any(row["status"] == "unfinished" for row in rows):
         raise SweepInterrupted(f"sweep interrupted; resume with: began-dist tune SPEC --resume run.dir={base.run.dir}")
     return rows
@@ -225,18 +255,20 @@ def expected_trials(spec: SweepSpec) -> int:
 
 
 # -- results -------------------------------------------------------------------------------
-def results_table(spec: SweepSpec, base: DictConfig, trials) -> list[dict]:
-    """One row per trial: its id, status, searched values, steps, M, SWD, k_t; sorted by the objective."""
+def results_table(spec: SweepSpec, base: DictConfig, results) -> list[dict]:
+    """One row per trial (Tune's public `Result`s of the ResultGrid): its id, status, searched values,
+    steps, M, SWD, k_t; sorted by the objective."""
     rows = []
-    for trial in trials:
-        last = trial.last_result or {}
-        row = {"trial": trial.trial_id, "status": _status(trial.status, last, base.train.steps)}
+    for result in results:
+        last = result.metrics or {}
+        trial_id = last["trial_id"]  # Tune fills it into every trial's last result, even before a report
+        row = {"trial": trial_id, "status": _status(result.error is not None, last, base.train.steps)}
         for group in spec.space:
-            row[group] = trial.config.get(group)
+            row[group] = (result.config or {}).get(group)
         row["step"] = last.get("step")
         for key in dict.fromkeys((spec.metric, *ALWAYS_REPORTED)):
             row[key] = last.get(key)
-        row["checkpoint"] = ckpt.latest_checkpoint(trial_dir(base.run.dir, trial.trial_id))
+        row["checkpoint"] = ckpt.latest_checkpoint(trial_dir(base.run.dir, trial_id))
         rows.append(row)
     sign = 1 if spec.mode == "min" else -1
 
@@ -247,11 +279,11 @@ def results_table(spec: SweepSpec, base: DictConfig, trials) -> list[dict]:
     return sorted(rows, key=objective)
 
 
-def _status(tune_status: str, last: dict, steps: int) -> str:
+def _status(errored: bool, last: dict, steps: int) -> str:
     """done | stopped early (by the scheduler) | non-finite | error | unfinished (interrupted: --resume)."""
-    if last.get("status") == "non_finite":
+    if last.get("status") == Status.non_finite.value:
         return "non-finite"
-    if tune_status == "ERROR":
+    if errored:
         return "error"
     if last.get("done"):  # Tune marks a trial's last result done when it returned or was stopped
         return "done" if (last.get("step") or 0) >= steps else "stopped early"
@@ -259,12 +291,11 @@ def _status(tune_status: str, last: dict, steps: int) -> str:
 
 
 def write_results(rows: list[dict], path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["trial"])
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["trial"])
+    writer.writeheader()
+    writer.writerows(rows)
+    storage.write_text(path, text.getvalue())
 
 
 def format_table(rows: list[dict]) -> str:

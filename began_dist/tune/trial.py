@@ -14,16 +14,16 @@ Each trial's run directory is SWEEP_DIR/trials/<trial_id>, with the Contract's l
 from __future__ import annotations
 
 import math
-import os
 
-from began_dist.config import to_container, validate
+from began_dist import storage
+from began_dist.config import validate
+from began_dist.launch import launch
+from began_dist.train.result import Status
 from began_dist.tune.spec import apply_params
-
-NON_FINITE = "non_finite"
 
 
 def trial_dir(sweep_dir: str, trial_id: str) -> str:
-    return os.path.join(sweep_dir, "trials", trial_id)
+    return storage.join(sweep_dir, "trials", trial_id)
 
 
 def run_trial(params: dict, base: dict, spec: dict, sweep_dir: str) -> None:
@@ -33,30 +33,18 @@ def run_trial(params: dict, base: dict, spec: dict, sweep_dir: str) -> None:
     cfg = apply_params(base, params)
     cfg.run.dir = trial_dir(sweep_dir, tune.get_context().get_trial_id())
     validate(cfg)
-    os.makedirs(cfg.run.dir, exist_ok=True)
-    error = _nested(cfg) if spec["workers_per_trial"] > 1 else _direct(cfg)
-    if error:
-        # A NaN run would only NaN again: end the trial as the worst result, with the reason.
+    if spec["workers_per_trial"] > 1:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        result = launch(cfg, callbacks=(TuneReportCallback(),), progress=False)
+    else:
+        from began_dist.tune.reporting import TuneReporter
+
+        result = launch(cfg, reporter=TuneReporter(), progress=False)
+    if result.status is Status.non_finite:
+        # A NaN run would only NaN again: end the trial as the worst result, with the reason. Tune's
+        # results are JSON, so the status travels as its value and is read back as a Status (sweep.py).
         worst = math.inf if spec["mode"] == "min" else -math.inf
-        tune.report({spec["metric"]: worst, "M": math.inf, "status": NON_FINITE, "error": error})
-
-
-def _direct(cfg) -> str:
-    from began_dist.train.loop import NonFiniteLoss, Trainer
-    from began_dist.train.reporting import TuneReporter
-
-    trainer = Trainer(to_container(cfg), TuneReporter())
-    try:
-        trainer.run(progress=False)
-    except NonFiniteLoss as error:
-        return str(error)
-    return ""
-
-
-def _nested(cfg) -> str:
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from began_dist.distributed.ray_train import run_on_ray
-
-    result = run_on_ray(cfg, callbacks=(TuneReportCallback(),))
-    return result.get("error", "") if result.get("status") == NON_FINITE else ""
+        tune.report({spec["metric"]: worst, "M": math.inf, "status": result.status.value, "error": result.message})
+    elif result.status is not Status.done:
+        raise RuntimeError(f"trial {cfg.run.dir}: {result.status.value}: {result.message}")  # Tune retries it

@@ -13,7 +13,18 @@ from typing import Optional
 
 import torch
 
-from began_dist.config import lr_schedule_params
+# Each lr-control scheme's (factor, every) when train.lr_decay_factor / lr_decay_every are unset.
+LR_CONTROL_DEFAULTS = {"m_stall": (0.5, None), "decay": (0.95, 2000), "step": (0.5, 100000), "none": (1.0, None)}
+
+
+def lr_schedule_params(train) -> tuple[float, Optional[int]]:
+    """(factor, every) for the lr-control scheme, with the scheme's defaults filled in."""
+    factor, every = LR_CONTROL_DEFAULTS[train.lr_control]
+    if train.lr_decay_factor is not None:
+        factor = train.lr_decay_factor
+    if train.lr_decay_every is not None:
+        every = train.lr_decay_every
+    return factor, every
 
 
 def balance(loss_real: torch.Tensor, loss_fake: torch.Tensor, gamma: float) -> torch.Tensor:

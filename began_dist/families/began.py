@@ -23,25 +23,13 @@ import torch
 from torch.func import functional_call
 
 from began_dist.distributed import comm
+from began_dist.families.base import Family, adam_for, frozen, memory_format_for
+from began_dist.families.equilibrium import balance, convergence, update_k
 from began_dist.models.began import build_networks
-from began_dist.objectives.equilibrium import balance, convergence, update_k
 
 log = logging.getLogger(__name__)
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def memory_format_for(device: torch.device) -> torch.memory_format:
-    """The layout of weights and activations on `device`.
-
-    channels_last on both devices: cuDNN runs NHWC convs on tensor cores without
-    transposes, and on the CPU oneDNN's NCHW path reorders every activation to a blocked
-    layout and back, so channels_last measured 1.4-3x faster per 3x3 conv (n = 64, 16 to
-    64 px, 2 cores; docs/performance.md). A device without either backend gets NCHW.
-    """
-    if device.type == "cuda" or (device.type == "cpu" and torch.backends.mkldnn.is_available()):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def reconstruction_loss(autoencoder, images: torch.Tensor) -> torch.Tensor:
@@ -110,35 +98,16 @@ class CompiledOrEager:
         return self.module(*args)
 
 
-def gan_state(family) -> dict:
-    """The Contract's checkpoint entries of a family with G, D, opt_G, opt_D and k_t."""
-    return {
-        "G": family.G.state_dict(),
-        "D": family.D.state_dict(),
-        "opt_G": family.opt_G.state_dict(),
-        "opt_D": family.opt_D.state_dict(),
-        "k_t": family.k_t.detach().cpu(),
-    }
-
-
-def load_gan_state(family, state: dict) -> None:
-    family.G.load_state_dict(state["G"])
-    family.D.load_state_dict(state["D"])
-    family.opt_G.load_state_dict(state["opt_G"])
-    family.opt_D.load_state_dict(state["opt_D"])
-    family.k_t = state["k_t"].to(family.device)
-
-
-class BeganFamily:
+class BeganFamily(Family):
+    name = "began"
     latents_per_step_by_order = {"alternating": 2, "simultaneous": 1}
 
     def __init__(self, cfg, device: torch.device):
-        self.device = device
+        super().__init__(cfg, device)
         self.gamma, self.lambda_k = float(cfg.train.gamma), float(cfg.train.lambda_k)
         self.order = cfg.train.update_order
         self.latents_per_step = self.latents_per_step_by_order[self.order]
         self.latent_size = cfg.model.nz
-        self.vanishing_residual, self.residual_steps = cfg.model.vanishing_residual, cfg.model.residual_steps
         self.memory_format = memory_format_for(device)
         self.compile = bool(cfg.train.compile)
         self.G, self.D = (net.to(device, memory_format=self.memory_format) for net in build_networks(cfg.model))
@@ -147,9 +116,7 @@ class BeganFamily:
         # neither all-reduces nor waits for gradients it will never get.
         self.G_train, self.D_train = self.G, self.D
         self._build_calls()
-        adam = dict(lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
-        self.opt_G = torch.optim.Adam(self.G.parameters(), **adam)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), **adam)
+        self.opt_G, self.opt_D = adam_for(cfg.train, self.G, self.D)
         self.optimizers = (self.opt_G, self.opt_D)
         self.k_t = torch.zeros((), device=device)  # k_0 = 0
         self.autocast_dtype = AUTOCAST_DTYPES[cfg.train.precision]
@@ -203,14 +170,11 @@ class BeganFamily:
 
     def _g_phase(self, z_G: torch.Tensor) -> torch.Tensor:
         """(2) G step: minimise L_G = L(G(z_G)); D is frozen, so no D weight gradients are computed."""
-        self.D.requires_grad_(False)
-        try:
+        with frozen(self.D):
             with self._autocast():
                 loss_G = reconstruction_loss(self._D_frozen, self._G_train(z_G))
             self.opt_G.zero_grad(set_to_none=True)
             self.scaler.scale(loss_G).backward()
-        finally:
-            self.D.requires_grad_(True)
         return loss_G.detach()
 
     def _simultaneous(self, real: torch.Tensor, z: torch.Tensor):
@@ -244,32 +208,17 @@ class BeganFamily:
             "balance": balance(loss_real, loss_G, self.gamma),
         }
 
-    # -- distribution, schedules, sampling, checkpoints ----------------------------------
+    # -- distribution, checkpoints (schedules, sampling: base.Family) ---------------------
     def distribute(self, wrap) -> None:
         """Train through `wrap(network)` (e.g. DDP), one wrapper per network."""
         self.G_train, self.D_train = wrap(self.G), wrap(self.D)
         self._build_calls()
 
-    def set_step(self, step: int) -> None:
-        if self.vanishing_residual:
-            carry = max(0.0, 1.0 - step / self.residual_steps)
-            self.G.set_carry(carry)
-            self.D.set_carry(carry)
-
-    @torch.no_grad()
-    def generate(self, z: torch.Tensor) -> torch.Tensor:
-        return self.G(z.to(self.device))
-
-    @torch.no_grad()
-    def image_panels(self, real: torch.Tensor, fixed_z: torch.Tensor) -> dict[str, torch.Tensor]:
-        fake = self.generate(fixed_z)
-        return {"G_fixed": fake, "D_real": self.D(real), "D_fake": self.D(fake)}
-
     def state_dict(self) -> dict:
         scaler = {"scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {}
-        return {**gan_state(self), **scaler}
+        return {**super().state_dict(), **scaler}
 
     def load_state_dict(self, state: dict) -> None:
-        load_gan_state(self, state)
+        super().load_state_dict(state)
         if self.scaler.is_enabled() and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])

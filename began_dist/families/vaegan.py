@@ -25,7 +25,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from began_dist.config import ConfigError
+from began_dist.config.validate import positive
 from began_dist.distributed import comm
+from began_dist.families.base import Family, adam_for, frozen
 from began_dist.models.vaegan import build_vaegan
 
 EDGE = 1e-6  # keeps erfinv finite at u = -1
@@ -50,9 +53,37 @@ def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
-class VaeganFamily:
+def validate_vaegan(cfg) -> None:
+    """model.family=vaegan's refusals (called through the config layer's family registry)."""
+    for key in ("feature_weight", "kl_weight"):
+        value = cfg.train.vaegan[key]
+        if not 0.0 <= value < math.inf:
+            raise ConfigError(f"train.vaegan.{key}={value}: must be >= 0 and finite")
+    positive(cfg, "train.vaegan.g_steps")
+
+
+class VaeganFamily(Family):
+    name = "vaegan"
+    # Seed 002's recipe (Adam 2e-4, beta1 0.5, batch 64, Nz 100), applied under the user's values
+    # so a run's config.yaml states them.
+    config_defaults = {
+        "model": {"nz": 100, "output": "tanh"},
+        "train": {"lr": 2.0e-4, "beta1": 0.5, "batch_size": 64, "lr_control": "none"},
+    }
+    config_sections = ("model.vaegan", "train.vaegan")
+    meaningless_keys = (
+        "model.nh",
+        "model.vanishing_residual",
+        "model.residual_steps",
+        "train.gamma",
+        "train.lambda_k",
+        "train.update_order",
+        "train.compile",
+        "train.precision",
+    )
+    validate_config = staticmethod(validate_vaegan)
     latents_per_step = 2  # eps and z_p
-    # What the loop logs for this family (BEGAN's are the loop's defaults): stats.jsonl key -> TensorBoard tag.
+    # What the loop logs for this family (BEGAN's are base.Family's): stats.jsonl key -> TensorBoard tag.
     logged_losses = ("L_pix", "L_kl", "L_feat", "L_E", "L_GAN", "L_G", "L_D")
     scalar_tags = {key: f"loss/{key}" for key in logged_losses}
     progress_keys = ("L_pix", "L_kl", "L_D")
@@ -60,17 +91,14 @@ class VaeganFamily:
     replicated_networks = ("E", "G", "D")
 
     def __init__(self, cfg, device: torch.device):
-        self.device = device
+        super().__init__(cfg, device)
         self.latent_size = cfg.model.nz
         self.tanh_z = bool(cfg.model.vaegan.tanh_z)
         v = cfg.train.vaegan
         self.feature_weight, self.kl_weight, self.g_steps = float(v.feature_weight), float(v.kl_weight), v.g_steps
         self.E, self.G, self.D = (net.to(device) for net in build_vaegan(cfg.model))
         self.E_train, self.G_train, self.D_train = self.E, self.G, self.D  # DDP wrappers after `distribute`
-        adam = dict(lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
-        self.opt_E = torch.optim.Adam(self.E.parameters(), **adam)
-        self.opt_G = torch.optim.Adam(self.G.parameters(), **adam)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), **adam)
+        self.opt_E, self.opt_G, self.opt_D = adam_for(cfg.train, self.E, self.G, self.D)
         self.optimizers = (self.opt_G, self.opt_D, self.opt_E)
 
     # -- latents --------------------------------------------------------------------------
@@ -122,7 +150,7 @@ class VaeganFamily:
 
     def _e_phase(self, real: torch.Tensor, real_features: torch.Tensor, eps: torch.Tensor):
         """(3) E step: kl_weight L_kl + L_feat through the frozen G and D."""
-        with frozen(self.G), frozen(self.D):
+        with frozen(self.G, self.D):
             mu, logvar = self.E_train(real)
             reconstruction = self.G(self._squash(mu + (0.5 * logvar).exp() * eps))
             loss_kl = kl_loss(mu, logvar)
@@ -141,6 +169,9 @@ class VaeganFamily:
     def set_step(self, step: int) -> None:
         """No step-dependent schedule."""
 
+    def describe(self) -> str:
+        return f"{self.shape()}, feature weight {self.cfg.train.vaegan.feature_weight}"  # no Nh, no gamma
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """The latent of each image: the posterior mean mu (tanh(mu) with tanh_z)."""
@@ -150,6 +181,7 @@ class VaeganFamily:
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.G(z.to(self.device))
 
+    @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """G(E(x)) through the posterior mean: what the recon metric measures."""
         return self.decode(self.encode(images))
@@ -174,16 +206,3 @@ class VaeganFamily:
     def load_state_dict(self, state: dict) -> None:
         for name in ("E", "G", "D", "opt_E", "opt_G", "opt_D"):
             getattr(self, name).load_state_dict(state[name])
-
-
-class frozen:
-    """`with frozen(net):` net's weights get no gradients (activations still pass them upstream)."""
-
-    def __init__(self, network: torch.nn.Module):
-        self.network = network
-
-    def __enter__(self):
-        self.network.requires_grad_(False)
-
-    def __exit__(self, *exc):
-        self.network.requires_grad_(True)

@@ -24,11 +24,12 @@ from typing import Optional
 
 import torch
 
+from began_dist.config import ConfigError, TrainConfig
+from began_dist.config.validate import one_of
 from began_dist.distributed import comm
+from began_dist.families.base import BEGAN_SCALARS, Family, adam_for, frozen, memory_format_for
+from began_dist.families.equilibrium import balance, convergence, update_k
 from began_dist.models.multigen import build_multigen, compose, label_combinations
-from began_dist.objectives.began import gan_state, load_gan_state, memory_format_for
-from began_dist.objectives.equilibrium import balance, convergence, update_k
-from began_dist.train.logging import BEGAN_SCALARS
 
 UNIFORM_STD = 1 / math.sqrt(3)  # standard deviation of U(-1, 1)
 DIVERSITY_EPS = 1e-5
@@ -111,12 +112,54 @@ def mode_seeking(parts: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tenso
     return (1 / (ratio + DIVERSITY_EPS)).sum()
 
 
-class MultigenFamily:
+MULTIGEN_CHOICES = {
+    "model.multigen.reconstruction": ("l1", "l2"),
+    "model.multigen.latent_loss": ("l2", "l1", "mse"),
+    "model.multigen.real_code_loss": ("moments", "none"),
+    "model.multigen.composition": ("sum", "max"),
+}
+
+
+def validate_multigen(cfg) -> None:
+    """model.family=multigen's refusals (called through the config layer's family registry)."""
+    mg = cfg.model.multigen
+    one_of(cfg, MULTIGEN_CHOICES)
+    if not mg.z_sizes or any(size <= 0 for size in mg.z_sizes):
+        raise ConfigError(f"model.multigen.z_sizes={list(mg.z_sizes)}: one positive latent size per generator")
+    for key in ("shared_z", "latent_weight", "real_recon_weight", "diversity_weight"):
+        if mg[key] < 0:
+            raise ConfigError(f"model.multigen.{key}={mg[key]}: must be >= 0")
+    if cfg.data.source not in ("shapes", "shards"):
+        raise ConfigError(f"data.source={cfg.data.source}: model.family=multigen needs labelled data (shapes|shards)")
+    if cfg.train.multigen.gammas is not None:
+        _check_gammas(cfg)
+
+
+def _check_gammas(cfg) -> None:
+    """One gamma in (0, 1] per generator; train.gamma then means nothing, so it must stay at its default."""
+    gammas, count = list(cfg.train.multigen.gammas), len(cfg.model.multigen.z_sizes)
+    if len(gammas) != count:
+        raise ConfigError(
+            f"train.multigen.gammas={gammas}: needs one gamma per generator ({count}, as model.multigen.z_sizes)"
+        )
+    if not all(0.0 < gamma <= 1.0 for gamma in gammas):
+        raise ConfigError(f"train.multigen.gammas={gammas}: each must be in (0, 1]")
+    if cfg.train.gamma != TrainConfig.gamma:
+        raise ConfigError(f"train.gamma={cfg.train.gamma}: means nothing with train.multigen.gammas; leave it unset")
+
+
+class MultigenFamily(Family):
+    name = "multigen"
+    config_sections = ("model.multigen", "train.multigen")
+    # its latent is model.multigen.z_sizes, D's code the same; its step is alternating fp32 eager
+    meaningless_keys = ("model.nz", "model.nh", "train.update_order", "train.compile", "train.precision")
     latents_per_step = 2  # z_D and z_G
     needs_labels = True  # train_step takes the batch's component labels y (N, K)
 
+    validate_config = staticmethod(validate_multigen)
+
     def __init__(self, cfg, device: torch.device):
-        self.device = device
+        super().__init__(cfg, device)
         self.options = mg = cfg.model.multigen
         self.z_sizes, self.shared_z = list(mg.z_sizes), int(mg.shared_z)
         self.composition = mg.composition
@@ -128,13 +171,10 @@ class MultigenFamily:
             self.gamma = torch.tensor(list(gammas), dtype=torch.float32, device=device)
             components = {f"k_{index}": f"equilibrium/k_{index}" for index in range(len(self.z_sizes))}
             self.scalar_tags = {**BEGAN_SCALARS, **components}
-        self.vanishing_residual, self.residual_steps = cfg.model.vanishing_residual, cfg.model.residual_steps
         self.memory_format = memory_format_for(device)
         self.G, self.D = (net.to(device, memory_format=self.memory_format) for net in build_multigen(cfg.model))
         self.G_train, self.D_train = self.G, self.D  # or their DDP wrappers (`distribute`)
-        adam = dict(lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
-        self.opt_G = torch.optim.Adam(self.G.parameters(), **adam)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), **adam)
+        self.opt_G, self.opt_D = adam_for(cfg.train, self.G, self.D)
         self.optimizers = (self.opt_G, self.opt_D)
         self.k_t = torch.zeros(len(self.z_sizes) if self.per_component else (), device=device)  # k_0 = 0
 
@@ -201,8 +241,7 @@ class MultigenFamily:
         """
         mg, n = self.options, z.shape[0]
         rebuild = mg.real_recon_weight > 0
-        self.D.requires_grad_(False)
-        try:
+        with frozen(self.D):
             parts = self.G_train(torch.cat([z, real_code]) if rebuild else z)
             fake = self.compose(parts[:n], y)
             recon, code, d_parts = self.D(fake, y, with_parts=True)
@@ -215,8 +254,6 @@ class MultigenFamily:
                 loss_G = loss_G + mg.diversity_weight * mode_seeking(parts[:n], self.G.inputs(z))
             self.opt_G.zero_grad(set_to_none=True)
             loss_G.backward()
-        finally:
-            self.D.requires_grad_(True)
         return fake_term.detach(), loss_G.detach()
 
     def _equilibrium(self, real_term, fake_term, loss_D, loss_G) -> dict[str, torch.Tensor]:
@@ -241,15 +278,12 @@ class MultigenFamily:
             stats.update((f"k_{index}", k) for index, k in enumerate(self.k_t.unbind()))
         return stats
 
-    # -- distribution, schedules, sampling, checkpoints --------------------------------------
+    # -- distribution, sampling (schedules, checkpoints: base.Family) ------------------------
     def distribute(self, wrap) -> None:
         self.G_train, self.D_train = wrap(self.G), wrap(self.D)
 
-    def set_step(self, step: int) -> None:
-        if self.vanishing_residual:
-            carry = max(0.0, 1.0 - step / self.residual_steps)
-            self.G.set_carry(carry)
-            self.D.set_carry(carry)
+    def describe(self) -> str:
+        return f"{self.shape()}, gamma {self.cfg.train.gamma}"  # no bottleneck Nh: D's code is z's size
 
     def all_on(self, count: int) -> torch.Tensor:
         return torch.ones(count, len(self.z_sizes), device=self.device)
@@ -284,9 +318,3 @@ class MultigenFamily:
         fake = self.generate(fixed_z, fixed_y)
         real_y = self.all_on(len(real)) if labels is None else labels
         return {"G_fixed": fake, "D_real": self.reconstruct(real, real_y), "D_fake": self.reconstruct(fake, fixed_y)}
-
-    def state_dict(self) -> dict:
-        return gan_state(self)
-
-    def load_state_dict(self, state: dict) -> None:
-        load_gan_state(self, state)

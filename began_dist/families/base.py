@@ -1,0 +1,156 @@
+"""What a model family supplies, with BEGAN's choices as the defaults.
+
+The training loop (train/loop.py), the evaluation commands (eval/) and the config layer
+(config/) talk to a family only through the attributes and methods declared here
+(docs/design.md, "The family interface"). A family is a subclass constructed as
+`Family(cfg, device)`; defining one with a `name` registers it as `model.family=<name>`
+and registers its config rules with the config layer. Shared helpers (`frozen`,
+`adam_for`, `memory_format_for`) live here once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+from omegaconf import DictConfig
+
+from began_dist.config import register_family_rules
+
+# BEGAN's statistics: the defaults a family may replace.
+LOGGED_LOSSES = ("L_x", "L_Gz", "L_D", "L_G", "M", "balance")  # averaged over each log interval
+BEGAN_SCALARS = {  # stats.jsonl keys -> TensorBoard tags, in stats.jsonl order
+    "L_x": "loss/L_x",
+    "L_Gz": "loss/L_Gz",
+    "L_D": "loss/L_D",
+    "L_G": "loss/L_G",
+    "k_t": "equilibrium/k_t",
+    "M": "equilibrium/M",
+    "balance": "equilibrium/balance",
+}
+BEGAN_SHOWN = ("M", "k_t", "L_x")  # the progress bar shows all but the last; the log line all
+
+FAMILIES: dict[str, type[Family]] = {}  # model.family -> class, filled as each family module is imported
+
+
+class Family:
+    """A model family: its networks, optimisers, training step, checkpoint entries and what it logs."""
+
+    name: str = ""  # the model.family value; a subclass that sets it is registered
+    # -- config rules (config/validate.py reads these through its registry) ---------------------------
+    config_defaults: dict = {}  # applied over the dataclasses' defaults, under the user's file and overrides
+    config_sections: tuple[str, ...] = ()  # sections only this family reads (e.g. model.vaegan)
+    meaningless_keys: tuple[str, ...] = ()  # keys this family ignores: refused unless at their defaults
+    # -- what the loop reads ---------------------------------------------------------------------------
+    latents_per_step: int = 2  # global latent batches one step draws
+    latent_size: int  # size of one latent vector (set by __init__)
+    needs_labels: bool = False  # True: train_step(real, z, labels=y) gets the images' labels (N, K)
+    logged_losses: tuple[str, ...] = LOGGED_LOSSES  # stats averaged over each log interval
+    scalar_tags: dict[str, str] = BEGAN_SCALARS  # stats.jsonl key -> TensorBoard tag, in stats.jsonl order
+    progress_keys: tuple[str, ...] = BEGAN_SHOWN  # the stats the progress bar shows
+    lr_monitor: str = "M"  # the stat train.lr_control=m_stall watches
+    replicated_networks: tuple[str, ...] = ("G", "D")  # checkpoint entries whose weights agree across ranks
+    optimizers: tuple[torch.optim.Optimizer, ...]  # the optimisers the lr controller drives
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            FAMILIES[cls.name] = cls
+            register_family_rules(cls.name, cls)
+
+    def __init__(self, cfg: DictConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+
+    @classmethod
+    def validate_config(cls, cfg: DictConfig) -> None:
+        """The family's own refusals (ConfigError naming the field); BEGAN has none beyond the common ones."""
+
+    # -- the step and its schedules ---------------------------------------------------------------------
+    def train_step(self, real: torch.Tensor, latents: torch.Tensor, labels: Optional[torch.Tensor] = None) -> dict:
+        """One step; returns a dict of device scalars holding at least `logged_losses`."""
+        raise NotImplementedError
+
+    def distribute(self, wrap) -> None:
+        """Train through `wrap(network)` (DDP under Ray Train), one wrapper per network."""
+        raise NotImplementedError
+
+    def set_step(self, step: int) -> None:
+        """Schedules that follow the step: the vanishing-residual carry falls from 1 to 0 over
+        model.residual_steps (BEGAN paper, section 3.3)."""
+        m = self.cfg.model
+        if m.vanishing_residual:
+            carry = max(0.0, 1.0 - step / m.residual_steps)
+            self.G.set_carry(carry)
+            self.D.set_carry(carry)
+
+    # -- images ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        return self.G(z.to(self.device))
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        """R(x), what the recon metric and the report measure: BEGAN's auto-encoder D."""
+        return self.D(images.to(self.device))
+
+    @torch.no_grad()
+    def image_panels(self, real: torch.Tensor, fixed_z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named image batches for TensorBoard (images/<name>); G_fixed is also saved to samples/."""
+        fake = self.generate(fixed_z)
+        return {"G_fixed": fake, "D_real": self.D(real), "D_fake": self.D(fake)}
+
+    def describe(self) -> str:
+        """The family's part of the run's banner line (log.txt)."""
+        return f"{self.shape()} nh={self.cfg.model.nh}, gamma {self.cfg.train.gamma}"
+
+    def shape(self) -> str:
+        m = self.cfg.model
+        return f"{m.family} {m.image_size}px {m.arch} n={m.filters} nz={self.latent_size}"
+
+    # -- checkpoints: the Contract's entries G, D, opt_G, opt_D, k_t ----------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "opt_G": self.opt_G.state_dict(),
+            "opt_D": self.opt_D.state_dict(),
+            "k_t": self.k_t.detach().cpu(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        self.k_t = state["k_t"].to(self.device)
+
+
+@contextlib.contextmanager
+def frozen(*networks: torch.nn.Module):
+    """`with frozen(net):` net's weights get no gradients (activations still pass them upstream)."""
+    for network in networks:
+        network.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for network in networks:
+            network.requires_grad_(True)
+
+
+def adam_for(train: DictConfig, *networks: torch.nn.Module) -> tuple[torch.optim.Adam, ...]:
+    """One Adam per network at train.lr with (train.beta1, train.beta2)."""
+    return tuple(torch.optim.Adam(net.parameters(), lr=train.lr, betas=(train.beta1, train.beta2)) for net in networks)
+
+
+def memory_format_for(device: torch.device) -> torch.memory_format:
+    """The layout of weights and activations on `device`.
+
+    channels_last on both devices: cuDNN runs NHWC convs on tensor cores without
+    transposes, and on the CPU oneDNN's NCHW path reorders every activation to a blocked
+    layout and back, so channels_last measured 1.4-3x faster per 3x3 conv (n = 64, 16 to
+    64 px, 2 cores; docs/performance.md). A device without either backend gets NCHW.
+    """
+    if device.type == "cuda" or (device.type == "cpu" and torch.backends.mkldnn.is_available()):
+        return torch.channels_last
+    return torch.contiguous_format

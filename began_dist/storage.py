@@ -1,0 +1,300 @@
+"""Run-directory storage: every read and write of a run directory goes through here.
+
+A path is a local path or a URI (`s3://bucket/runs/x`, `gs://...`); the filesystem
+behind it is `pyarrow.fs`, the layer Ray Train itself uses for its storage_path, so
+a URI that Ray can write to, this module can too. Local paths behave as plain files
+always did here; the semantics a run needs, per operation:
+
+- `atomic_writer` / `write_bytes` / `write_text` / `save_torch`: whole-file writes
+  that a reader sees complete or not at all. Locally: a temporary file in the same
+  directory, fsynced, renamed over the final name, then the directory fsynced (POSIX
+  rename is atomic within a filesystem). On an object store: the bytes are spooled to
+  a local temporary file and uploaded in one put when the writer closes cleanly, so a
+  failed write uploads nothing (an object store shows an object only once its upload
+  completes).
+- `append_text` (log.txt, stats.jsonl, metric-*.jsonl): locally an O_APPEND write
+  per call, as a FileHandler does. Object stores cannot append: there it reads the
+  object and writes it back whole (atomic, O(size) per call). That is correct but
+  slow for a long log; the object-storage backend is expected to replace it with a
+  local spool uploaded on `flush` (rewrite-on-flush), which is why callers that
+  append often hold an `Appender` and call `flush()` at their natural sync points
+  (a checkpoint, the end of the run) rather than relying on every append landing.
+- `load_torch`: `torch.load(..., weights_only=True)` on the CPU; no code runs from a
+  checkpoint file.
+
+TensorBoard's SummaryWriter writes its event files itself, so `local_dir` hands it a
+local path. (torch's SummaryWriter goes through tensorboard's gfile, which takes
+`s3://` only with boto3 installed and S3_ENDPOINT set, and, having no append for S3,
+rewrites the whole event file on every flush; there is no gs://.)
+
+This module imports only began_dist.uris (the supported schemes): it sits in the lowest
+layer with config (docs/design.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import io
+import os
+import posixpath
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import IO, Any, Optional
+
+import pyarrow.fs as pafs
+
+from began_dist.uris import uri_scheme
+
+
+def is_uri(path: str) -> bool:
+    """True for `scheme://...` of a supported scheme (uris.SCHEMES), False for a local path.
+
+    Other schemes raise ValueError before pyarrow sees them (uris.py says why).
+    """
+    return bool(uri_scheme(str(path), "path"))
+
+
+def is_local(path: str) -> bool:
+    return not is_uri(path) or str(path).lower().startswith("file://")
+
+
+def resolve(path: str) -> str:
+    """A local path made absolute (~ expanded); a URI as given."""
+    return str(path) if is_uri(path) else os.path.abspath(os.path.expanduser(str(path)))
+
+
+def join(base: str, *parts: str) -> str:
+    """Path joining for local paths (os.path.join) and URIs (forward slashes)."""
+    if is_uri(base):
+        return posixpath.join(str(base), *parts)
+    return os.path.join(base, *parts)
+
+
+def basename(path: str) -> str:
+    return posixpath.basename(str(path).rstrip("/")) if is_uri(path) else os.path.basename(os.path.normpath(path))
+
+
+def dirname(path: str) -> str:
+    return posixpath.dirname(str(path).rstrip("/")) if is_uri(path) else os.path.dirname(os.path.abspath(path))
+
+
+def _local_path(path: str) -> str:
+    """The OS path of a local path or file:// URI."""
+    return str(path)[len("file://") :] if str(path).lower().startswith("file://") else str(path)
+
+
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) for a local path or URI."""
+    if is_local(path):
+        return pafs.LocalFileSystem(), os.path.abspath(_local_path(path))
+    return pafs.FileSystem.from_uri(str(path))
+
+
+# -- queries -------------------------------------------------------------------------------
+def _info(path: str) -> pafs.FileInfo:
+    fs, inner = filesystem(path)
+    return fs.get_file_info(inner)
+
+
+def exists(path: str) -> bool:
+    return _info(path).type != pafs.FileType.NotFound
+
+
+def isfile(path: str) -> bool:
+    return _info(path).type == pafs.FileType.File
+
+
+def isdir(path: str) -> bool:
+    return _info(path).type == pafs.FileType.Directory
+
+
+def listdir(path: str) -> list[str]:
+    """Names of the entries directly in `path` (sorted); [] when it does not exist."""
+    fs, inner = filesystem(path)
+    infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    return sorted(info.base_name for info in infos)
+
+
+def glob(directory: str, pattern: str) -> list[str]:
+    """Full paths of the entries of `directory` whose name matches the shell pattern, sorted."""
+    return [join(directory, name) for name in listdir(directory) if fnmatch.fnmatchcase(name, pattern)]
+
+
+# -- changes -------------------------------------------------------------------------------
+def makedirs(path: str) -> None:
+    """Create `path` and its parents (a no-op on object stores without directories)."""
+    if is_local(path):
+        os.makedirs(_local_path(path), exist_ok=True)
+        return
+    fs, inner = filesystem(path)
+    fs.create_dir(inner, recursive=True)
+
+
+def delete(path: str) -> None:
+    """Remove a file, or a directory with its contents; a missing path is not an error."""
+    fs, inner = filesystem(path)
+    kind = fs.get_file_info(inner).type
+    if kind == pafs.FileType.Directory:
+        fs.delete_dir(inner)
+    elif kind == pafs.FileType.File:
+        fs.delete_file(inner)
+
+
+# -- reads ---------------------------------------------------------------------------------
+def read_bytes(path: str) -> bytes:
+    if is_local(path):
+        with open(_local_path(path), "rb") as handle:
+            return handle.read()
+    fs, inner = filesystem(path)
+    try:
+        with fs.open_input_stream(inner) as stream:
+            return stream.read()
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        if not exists(path):
+            raise FileNotFoundError(f"{path}: no such file") from error
+        raise
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def open_binary(path: str) -> IO[bytes]:
+    """A readable binary file object (a local file, or the object's bytes in memory)."""
+    if is_local(path):
+        return open(_local_path(path), "rb")
+    return io.BytesIO(read_bytes(path))
+
+
+def load_torch(path: str) -> Any:
+    """torch.load on the CPU with weights_only=True: no arbitrary code runs from the file."""
+    import torch  # deferred: commands that never load a checkpoint start faster without it
+
+    with open_binary(path) as handle:
+        return torch.load(handle, map_location="cpu", weights_only=True)
+
+
+# -- writes --------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_writer(path: str) -> Iterator[IO[bytes]]:
+    """A binary file whose content appears at `path` only if the block ends without an exception.
+
+    The temporary file is `.NAME.XXXX.tmp` beside `path` (locally) or in the system's
+    temporary directory (object stores: uploaded in one put on success).
+    """
+    if is_local(path):
+        final = os.path.abspath(_local_path(path))
+        directory = os.path.dirname(final)
+        os.makedirs(directory, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(final)}.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(handle, "wb") as file:
+                yield file
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(directory)
+        return
+    with tempfile.TemporaryFile() as spool:
+        yield spool
+        spool.flush()
+        spool.seek(0)
+        fs, inner = filesystem(path)
+        with fs.open_output_stream(inner) as stream:
+            shutil.copyfileobj(spool, stream, 8 << 20)
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes(path: str, data: bytes) -> str:
+    with atomic_writer(path) as handle:
+        handle.write(data)
+    return path
+
+
+def write_text(path: str, text: str) -> str:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def save_torch(obj: Any, path: str) -> str:
+    """torch.save `obj` to `path` atomically."""
+    import torch
+
+    with atomic_writer(path) as handle:
+        torch.save(obj, handle)
+    return path
+
+
+def append_text(path: str, text: str) -> None:
+    """Append `text` to `path` (created if missing). Object stores: read, then rewrite whole."""
+    if is_local(path):
+        local = _local_path(path)
+        os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
+        with open(local, "a", encoding="utf-8") as handle:
+            handle.write(text)
+        return
+    old = read_bytes(path) if exists(path) else b""
+    write_bytes(path, old + text.encode("utf-8"))
+
+
+class Appender:
+    """Appends to one file (log.txt, stats.jsonl): the seam a spooling object-store backend fills.
+
+    Locally every `write` lands at once (as before: a crash loses nothing written);
+    `flush` is where a backend that cannot append uploads what it has gathered.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def write(self, text: str) -> None:
+        append_text(self.path, text)
+
+    def flush(self) -> None:
+        """Make every write durable at `path` (a no-op locally: writes are not buffered)."""
+
+
+def local_dir(path: str) -> str:
+    """A local directory for a tool that writes files itself (TensorBoard's SummaryWriter).
+
+    Local paths only for now: an object-store run directory has no local twin yet.
+    """
+    if not is_local(path):
+        raise ValueError(f"{path}: a tool writing its own files needs a local directory")
+    local = os.path.abspath(_local_path(path))
+    os.makedirs(local, exist_ok=True)
+    return local
+
+
+def truncate_jsonl(path: str, last_step: int) -> Optional[int]:
+    """Drop the lines of a {"step": ...} JSONL file after `last_step` (and a torn last line), atomically.
+
+    Returns the number of lines kept, or None when the file does not exist.
+    """
+    import json
+
+    if not exists(path):
+        return None
+    kept = []
+    for line in read_text(path).splitlines(keepends=True):
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        except (ValueError, KeyError):
+            continue
+    write_text(path, "".join(kept))
+    return len(kept)
