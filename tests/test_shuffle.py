@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from began_dist.data import DataError
-from began_dist.data.sampler import FeistelPermutation, GlobalBatchSampler
+from began_dist.data.sampler import FeistelPermutation, GlobalBatchSampler, LatentSource, batch_digest
 
 
 @pytest.mark.parametrize("n", [*range(1, 18), 31, 32, 33, 50, 63, 64, 65, 100, 255, 257, 1000, 4097])
@@ -85,3 +85,20 @@ def test_an_unknown_shuffle_is_refused():
     with pytest.raises(DataError, match="'feistel-v9'"):
         GlobalBatchSampler(50, 8, 0).load_state_dict({"epoch": 0, "offset": 0, "num_images": 50,
                                                       "shuffle": "feistel-v9"})
+
+
+def test_batch_digest_is_the_same_for_every_worker_count():
+    """stats.jsonl's batch_digest: each step's global images and latents, whatever the worker count."""
+    digests = {}
+    for world in (1, 2, 3):
+        for rank in range(world):
+            sampler, latents = GlobalBatchSampler(100, 12, 7, rank, world), LatentSource(7, 5, 12, rank, world)
+            steps = []
+            for _ in range(20):  # past an epoch boundary (8 batches of 12 per epoch of 100)
+                position = sampler.position
+                sampler.next_indices()
+                latents.next(2, torch.device("cpu"))
+                steps.append(batch_digest(sampler.global_batch_at(position), latents.last))
+            digests[world, rank] = steps
+    assert len({tuple(steps) for steps in digests.values()}) == 1
+    assert len(set(digests[1, 0])) == 20  # and every step differs

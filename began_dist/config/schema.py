@@ -59,6 +59,9 @@ class DataConfig:
     glyphs: int = 4096  # glyphs: number of CJK characters, from U+4E00 upwards
     font: str = ""  # glyphs: font file (.ttf/.otf/.ttc); empty = bundled Noto Sans CJK
     font_index: int = 2  # glyphs: face index inside a .ttc (Noto: 2 = Simplified Chinese)
+    prefetch: int = 2  # batches read ahead of the step in a background thread (0 = read in the step)
+    cache_dir: str = ""  # node-local cache: verified-shard records, fetched remote shards ("" = ~/.cache/began-dist)
+    cache_gb: float = 50.0  # size bound of the node-local shard cache, GB (least recently used shards go first)
     shapes: str = "square+cross,square"  # shapes: CRS classes to train on (SPEC 2), or `four` (the harder set)
 
 

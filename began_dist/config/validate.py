@@ -91,6 +91,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.path: required with data.source={d.source}")
     if d.limit < 0 or d.glyphs <= 0:
         raise ConfigError("data.limit must be >= 0 and data.glyphs > 0")
+    if d.prefetch < 0 or d.cache_gb <= 0:
+        raise ConfigError("data.prefetch must be >= 0 and data.cache_gb > 0")
     if t.precision != "fp32" and t.device == "cpu":
         raise ConfigError(f"train.precision={t.precision}: mixed precision needs train.device=cuda or auto")
 

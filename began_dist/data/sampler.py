@@ -136,6 +136,13 @@ class GlobalBatchSampler:
             indices = self._order(epoch)(np.arange(offset + self.rank * share, offset + (self.rank + 1) * share))
         return torch.from_numpy(indices.copy()), (epoch, offset + self.global_batch)
 
+    def global_batch_at(self, position: tuple[int, int]) -> np.ndarray:
+        """Every rank's image indices of the global batch at `position`, in rank order (for batch digests)."""
+        epoch, offset = position
+        if offset + self.global_batch > self.num_images:
+            epoch, offset = epoch + 1, 0
+        return self._order(epoch)(np.arange(offset, offset + self.global_batch))
+
     def next_indices(self) -> torch.Tensor:
         """This rank's image indices for the next global batch."""
         indices, (self.epoch, self.offset) = self.batch_at(self.position)
@@ -163,10 +170,11 @@ class LatentSource:
     def __init__(self, seed: int, latent_size: int, global_batch: int, rank: int = 0, world: int = 1):
         self.generator = torch.Generator().manual_seed(seed + 0x5EED)
         self.latent_size, self.global_batch, self.rank, self.world = latent_size, global_batch, rank, world
+        self.last = torch.empty(0)  # the global latents of the last draw (every rank's), for batch digests
 
     def next(self, count: int, device: torch.device) -> torch.Tensor:
         """`count` latent batches for this rank: (count, B / W, Nz)."""
-        z = torch.rand(count, self.global_batch, self.latent_size, generator=self.generator) * 2 - 1
+        z = self.last = torch.rand(count, self.global_batch, self.latent_size, generator=self.generator) * 2 - 1
         share = self.global_batch // self.world
         return z[:, self.rank * share : (self.rank + 1) * share].to(device, non_blocking=True)
 
@@ -175,6 +183,13 @@ class LatentSource:
 
     def load_state_dict(self, state: torch.Tensor) -> None:
         self.generator.set_state(state)
+
+
+def batch_digest(indices: np.ndarray, latents: torch.Tensor) -> str:
+    """A step's global batch (image indices and latents) in 16 hex digits: equal for every worker count."""
+    digest = hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes())
+    digest.update(latents.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def fixed_latents(seed: int, count: int, latent_size: int) -> torch.Tensor:

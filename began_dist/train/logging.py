@@ -18,12 +18,19 @@ from tqdm import tqdm
 from began_dist import storage
 from began_dist.images import make_grid, save_grid
 
-COMMON_SCALARS = {"lr_G": "lr/G", "lr_D": "lr/D", "images_per_s": "perf/images_per_s"}  # every family
+# every family; perf/data_wait_s: seconds per step a rank waited for its batch (mean over ranks)
+COMMON_SCALARS = {
+    "lr_G": "lr/G",
+    "lr_D": "lr/D",
+    "images_per_s": "perf/images_per_s",
+    "data_wait_s": "perf/data_wait_s",
+}
 
 
 def stats_keys(family_scalars: dict[str, str]) -> tuple[str, ...]:
-    """One stats.jsonl line's keys, in order: step, the family's stats, lr and speed, time."""
-    return ("step", *family_scalars, *COMMON_SCALARS, "time_s")
+    """One stats.jsonl line's keys, in order: step, the family's stats, lr and speed, time, and what the step
+    saw: the worker count and the digest of its global batch (images and latents; the same for any count)."""
+    return ("step", *family_scalars, *COMMON_SCALARS, "time_s", "world_size", "batch_digest")
 
 
 class _TqdmConsole(logging.Handler):

@@ -27,7 +27,8 @@ from began_dist import storage
 from began_dist.config import from_container, to_container
 from began_dist.data import build_dataset
 from began_dist.data.dataset import to_model_range
-from began_dist.data.sampler import GlobalBatchSampler, LatentSource, fixed_latents
+from began_dist.data.prefetch import Prefetcher
+from began_dist.data.sampler import GlobalBatchSampler, LatentSource, batch_digest, fixed_latents
 from began_dist.distributed import comm
 from began_dist.eval.evaluate import evaluate_family, summary, truncate_metrics
 from began_dist.eval.metrics import parse_metrics
@@ -107,6 +108,9 @@ class Trainer:
         self.dataset = build_dataset(cfg)
         self.sampler = GlobalBatchSampler(len(self.dataset), batch, seed, self.rank, self.world)
         self.latents = LatentSource(seed, self.family.latent_size, batch, self.rank, self.world)
+        # The next batches are read in a background thread while a step runs (docs/data.md, "Prefetch").
+        self.prefetch = Prefetcher(self.dataset, self.sampler, self.device, cfg.data.prefetch, self.family.needs_labels)
+        self.last_digest = ""  # batch_digest of the last logged step (stats.jsonl)
         self.lr_control = LrControl(cfg.train)
         self.fixed_z = fixed_latents(seed, FIXED_SAMPLES, self.family.latent_size)
         self.step, self.elapsed_s = 0, 0.0
@@ -206,6 +210,7 @@ class Trainer:
             log.info(f"stopped: {error}; last good checkpoint: {self.last_checkpoint}")
             raise
         finally:
+            self.prefetch.close()
             log.close()
         digests = self._replica_digests()
         log.info(f"done: {self.step} steps in {self.run_dir}")
@@ -238,11 +243,14 @@ class Trainer:
         """One training step; returns its logged losses as one device vector (no host sync)."""
         started = time.perf_counter()
         self.family.set_step(self.step)
-        indices = self.sampler.next_indices()
-        real = to_model_range(self.dataset.batch(indices), self.device)
+        position = self.sampler.position
+        batch = self.prefetch.next()
         z = self.latents.next(self.family.latents_per_step, self.device)
-        stats = self.last_stats = self.family.train_step(real, z, **self._labels(indices))
+        labels = {"labels": batch.labels} if self.family.needs_labels else {}
+        stats = self.last_stats = self.family.train_step(batch.real, z, **labels)
         self.step += 1
+        if self.step % self.cfg.train.log_every == 0 or self.step == self.cfg.train.steps:
+            self.last_digest = batch_digest(self.sampler.global_batch_at(position), self.latents.last)
         losses = torch.stack([stats[k].float() for k in self.logged])  # built once: guard and log totals
         self.guard.observe(self.step, losses)
         if self.lr_control.observe(self.step, stats[self.family.lr_monitor]):
@@ -267,7 +275,10 @@ class Trainer:
             lr_G=lr,
             lr_D=lr,
             images_per_s=steps * self.cfg.train.batch_size / max(seconds, 1e-9),
+            data_wait_s=comm.all_reduce_mean(torch.tensor(self.prefetch.take_wait_s() / steps)).item(),
             time_s=round(self.elapsed_s, 3),
+            world_size=self.world,
+            batch_digest=self.last_digest,
         )
         return record
 
