@@ -47,6 +47,9 @@ def test_two_nodes_identical_replicas_equivalent_to_one_worker_and_resume_with_o
     code, local = train_cli(*common, run_dir=tmp_path / "local")
     assert code == 0
     for ray_line, local_line in zip(stats_steps(tmp_path / "ray"), stats_steps(local)):
+        # the same global images and latents at every step, seen by 2 workers and by 1
+        assert (ray_line["world_size"], local_line["world_size"]) == (2, 1)
+        assert ray_line["batch_digest"] == local_line["batch_digest"], ray_line["step"]
         for key in ("L_x", "L_Gz", "L_D", "k_t", "M"):
             assert ray_line[key] == pytest.approx(local_line[key], rel=1e-4, abs=1e-6), (ray_line["step"], key)
     ray_G = ckpt.load_checkpoint(ckpt.latest_checkpoint(str(tmp_path / "ray")))["G"]
