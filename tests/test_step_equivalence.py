@@ -3,6 +3,9 @@
 The yardstick is benchmarks/reference_step.py (a public port's step, eager fp32 NCHW);
 every speed option (channels_last, train.compile, reduced precision on GPU) is checked
 against the plain fp32 step from the same weights and batch. Smallest models only.
+
+BEGAN_TEST_DEVICE=cuda runs the fp32, channels_last and compile checks on a GPU too
+(`benchmarks/gpu_check.py`); fp32 there means TF32 off, as the reference step is plain fp32.
 """
 
 import copy
@@ -24,6 +27,14 @@ from benchmarks.reference_step import reference_step  # noqa: E402
 
 LOSSES = ("L_x", "L_Gz", "L_D", "L_G", "k_t")
 BATCH, NZ, SIZE = 4, 8, 16
+DEVICE = os.environ.get("BEGAN_TEST_DEVICE", "cpu")
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32(monkeypatch):
+    """fp32 convs really in fp32 on Ampere+ GPUs (cuDNN's default TF32 keeps 10 mantissa bits;
+    matmuls are already fp32 by default)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
 
 
 def tiny_config(order="alternating", arch="repeat", residual=False, **train):
@@ -37,7 +48,7 @@ def tiny_config(order="alternating", arch="repeat", residual=False, **train):
     return cfg
 
 
-def make_family(cfg, device="cpu", k_t=0.3, memory_format=None) -> BeganFamily:
+def make_family(cfg, device=DEVICE, k_t=0.3, memory_format=None) -> BeganFamily:
     torch.manual_seed(0)  # the same initial weights for every family built here
     family = BeganFamily(cfg, torch.device(device))
     family.set_step(4)  # carry 0.6 when the vanishing residual is on
@@ -49,7 +60,7 @@ def make_family(cfg, device="cpu", k_t=0.3, memory_format=None) -> BeganFamily:
     return family
 
 
-def batch(device="cpu"):
+def batch(device=DEVICE):
     generator = torch.Generator().manual_seed(1)
     real = torch.rand(BATCH, 1, SIZE, SIZE, generator=generator) * 2 - 1
     z = torch.rand(2, BATCH, NZ, generator=generator) * 2 - 1
@@ -80,7 +91,9 @@ def test_our_step_matches_the_reference_step(order, arch, residual, k_t):
     opt_D = torch.optim.Adam(D.parameters(), lr=family.opt_D.defaults["lr"], betas=family.opt_D.defaults["betas"])
     real, z = batch()
     before = [p.detach().clone() for p in D.parameters()]
-    ref = reference_step(G, D, opt_G, opt_D, torch.tensor(k_t), real, z[0], z[1], family.gamma, family.lambda_k, order)
+    ref = reference_step(
+        G, D, opt_G, opt_D, torch.tensor(k_t, device=DEVICE), real, z[0], z[1], family.gamma, family.lambda_k, order
+    )
     ours = our_step(family, real, z)
     assert ref["k_t"].item() != k_t or k_t == 0.0  # k_t moved
     assert all(not torch.equal(p, q) for p, q in zip(before, D.parameters()))  # every D weight stepped
