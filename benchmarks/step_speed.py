@@ -41,6 +41,8 @@ from began_dist.models.began import build_networks  # noqa: E402
 from began_dist.objectives.began import BeganFamily  # noqa: E402
 from benchmarks.reference_step import reference_step  # noqa: E402
 
+# What every timing reads: wall time, or this process's CPU time with --clock cpu (`run`).
+clock = time.perf_counter
 NECESSARY = {"alternating": (4, 8), "simultaneous": (3, 6)}  # (x f_G, x f_D) per image
 REFERENCE = {"alternating": (4, 9), "simultaneous": (3, 9)}
 
@@ -72,6 +74,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "(bf16: torch.autocast around our step, also on the CPU)",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=("wall", "cpu"),
+        help="cpu: time in this process's CPU seconds, with --threads 1 (the one thread's running time, "
+        "nearly free of other processes' load; with more threads it counts spin-waits)",
+    )
     parser.add_argument("--profile", action="store_true", help="also profile one step of each (torch.profiler)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH as JSON")
@@ -91,10 +100,10 @@ def matmul_gflops(device: torch.device, repeats: int, n: int = 2048) -> list[flo
     samples = []
     for _ in range(repeats):
         synchronize(device)
-        start = time.perf_counter()
+        start = clock()
         a @ b
         synchronize(device)
-        samples.append(2 * n**3 / (time.perf_counter() - start) / 1e9)
+        samples.append(2 * n**3 / (clock() - start) / 1e9)
     return samples
 
 
@@ -159,15 +168,15 @@ def conv_rates(shape: tuple, device: torch.device, repeats: int) -> dict:
         fwd, bwd = [], []
         for i in range(repeats + 1):  # the first of each is a warm-up (oneDNN builds its kernels)
             synchronize(device)
-            start = time.perf_counter()
+            start = clock()
             out = conv(xi)
             synchronize(device)
-            middle = time.perf_counter()
+            middle = clock()
             torch.autograd.grad(out, params, grad_out)
             synchronize(device)
             if i:
                 fwd.append(flops / (middle - start) / 1e9)
-                bwd.append(2 * flops / (time.perf_counter() - middle) / 1e9)
+                bwd.append(2 * flops / (clock() - middle) / 1e9)
         rates[layout] = (statistics.median(fwd), statistics.median(bwd))
     return {"flops": flops, **rates}
 
@@ -359,9 +368,9 @@ def bench_one(args, device: torch.device, size: int, arch: str, order: str, ceil
     for i in range(args.repeats):
         # ref, ours, ... then ..., ours, ref: every step sees the same load on average
         for name, step in order_of_steps if i % 2 == 0 else order_of_steps[::-1]:
-            start, cpu_start = time.perf_counter(), time.process_time()
+            start, cpu_start = clock(), time.process_time()
             step()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
             cpu_times[name].append(time.process_time() - cpu_start)
     result["t_ref"], result["t_ours"] = times["ref"], times["ours"]
     result["variants"] = {
@@ -397,7 +406,7 @@ def print_table(args, summary: dict) -> None:
         f"\n{summary['machine']}\ndevice {summary['device']}, torch {torch.__version__}, {torch.get_num_threads()} "
         f"threads; batch {args.batch}, n={args.filters}, nz=nh={args.latent}, r={args.convs}, {args.channels} "
         f"channels; ours: {'NCHW' if args.nchw else 'channels_last'}{', compiled' if args.compile else ''}, "
-        f"{args.precision}"
+        f"{args.precision}; clock: {'CPU seconds' if args.clock == 'cpu' else 'wall'}"
     )
     print(
         f"matmul 2048^3 fp32: {mm:.1f} GFLOP/s median of {len(matmul)} (min {min(matmul):.1f}, "
@@ -467,6 +476,10 @@ def run(args) -> dict:
         raise SystemExit("--warmup and --repeats must be >= 1")
     if args.precision != "fp32" and device.type != "cuda":
         raise SystemExit("--precision bf16/fp16 needs a CUDA device")
+    if args.clock == "cpu" and (device.type != "cpu" or torch.get_num_threads() != 1):
+        raise SystemExit("--clock cpu needs the CPU and --threads 1")
+    global clock
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     loads = [" ".join(f"{x:.2f}" for x in os.getloadavg())]
     matmul = matmul_gflops(device, args.matmul_repeats)
     conv_cache, conv = {}, {}
