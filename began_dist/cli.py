@@ -156,11 +156,20 @@ def prepare_train(args):
         run_dir = resolve_run_dir(cfg)
         if ckpt.list_checkpoints(run_dir):
             raise ConfigError(f"run.dir={run_dir}: already has checkpoints; continue it with --resume {run_dir}")
-    if cfg.train.precision != "fp32" and cfg.train.device == "auto":
+    if cfg.train.precision != "fp32":
         import torch  # deferred: the other commands start faster without it
 
-        if not (torch.cuda.is_available() or (cfg.run.workers > 0 and cfg.run.gpus_per_worker > 0)):
-            raise ConfigError(f"train.precision={cfg.train.precision}: mixed precision needs a GPU; no CUDA device")
+        from began_dist.objectives.began import cpu_has_bf16
+
+        gpu = torch.cuda.is_available() or (cfg.run.workers > 0 and cfg.run.gpus_per_worker > 0)
+        if cfg.train.device == "cpu" or not gpu:
+            if cfg.train.precision == "fp16":
+                raise ConfigError("train.precision=fp16: mixed precision in fp16 needs a GPU; no CUDA device")
+            if not cpu_has_bf16():
+                raise ConfigError(
+                    "train.precision=bf16: no CUDA device, and this CPU has neither avx512_bf16 nor AMX "
+                    "(oneDNN would emulate bf16, slower than fp32)"
+                )
     check_source(cfg)
     check_eval_files(cfg)
     return cfg

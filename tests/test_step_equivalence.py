@@ -174,15 +174,21 @@ def test_simultaneous_gives_d_the_d_loss_gradient_and_g_the_g_loss_gradient():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
 
 
-def test_cpu_refuses_reduced_precision():
-    with pytest.raises(ConfigError, match="train.precision=bf16"):
-        load_config(None, ["train.precision=bf16", "train.device=cpu"])
+def test_cpu_refuses_fp16_and_bf16_without_native_bf16(monkeypatch):
+    with pytest.raises(ConfigError, match="train.precision=fp16"):
+        load_config(None, ["train.precision=fp16", "train.device=cpu"])
     with pytest.raises(ValueError, match="needs a CUDA device"):
         BeganFamily(tiny_config(precision="fp16"), torch.device("cpu"))
-    if not torch.cuda.is_available():
-        args = build_parser().parse_args(["train", "train.precision=bf16", "run.dir=/nonexistent/run"])
-        with pytest.raises(ConfigError, match="mixed precision needs a GPU"):
+    if not torch.cuda.is_available():  # train.device=auto on a machine without a GPU
+        args = build_parser().parse_args(["train", "train.precision=fp16", "run.dir=/nonexistent/a"])
+        with pytest.raises(ConfigError, match="fp16 needs a GPU"):
             prepare_train(args)
+    monkeypatch.setattr(began, "cpu_has_bf16", lambda: False)  # an AVX2 CPU
+    with pytest.raises(ValueError, match="bf16 on a CPU with avx512_bf16"):
+        BeganFamily(tiny_config(precision="bf16"), torch.device("cpu"))
+    args = build_parser().parse_args(["train", "train.precision=bf16", "train.device=cpu", "run.dir=/nonexistent/b"])
+    with pytest.raises(ConfigError, match="neither avx512_bf16 nor AMX"):
+        prepare_train(args)
 
 
 def test_compile_and_fp32_are_accepted_by_the_cli(tmp_path):
@@ -190,13 +196,19 @@ def test_compile_and_fp32_are_accepted_by_the_cli(tmp_path):
     assert prepare_train(args).train.compile is True
 
 
-@pytest.mark.cuda
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize(
+    "device,precision",
+    [
+        pytest.param("cuda", "bf16", marks=pytest.mark.cuda),
+        pytest.param("cuda", "fp16", marks=pytest.mark.cuda),
+        pytest.param("cpu", "bf16", marks=pytest.mark.skipif(not began.cpu_has_bf16(), reason="no avx512_bf16 or AMX")),
+    ],
+)
 @pytest.mark.parametrize("order", ["alternating", "simultaneous"])
-def test_reduced_precision_is_close_to_fp32(precision, order):
-    low = make_family(tiny_config(order, precision=precision), device="cuda")
-    full = make_family(tiny_config(order), device="cuda")
-    real, z = batch("cuda")
+def test_reduced_precision_is_close_to_fp32(device, precision, order):
+    low = make_family(tiny_config(order, precision=precision), device=device)
+    full = make_family(tiny_config(order), device=device)
+    real, z = batch(device)
     a, b = our_step(low, real, z), our_step(full, real, z)
     for key in LOSSES:
         torch.testing.assert_close(a[key], b[key], rtol=5e-2, atol=1e-3, msg=key)
