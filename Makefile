@@ -6,8 +6,9 @@ BIN    := $(VENV)/bin
 # A CPU build of torch when the venv has none; bring your own CUDA build first to use a GPU.
 TORCH  ?= torch==2.13.0
 DEMO_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+GPU_CHECK_DIR ?= runs/gpu-check-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install demo test test-fast lint bench
+.PHONY: install demo test test-fast lint bench gpu-check
 
 $(BIN)/began-dist: setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,3 +37,8 @@ lint: install
 # Training-step speed against a plain port, same run (BENCH_ARGS="--sizes 32 --repeats 7", "--compile").
 bench: install
 	$(BIN)/python benchmarks/step_speed.py $(BENCH_ARGS)
+
+# On a lent GPU: CUDA tests, step equivalence and speed on the GPU, a Ray Train run over NCCL,
+# within 8 minutes; DIR/gpu_check.json + .txt (GPU_CHECK_ARGS="--device cpu --smoke": a CPU dry run).
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py --out $(GPU_CHECK_DIR) $(GPU_CHECK_ARGS)

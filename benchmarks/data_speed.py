@@ -156,7 +156,7 @@ def measure(readers: dict, seconds: float, rounds: int = 3) -> dict[str, tuple[f
 
 def step_rate(size: int, batch: int, steps: int) -> float:
     """Images/s one BEGAN training step consumes at this size (default model, this CPU)."""
-    from began_dist.objectives import get_family
+    from began_dist.families import get_family
 
     cfg = load_config(None, [f"model.image_size={size}", "model.channels=3", f"train.batch_size={batch}",
                              "train.device=cpu"])

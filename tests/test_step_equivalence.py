@@ -3,6 +3,9 @@
 The yardstick is benchmarks/reference_step.py (a public port's step, eager fp32 NCHW);
 every speed option (channels_last, train.compile, reduced precision on GPU) is checked
 against the plain fp32 step from the same weights and batch. Smallest models only.
+
+BEGAN_TEST_DEVICE=cuda runs the fp32, channels_last and compile checks on a GPU too
+(`benchmarks/gpu_check.py`); fp32 there means TF32 off, as the reference step is plain fp32.
 """
 
 import copy
@@ -24,6 +27,14 @@ from benchmarks.reference_step import reference_step  # noqa: E402
 
 LOSSES = ("L_x", "L_Gz", "L_D", "L_G", "k_t")
 BATCH, NZ, SIZE = 4, 8, 16
+DEVICE = os.environ.get("BEGAN_TEST_DEVICE", "cpu")
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32(monkeypatch):
+    """fp32 convs really in fp32 on Ampere+ GPUs (cuDNN's default TF32 keeps 10 mantissa bits;
+    matmuls are already fp32 by default)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
 
 
 def tiny_config(order="alternating", arch="repeat", residual=False, **train):
@@ -37,7 +48,7 @@ def tiny_config(order="alternating", arch="repeat", residual=False, **train):
     return cfg
 
 
-def make_family(cfg, device="cpu", k_t=0.3, memory_format=None) -> BeganFamily:
+def make_family(cfg, device=DEVICE, k_t=0.3, memory_format=None) -> BeganFamily:
     torch.manual_seed(0)  # the same initial weights for every family built here
     family = BeganFamily(cfg, torch.device(device))
     family.set_step(4)  # carry 0.6 when the vanishing residual is on
@@ -49,7 +60,7 @@ def make_family(cfg, device="cpu", k_t=0.3, memory_format=None) -> BeganFamily:
     return family
 
 
-def batch(device="cpu"):
+def batch(device=DEVICE):
     generator = torch.Generator().manual_seed(1)
     real = torch.rand(BATCH, 1, SIZE, SIZE, generator=generator) * 2 - 1
     z = torch.rand(2, BATCH, NZ, generator=generator) * 2 - 1
@@ -80,7 +91,9 @@ def test_our_step_matches_the_reference_step(order, arch, residual, k_t):
     opt_D = torch.optim.Adam(D.parameters(), lr=family.opt_D.defaults["lr"], betas=family.opt_D.defaults["betas"])
     real, z = batch()
     before = [p.detach().clone() for p in D.parameters()]
-    ref = reference_step(G, D, opt_G, opt_D, torch.tensor(k_t), real, z[0], z[1], family.gamma, family.lambda_k, order)
+    ref = reference_step(
+        G, D, opt_G, opt_D, torch.tensor(k_t, device=DEVICE), real, z[0], z[1], family.gamma, family.lambda_k, order
+    )
     ours = our_step(family, real, z)
     assert ref["k_t"].item() != k_t or k_t == 0.0  # k_t moved
     assert all(not torch.equal(p, q) for p, q in zip(before, D.parameters()))  # every D weight stepped
@@ -161,27 +174,38 @@ def test_simultaneous_gives_d_the_d_loss_gradient_and_g_the_g_loss_gradient():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
 
 
-def test_cpu_refuses_reduced_precision():
-    with pytest.raises(ConfigError, match="train.precision=bf16"):
-        load_config(None, ["train.precision=bf16", "train.device=cpu"])
+def test_cpu_refuses_fp16_and_bf16_without_native_bf16(monkeypatch):
+    with pytest.raises(ConfigError, match="train.precision=fp16"):
+        load_config(None, ["train.precision=fp16", "train.device=cpu"])
     with pytest.raises(ValueError, match="needs a CUDA device"):
         BeganFamily(tiny_config(precision="fp16"), torch.device("cpu"))
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="mixed precision needs a GPU"):
-            train_config(None, ["train.precision=bf16", "run.dir=/nonexistent/run"])
+    if not torch.cuda.is_available():  # train.device=auto on a machine without a GPU
+        with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+            train_config(None, ["train.precision=fp16", "run.dir=/nonexistent/a"])
+    monkeypatch.setattr(began, "cpu_has_bf16", lambda: False)  # an AVX2 CPU
+    with pytest.raises(ValueError, match="bf16 on a CPU with avx512_bf16"):
+        BeganFamily(tiny_config(precision="bf16"), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="neither avx512_bf16 nor AMX"):
+        train_config(None, ["train.precision=bf16", "train.device=cpu", "run.dir=/nonexistent/b"])
 
 
 def test_compile_and_fp32_are_accepted_by_the_cli(tmp_path):
     assert train_config(None, ["train.compile=true", f"run.dir={tmp_path / 'run'}"]).train.compile is True
 
 
-@pytest.mark.cuda
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize(
+    "device,precision",
+    [
+        pytest.param("cuda", "bf16", marks=pytest.mark.cuda),
+        pytest.param("cuda", "fp16", marks=pytest.mark.cuda),
+        pytest.param("cpu", "bf16", marks=pytest.mark.skipif(not began.cpu_has_bf16(), reason="no avx512_bf16 or AMX")),
+    ],
+)
 @pytest.mark.parametrize("order", ["alternating", "simultaneous"])
-def test_reduced_precision_is_close_to_fp32(precision, order):
-    low = make_family(tiny_config(order, precision=precision), device="cuda")
-    full = make_family(tiny_config(order), device="cuda")
-    real, z = batch("cuda")
+def test_reduced_precision_is_close_to_fp32(device, precision, order):
+    low = make_family(tiny_config(order, precision=precision), device=device)
+    full = make_family(tiny_config(order), device=device)
+    real, z = batch(device)
     a, b = our_step(low, real, z), our_step(full, real, z)
     for key in LOSSES:
         torch.testing.assert_close(a[key], b[key], rtol=5e-2, atol=1e-3, msg=key)

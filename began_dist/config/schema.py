@@ -103,7 +103,7 @@ class TrainConfig:
     eval_metrics: str = "swd,msssim,ndb,recon"  # metrics run every eval_every steps (rank 0)
     eval_n: int = 1024  # images per set (real and generated) in those evaluations
     compile: bool = False  # torch.compile the networks
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision on GPU)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision; on a CPU bf16 only, with avx512_bf16 or AMX)
     device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda
     vaegan: VaeganTrainConfig = field(default_factory=VaeganTrainConfig)  # model.family=vaegan only
     multigen: MultigenTrainConfig = field(default_factory=MultigenTrainConfig)  # model.family=multigen only

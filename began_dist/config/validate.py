@@ -93,8 +93,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("data.limit must be >= 0 and data.glyphs > 0")
     if d.prefetch < 0 or d.cache_gb <= 0:
         raise ConfigError("data.prefetch must be >= 0 and data.cache_gb > 0")
-    if t.precision != "fp32" and t.device == "cpu":
-        raise ConfigError(f"train.precision={t.precision}: mixed precision needs train.device=cuda or auto")
+    if t.precision == "fp16" and t.device == "cpu":
+        raise ConfigError("train.precision=fp16: needs train.device=cuda or auto (a CPU can use bf16)")
 
 
 def _check_family_keys(cfg: DictConfig) -> None:

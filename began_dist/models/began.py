@@ -89,6 +89,12 @@ class Encoder(CarryMixin):
         return self.fc(self.features(x))
 
 
+def _layout_of(weight: torch.Tensor) -> torch.memory_format:
+    """channels_last if a conv weight is stored so (`memory_format_for`), else NCHW."""
+    channels_last = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 class Decoder(CarryMixin):
     def __init__(
         self,
@@ -113,7 +119,9 @@ class Decoder(CarryMixin):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h0 = self.fc(z).view(-1, self.filters, BOTTLENECK, BOTTLENECK)
-        x = h0
+        # h0 in the convs' layout: with channels_last weights an NCHW h0 made every skip concat
+        # NCHW, and each conv reordered it forward and backward (docs/performance.md)
+        x = h0 = h0.contiguous(memory_format=_layout_of(self.to_image.weight))
         for s, stack in enumerate(self.stacks):
             if s > 0:
                 x = F.interpolate(x, scale_factor=2, mode="nearest")

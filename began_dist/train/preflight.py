@@ -6,7 +6,8 @@ before a run directory, a Ray cluster or a training step is touched:
 - the resume rules (`--resume`: a run directory with config.yaml and a checkpoint, the
   model unchanged, more steps than done) and the refusal of a new run in a directory
   that already has checkpoints;
-- devices: mixed precision needs a CUDA device (here, or on the workers asked for);
+- devices: fp16 needs a CUDA device (here, or on the workers asked for), bf16 a CUDA device or a CPU
+  with native bf16 (avx512_bf16 or AMX);
 - data: the source exists and is readable (`data.check_source`);
 - metrics: the names are known and their feature nets are on disk, for training's
   `train.eval_metrics` as for `began-dist eval --metrics`.
@@ -36,11 +37,21 @@ def check_metrics(text: str, field: str) -> list[str]:
 
 
 def check_devices(cfg: DictConfig) -> None:
-    if cfg.train.precision != "fp32" and cfg.train.device == "auto":
-        import torch  # deferred: the other commands start faster without it
+    if cfg.train.precision == "fp32":
+        return
+    import torch  # deferred: the other commands start faster without it
 
-        if not (torch.cuda.is_available() or (cfg.run.workers > 0 and cfg.run.gpus_per_worker > 0)):
-            raise ConfigError(f"train.precision={cfg.train.precision}: mixed precision needs a GPU; no CUDA device")
+    from began_dist.families.began import cpu_has_bf16
+
+    gpu = torch.cuda.is_available() or (cfg.run.workers > 0 and cfg.run.gpus_per_worker > 0)
+    if cfg.train.device == "cpu" or not gpu:
+        if cfg.train.precision == "fp16":
+            raise ConfigError("train.precision=fp16: mixed precision in fp16 needs a GPU; no CUDA device")
+        if not cpu_has_bf16():
+            raise ConfigError(
+                "train.precision=bf16: no CUDA device, and this CPU has neither avx512_bf16 nor AMX "
+                "(oneDNN would emulate bf16, slower than fp32)"
+            )
 
 
 def check_run(cfg: DictConfig) -> DictConfig:
