@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(decompression bombs; default Pillow's 89478485)")
     prepare.add_argument("--jobs", type=int, default=0, help="worker processes (0: auto)")
     prepare.add_argument("--limit", type=int, default=0, help="keep only the first N items (0 = all)")
+    prepare.add_argument("--workers", type=int, default=0, help="write shards as N Ray tasks on any host (0: here)")
+    prepare.add_argument("--address", default="", help="with --workers: the Ray cluster (default: a local one)")
 
     evaluate = commands.add_parser("eval", help="sample-quality metrics of checkpoints (metric-<name>.jsonl, tb/)")
     evaluate.add_argument("run_dir")
@@ -340,7 +342,12 @@ def run_prepare(args) -> int:
              "jobs", "limit", "max_pixels")
     options = prep.PrepareOptions(**{name: getattr(args, name) or prep.PrepareOptions.__dataclass_fields__[name]
                                      .default for name in names})
-    prep.prepare(args.source, args.out, options)
+    runner = None
+    if args.workers > 0:
+        from began_dist.distributed.ray_prepare import ray_runner
+
+        runner = ray_runner(args.workers, args.address)
+    prep.prepare(args.source, args.out, options, runner)
     return EXIT_OK
 
 

@@ -27,6 +27,9 @@ class ImageDataset:
     def batch(self, indices: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def follow(self, sampler) -> None:
+        """Read ahead of `sampler`'s position where that helps (remote shards: fetch them); else nothing."""
+
 
 class InMemoryDataset(ImageDataset):
     """Images held as one uint8 tensor (N, C, H, W): the built-in sources."""

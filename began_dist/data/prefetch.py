@@ -57,6 +57,7 @@ class Prefetcher:
         self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
         self._expected: Optional[tuple] = None
         self.wait_s = 0.0
+        dataset.follow(sampler)  # remote shards: fetched into the node cache in the order the sampler needs them
 
     def _where(self) -> tuple:
         s = self.sampler

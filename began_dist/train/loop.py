@@ -106,6 +106,7 @@ class Trainer:
         self.family.distribute(lambda network: comm.wrap_ddp(network, self.device))
         self.dataset = build_dataset(cfg)
         self.sampler = GlobalBatchSampler(len(self.dataset), batch, seed, self.rank, self.world)
+        self.dataset.follow(self.sampler)  # remote shards: fetched ahead in the order the sampler reads them
         self.latents = LatentSource(seed, self.family.latent_size, batch, self.rank, self.world)
         self.lr_control = LrControl(cfg.train)
         self.fixed_z = fixed_latents(seed, FIXED_SAMPLES, self.family.latent_size)
