@@ -197,3 +197,14 @@ def test_prepare_with_two_ray_workers_writes_the_same_shards_into_the_store(stor
 def test_prepare_refuses_an_out_in_the_store_that_holds_a_dataset(store, remote, capsys):
     assert prepare(store(f"crs-{remote[1]}"), format_name=remote[1]) == 2
     assert "already holds a dataset" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("remote", ["arrow"], indirect=True)
+def test_a_sweep_keeps_an_s3_data_path(remote):
+    """Tune trials read the same URI (local paths are made absolute for the trial directories)."""
+    from began_dist.tune.spec import load_spec
+    from began_dist.tune.sweep import trial_base
+
+    spec, base = load_spec(os.path.join(os.path.dirname(__file__), "..", "tune", "smoke.yaml"),
+                           ["data.source=shards", f"data.path={remote[0]}"])
+    assert trial_base(spec, base).data.path == remote[0]
