@@ -30,12 +30,29 @@ shards and a CelebA-like JPEG folder, with and without `Prefetcher`.
 `startup` (opt-in; writes `--startup-gb` of Arrow shards to a temp dir): seconds from
 opening the dataset to the first batch, with an empty verified-shard record (every shard
 hashed) and with the record in place (stat only).
+
+`remote`: s3:// shards through the node cache, from moto's S3 server on 127.0.0.1 (a
+separate process; `pip install -e .[testbed]`): opening the dataset (manifest and
+listing), then one epoch of random global batches from an empty cache (every shard
+fetched and verified on first need) and again with the cache warm (a new reader), beside
+the same shards on local disk; images/s and MB/s of shard data over the epoch. No link
+cap: the loopback, so this measures the cache's own overhead, not a network.
+
+`prepare`: `began-dist prepare` images/s of a PNG folder (decode, crop, resize, write) in
+one process and as Ray tasks with `--workers` 1 and 2 on a local Ray cluster (started,
+and two workers warmed up, outside the timing).
+
+Needs cluster/testbed (not implemented yet): `s3://` read throughput and steps/s with the
+host's link capped at 1 Gbit/s and 100 Mbit/s (`cluster/testbed limit`), cold and warm
+cache; `prepare` images/s on 1 vs 2 testbed hosts.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -169,8 +186,8 @@ def step_rate(size: int, batch: int, steps: int) -> float:
     return steps * batch / (time.perf_counter() - started)
 
 
-ROWS = ("read", "shuffle", "prefetch", "startup")
-DEFAULT_ROWS = "read,shuffle,prefetch"
+ROWS = ("read", "shuffle", "prefetch", "startup", "remote", "prepare")
+DEFAULT_ROWS = "read,shuffle,prefetch,remote,prepare"
 
 
 def main() -> None:
@@ -200,6 +217,10 @@ def main() -> None:
         print_shuffle(args)
     if "startup" in rows:
         print_startup(args)
+    if "remote" in rows:
+        print_remote(args)
+    if "prepare" in rows:
+        print_prepare(args)
 
 
 def read_and_prefetch(args, rows: list[str]) -> None:
@@ -349,6 +370,111 @@ def print_startup(args) -> None:
             seconds, hashed = time.perf_counter() - started, reader.HASHED["bytes"] - hashed
             print(f"| {label:<28} | {seconds:>12.2f} s | {hashed / 1e9:>6.2f} GB |")
     print("goal: time to the first step independent of the dataset's size once verified")
+
+
+# -- remote -------------------------------------------------------------------------------------
+AWS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+       "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+class S3Server:
+    """moto's S3 server in its own process on 127.0.0.1 (so it does not share this process's GIL)."""
+
+    def __enter__(self) -> str:
+        import pyarrow.fs as pafs
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.environ.update(AWS)
+        fs = pafs.S3FileSystem(region="us-east-1", scheme="http", endpoint_override=f"127.0.0.1:{port}",
+                               allow_bucket_creation=True)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                fs.create_dir("bench")
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        return f"region=us-east-1&scheme=http&endpoint_override=127.0.0.1:{port}"
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def read_epoch(dataset, batch: int) -> float:
+    """Seconds to read one epoch of random global batches -> float32 [-1, 1]."""
+    sampler, started = GlobalBatchSampler(len(dataset), batch, seed=1), time.perf_counter()
+    for _ in range(len(dataset) // batch):
+        to_model_range(dataset.batch(sampler.next_indices()), CPU)
+    return time.perf_counter() - started
+
+
+def print_remote(args) -> None:
+    from began_dist.data import cache
+
+    with tempfile.TemporaryDirectory() as tmp, S3Server() as query:
+        source = os.path.join(tmp, "source")
+        write_folder(synthetic_images(args.images, args.size), source, ".png")
+        print(f"\nremote: {args.images} images, {args.size} px RGB, 8 shards; s3:// on moto at 127.0.0.1 (no link "
+              f"cap), one epoch of random batches of {args.batch}; load {os.getloadavg()[0]:.2f}")
+        print(f"| {'shards':<32} | {'open':>7} | {'img/s':>8} | {'MB/s':>7} | {'fetched':>8} |")
+        print(f"|{'-' * 34}|{'-' * 9}|{'-' * 10}|{'-' * 9}|{'-' * 10}|")
+        for fmt_name in ("arrow", "hdf5"):
+            local = os.path.join(tmp, fmt_name)
+            options = prep.PrepareOptions(format=fmt_name, size=args.size, shards=8, jobs=1)
+            prep.prepare(source, local, options)
+            uri = f"s3://bench/{fmt_name}?{query}"
+            prep.prepare(source, uri, options)
+            size = sum(entry["bytes"] for entry in ShardedDataset(local).manifest["shards"])
+            node = os.path.join(tmp, f"cache-{fmt_name}")
+            for label, path in ((f"{fmt_name}, local disk", local), (f"{fmt_name}, s3:// cold cache", uri),
+                                (f"{fmt_name}, s3:// warm cache", uri)):
+                fetched, started = cache.FETCHED["bytes"], time.perf_counter()
+                dataset = ShardedDataset(path, cache_dir=node)  # the manifest and a listing (local: stat)
+                opened = time.perf_counter() - started
+                seconds = read_epoch(dataset, args.batch)  # cold: every shard fetched on first need, in here
+                fetched = cache.FETCHED["bytes"] - fetched
+                print(f"| {label:<32} | {opened:>5.2f} s | {len(dataset) / seconds:>8,.0f} | "
+                      f"{size / seconds / 1e6:>7,.1f} | {fetched / 1e6:>5,.1f} MB |")
+                dataset.close()
+    print("goal (testbed, capped link): cold-cache read >= 80% of the link's rate; warm cache as fast as local disk")
+
+
+# -- prepare ------------------------------------------------------------------------------------
+def print_prepare(args) -> None:
+    import ray
+
+    from began_dist.distributed.ray_prepare import ray_runner
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "source")
+        write_folder(synthetic_images(args.images, 2 * args.size), source, ".png")
+        print(f"\nprepare: {args.images} PNG images at {2 * args.size} px -> {args.size} px Arrow, 8 shards; "
+              f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (a local Ray cluster, started untimed)")
+        print(f"| {'writer':<28} | {'img/s':>8} | {'vs 1 process':>12} |")
+        print(f"|{'-' * 30}|{'-' * 10}|{'-' * 14}|")
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False)
+        try:
+            warm = prep.PrepareOptions(size=args.size, shards=2, jobs=1, limit=4)  # start and import in 2 workers
+            prep.prepare(source, os.path.join(tmp, "warm-up"), warm, ray_runner(2))
+            base = None
+            for label, runner in (("1 process", None), ("Ray, --workers 1", ray_runner(1)),
+                                  ("Ray, --workers 2", ray_runner(2))):
+                out = os.path.join(tmp, label.replace(" ", "").replace(",", ""))
+                started = time.perf_counter()
+                prep.prepare(source, out, prep.PrepareOptions(size=args.size, shards=8, jobs=1), runner)
+                rate = args.images / (time.perf_counter() - started)
+                base = base or rate
+                print(f"| {label:<28} | {rate:>8,.0f} | {rate / base:>11.2f}x |")
+        finally:
+            ray.shutdown()
 
 
 def print_table(rows: list[tuple[str, tuple[float, float]]], step: float, args) -> None:
