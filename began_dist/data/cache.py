@@ -8,7 +8,7 @@ its size and sha256 match the manifest; the verified record gets the object's ve
 dataset. (docs/data.md, "Datasets on object storage")
 
 - **One fetch per shard per node**: the file is named by the hash of its version, and
-  the process that fetches it holds an flock on `NAME.lock`; others wait, then find the
+  the process that fetches it holds an flock on `verified/NAME.lock`; others wait, find the
   file. A restart, another Tune trial or another worker on the node reuses it. A new
   version of the object (other size or LastModified) is another name: fetched again.
 - **Size bound** (`data.cache_gb`): before a fetch, the least recently used shards are
