@@ -108,6 +108,7 @@ def test_the_driver_reads_the_manifest_and_a_listing_only(remote, node_cache):
     assert ShardedDataset(uri).label_width == 2 and cached_files(node_cache) == []
 
 
+@pytest.mark.parametrize("remote", ["arrow"], indirect=True)  # the lock is the same for both formats
 def test_two_processes_on_a_node_fetch_each_shard_once(remote, node_cache, expected):
     uri, _ = remote
     probe = ("import json, torch; from began_dist.data import ShardedDataset, cache; "
