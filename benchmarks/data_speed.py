@@ -42,9 +42,11 @@ cap: the loopback, so this measures the cache's own overhead, not a network.
 one process and as Ray tasks with `--workers` 1 and 2 on a local Ray cluster (started,
 and two workers warmed up, outside the timing).
 
-Needs cluster/testbed (not implemented yet): `s3://` read throughput and steps/s with the
-host's link capped at 1 Gbit/s and 100 Mbit/s (`cluster/testbed limit`), cold and warm
-cache; `prepare` images/s on 1 vs 2 testbed hosts.
+`testbed` (opt-in; needs cluster/testbed: root, and no other testbed up): `s3://` shards
+in the testbed's store read by host1 through its node cache with its link capped at
+1 Gbit/s and 100 Mbit/s (`cluster/testbed limit`), cold cache and warm: MB/s against the
+link's rate, images/s against what a 12 ms step at batch 64 needs. Brings a 2-host
+testbed up and always down. Not yet: steps/s of a BEGAN there, `prepare` on 1 vs 2 hosts.
 """
 
 from __future__ import annotations
@@ -186,7 +188,7 @@ def step_rate(size: int, batch: int, steps: int) -> float:
     return steps * batch / (time.perf_counter() - started)
 
 
-ROWS = ("read", "shuffle", "prefetch", "startup", "remote", "prepare")
+ROWS = ("read", "shuffle", "prefetch", "startup", "remote", "prepare", "testbed")
 DEFAULT_ROWS = "read,shuffle,prefetch,remote,prepare"
 
 
@@ -221,6 +223,8 @@ def main() -> None:
         print_remote(args)
     if "prepare" in rows:
         print_prepare(args)
+    if "testbed" in rows:
+        print_testbed(args)
 
 
 def read_and_prefetch(args, rows: list[str]) -> None:
@@ -444,6 +448,71 @@ def print_remote(args) -> None:
                       f"{size / seconds / 1e6:>7,.1f} | {fetched / 1e6:>5,.1f} MB |")
                 dataset.close()
     print("goal (testbed, capped link): cold-cache read >= 80% of the link's rate; warm cache as fast as local disk")
+
+
+# -- testbed ------------------------------------------------------------------------------------
+HOST_READ = """
+import json, os, sys, time
+sys.path.insert(0, {bench!r})
+from data_speed import read_epoch
+from began_dist.data import ShardedDataset, cache
+out = []
+for label in ("cold", "warm"):
+    started = time.perf_counter()
+    dataset = ShardedDataset({uri!r}, cache_dir={cache!r})
+    seconds = read_epoch(dataset, {batch}) + time.perf_counter() - started
+    out.append([label, len(dataset), seconds, cache.FETCHED["bytes"]])
+    dataset.close()
+print(json.dumps(out))
+"""
+
+
+def print_testbed(args) -> None:
+    import json
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+    from testbed_support import Testbed, unavailable
+
+    from began_dist import uris
+
+    reason = unavailable()
+    if reason:
+        print(f"\ntestbed: skipped ({reason})")
+        return
+    bed = Testbed()
+    bed.up(2)
+    try:
+        env = bed.status()["env"]
+        os.environ.update({key: value for key, value in env.items() if key.startswith("AWS_")})
+        with tempfile.TemporaryDirectory() as tmp:
+            source = os.path.join(tmp, "source")
+            write_folder(synthetic_images(args.images, args.size), source, ".png")
+            uri = uris.join(env["BEGAN_TESTBED_STORE"], "bench-arrow")
+            prep.prepare(source, uri, prep.PrepareOptions(size=args.size, shards=8, jobs=1))
+            size = sum(entry["bytes"] for entry in ShardedDataset(uri).manifest["shards"])
+        need = 64 / 0.012
+        print(f"\ntestbed: host1 reads {args.images} images ({size / 1e6:.1f} MB, 8 Arrow shards) from the store "
+              f"through its node cache, one epoch of random batches of {args.batch}; load {os.getloadavg()[0]:.2f}")
+        print(f"| {'link':<8} | {'cache':<5} | {'MB/s':>7} | {'of link':>7} | {'img/s':>8} | "
+              f"{'12 ms step, batch 64':>20} |")
+        print(f"|{'-' * 10}|{'-' * 7}|{'-' * 9}|{'-' * 9}|{'-' * 10}|{'-' * 22}|")
+        for rate, link in (("1gbit", 125e6), ("100mbit", 12.5e6)):
+            bed.cli("limit", "host1", rate)
+            code = HOST_READ.format(bench=os.path.dirname(os.path.abspath(__file__)), uri=uri,
+                                    cache=f"/mnt/cache-{rate}", batch=args.batch)
+            result = bed.python("host1", code, timeout=900)
+            if result.returncode:
+                raise RuntimeError(f"host1: {result.stderr[-2000:]}")
+            for label, count, seconds, _ in json.loads(result.stdout.strip().splitlines()[-1]):
+                rate_mb, images = size / seconds / 1e6, count / seconds
+                verdict = "delivers it" if images >= need else "too slow"
+                print(f"| {rate:<8} | {label:<5} | {rate_mb:>7.1f} | {rate_mb * 1e6 / link:>6.0%} | {images:>8,.0f} | "
+                      f"{verdict:>20} |")
+        bed.cli("limit", "host1", "off")
+    finally:
+        bed.down()
+    print(f"goal: cold-cache read >= 80% of the capped link's rate; a 12 ms step at batch 64 needs {need:,.0f} img/s "
+          f"({need * args.size * args.size * 3 / 1e6:,.0f} MB/s at {args.size} px RGB)")
 
 
 # -- prepare ------------------------------------------------------------------------------------
