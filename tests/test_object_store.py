@@ -108,6 +108,12 @@ def test_the_driver_reads_the_manifest_and_a_listing_only(remote, node_cache):
     assert ShardedDataset(uri).label_width == 2 and cached_files(node_cache) == []
 
 
+def test_label_rows_fetch_only_the_shards_they_need(remote, node_cache, expected):
+    dataset, rows = ShardedDataset(remote[0]), torch.tensor([3, 0, 7])  # all in shard 0
+    assert fetched_while(lambda: dataset.label_rows(rows)) == 1
+    assert dataset.label_rows(rows).tolist() == expected[1][rows.numpy()].tolist()
+
+
 @pytest.mark.parametrize("remote", ["arrow"], indirect=True)  # the lock is the same for both formats
 def test_two_processes_on_a_node_fetch_each_shard_once(remote, node_cache, expected):
     uri, _ = remote

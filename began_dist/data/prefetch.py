@@ -135,7 +135,7 @@ class Prefetcher:
 
     def _load(self, indices: torch.Tensor) -> Batch:
         images = self.dataset.batch(indices)
-        labels = self.dataset.labels[indices] if self.labels else None
+        labels = self.dataset.label_rows(indices) if self.labels else None
         if self._stream is None:
             labels = None if labels is None else labels.to(self.device)
             return Batch(indices, to_model_range(images, self.device), labels)

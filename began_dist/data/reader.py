@@ -460,6 +460,14 @@ class ShardedDataset(ImageDataset):
             self._labels = torch.from_numpy(np.concatenate(columns, axis=1))
         return self._labels
 
+    def label_rows(self, indices: torch.Tensor) -> torch.Tensor:
+        """labels[indices], gathering only these rows (remote: only their shards are fetched)."""
+        if self._labels is not None or not self.remote:
+            return self.labels[indices]
+        columns = [self.gather(name, indices).reshape(len(indices), -1).astype(np.int64)
+                   for name in self._small_labels()]
+        return torch.from_numpy(np.concatenate(columns, axis=1))
+
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.batch(torch.tensor([index]))[0]
 

@@ -261,7 +261,7 @@ class Trainer:
         the images are), else nothing."""
         if not self.needs_labels:
             return {}
-        return {"labels": self.dataset.labels[indices].to(self.device)}
+        return {"labels": self.dataset.label_rows(indices).to(self.device)}
 
     def _record(self, means: torch.Tensor, steps: int, seconds: float) -> dict:
         self.guard.check()
