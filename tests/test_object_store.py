@@ -187,7 +187,17 @@ def test_shards_are_fetched_ahead_in_the_order_the_sampler_reads_them(remote, no
     dataset.close()
 
 
-def test_prepare_with_two_ray_workers_writes_the_same_shards_into_the_store(store, tmp_path, capsys):
+def test_prepare_with_two_ray_workers_writes_the_same_shards_into_the_store(store, tmp_path, monkeypatch):
+    """A local Ray cluster of its own (its own token: ~/.ray/auth_token may be another job's meanwhile)."""
+    import secrets
+
+    from ray._raylet import Config
+
+    token = tmp_path / "ray-token"
+    token.write_text(secrets.token_hex(32))
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    Config.initialize("")  # re-read the auth settings, as tests/conftest.py's cluster does
     assert prepare(str(tmp_path / "one")) == 0
     out = store("by-ray")
     assert prepare(out, "--workers", "2") == 0
