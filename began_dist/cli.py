@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("out", nargs="?", help="output dataset directory (shapes, shapes4: OUT/train and OUT/heldout)")
     prepare.add_argument("--verify", metavar="DATASET_DIR", help="recompute the checksums of DATASET_DIR's shards")
     _prepare_options(prepare)
+    prepare.add_argument("--workers", type=int, default=0, help="write shards as N Ray tasks on any host (0: here)")
+    prepare.add_argument("--address", default="", help="with --workers: the Ray cluster (default: a local one)")
 
     evaluate = commands.add_parser("eval", help="sample-quality metrics of checkpoints (metric-<name>.jsonl, tb/)")
     evaluate.add_argument("run_dir")
@@ -276,7 +278,12 @@ def run_prepare(args) -> int:
         raise DataError("prepare: give SOURCE and OUT (or --verify DATASET_DIR)")
     options = prep.PrepareOptions(**{option.name: getattr(args, option.name)
                                      for option in dataclasses.fields(prep.PrepareOptions)})
-    prep.prepare(args.source, args.out, options)
+    runner = None
+    if args.workers > 0:
+        from began_dist.distributed.ray_prepare import ray_runner
+
+        runner = ray_runner(args.workers, args.address)
+    prep.prepare(args.source, args.out, options, runner)
     return EXIT_OK
 
 

@@ -29,3 +29,9 @@ def uri_scheme(location: str, name: str, error: type[Exception] = ValueError) ->
         what = f"scheme {scheme}://" if scheme else "'://' inside a path"
         raise error(f"{name}={location}: {what} is not supported; use a local path or {allowed}")
     return scheme
+
+
+def join(location: str, *parts: str) -> str:
+    """`location`/parts, for a local path or a URI (parts go before a URI's `?query`)."""
+    base, mark, query = location.partition("?") if "://" in location else (location, "", "")
+    return "/".join([base.rstrip("/"), *parts]) + mark + query

@@ -30,12 +30,31 @@ shards and a CelebA-like JPEG folder, with and without `Prefetcher`.
 `startup` (opt-in; writes `--startup-gb` of Arrow shards to a temp dir): seconds from
 opening the dataset to the first batch, with an empty verified-shard record (every shard
 hashed) and with the record in place (stat only).
+
+`remote`: s3:// shards through the node cache, from moto's S3 server on 127.0.0.1 (a
+separate process; `pip install -e .[testbed]`): opening the dataset (manifest and
+listing), then one epoch of random global batches from an empty cache (every shard
+fetched and verified on first need) and again with the cache warm (a new reader), beside
+the same shards on local disk; images/s and MB/s of shard data over the epoch. No link
+cap: the loopback, so this measures the cache's own overhead, not a network.
+
+`prepare`: `began-dist prepare` images/s of a PNG folder (decode, crop, resize, write) in
+one process and as Ray tasks with `--workers` 1 and 2 on a local Ray cluster (started,
+and two workers warmed up, outside the timing).
+
+`testbed` (opt-in; needs cluster/testbed: root, and no other testbed up): `s3://` shards
+in the testbed's store read by host1 through its node cache with its link capped at
+1 Gbit/s and 100 Mbit/s (`cluster/testbed limit`), cold cache and warm: MB/s against the
+link's rate, images/s against what a 12 ms step at batch 64 needs. Brings a 2-host
+testbed up and always down. Not yet: steps/s of a BEGAN there, `prepare` on 1 vs 2 hosts.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -170,8 +189,8 @@ def step_rate(size: int, batch: int, steps: int) -> float:
     return steps * batch / (time.perf_counter() - started)
 
 
-ROWS = ("read", "shuffle", "prefetch", "startup")
-DEFAULT_ROWS = "read,shuffle,prefetch"
+ROWS = ("read", "shuffle", "prefetch", "startup", "remote", "prepare", "testbed")
+DEFAULT_ROWS = "read,shuffle,prefetch,remote,prepare"
 
 
 def main() -> None:
@@ -201,6 +220,12 @@ def main() -> None:
         print_shuffle(args)
     if "startup" in rows:
         print_startup(args)
+    if "remote" in rows:
+        print_remote(args)
+    if "prepare" in rows:
+        print_prepare(args)
+    if "testbed" in rows:
+        print_testbed(args)
 
 
 def read_and_prefetch(args, rows: list[str]) -> None:
@@ -350,6 +375,176 @@ def print_startup(args) -> None:
             seconds, hashed = time.perf_counter() - started, reader.HASHED["bytes"] - hashed
             print(f"| {label:<28} | {seconds:>12.2f} s | {hashed / 1e9:>6.2f} GB |")
     print("goal: time to the first step independent of the dataset's size once verified")
+
+
+# -- remote -------------------------------------------------------------------------------------
+AWS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+       "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+class S3Server:
+    """moto's S3 server in its own process on 127.0.0.1 (so it does not share this process's GIL)."""
+
+    def __enter__(self) -> str:
+        import pyarrow.fs as pafs
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.environ.update(AWS)
+        fs = pafs.S3FileSystem(region="us-east-1", scheme="http", endpoint_override=f"127.0.0.1:{port}",
+                               allow_bucket_creation=True)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                fs.create_dir("bench")
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        return f"region=us-east-1&scheme=http&endpoint_override=127.0.0.1:{port}"
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def read_epoch(dataset, batch: int) -> float:
+    """Seconds to read one epoch of random global batches -> float32 [-1, 1]."""
+    sampler, started = GlobalBatchSampler(len(dataset), batch, seed=1), time.perf_counter()
+    for _ in range(len(dataset) // batch):
+        to_model_range(dataset.batch(sampler.next_indices()), CPU)
+    return time.perf_counter() - started
+
+
+def print_remote(args) -> None:
+    from began_dist.data import cache
+
+    with tempfile.TemporaryDirectory() as tmp, S3Server() as query:
+        source = os.path.join(tmp, "source")
+        write_folder(synthetic_images(args.images, args.size), source, ".png")
+        print(f"\nremote: {args.images} images, {args.size} px RGB, 8 shards; s3:// on moto at 127.0.0.1 (no link "
+              f"cap), one epoch of random batches of {args.batch}; load {os.getloadavg()[0]:.2f}")
+        print(f"| {'shards':<32} | {'open':>7} | {'img/s':>8} | {'MB/s':>7} | {'fetched':>8} |")
+        print(f"|{'-' * 34}|{'-' * 9}|{'-' * 10}|{'-' * 9}|{'-' * 10}|")
+        for fmt_name in ("arrow", "hdf5"):
+            local = os.path.join(tmp, fmt_name)
+            options = prep.PrepareOptions(format=fmt_name, size=args.size, shards=8, jobs=1)
+            prep.prepare(source, local, options)
+            uri = f"s3://bench/{fmt_name}?{query}"
+            prep.prepare(source, uri, options)
+            size = sum(entry["bytes"] for entry in ShardedDataset(local).manifest["shards"])
+            node = os.path.join(tmp, f"cache-{fmt_name}")
+            for label, path in ((f"{fmt_name}, local disk", local), (f"{fmt_name}, s3:// cold cache", uri),
+                                (f"{fmt_name}, s3:// warm cache", uri)):
+                fetched, started = cache.FETCHED["bytes"], time.perf_counter()
+                dataset = ShardedDataset(path, cache_dir=node)  # the manifest and a listing (local: stat)
+                opened = time.perf_counter() - started
+                seconds = read_epoch(dataset, args.batch)  # cold: every shard fetched on first need, in here
+                fetched = cache.FETCHED["bytes"] - fetched
+                print(f"| {label:<32} | {opened:>5.2f} s | {len(dataset) / seconds:>8,.0f} | "
+                      f"{size / seconds / 1e6:>7,.1f} | {fetched / 1e6:>5,.1f} MB |")
+                dataset.close()
+    print("goal (testbed, capped link): cold-cache read >= 80% of the link's rate; warm cache as fast as local disk")
+
+
+# -- testbed ------------------------------------------------------------------------------------
+HOST_READ = """
+import json, os, sys, time
+sys.path.insert(0, {bench!r})
+from data_speed import read_epoch
+from began_dist.data import ShardedDataset, cache
+out = []
+for label in ("cold", "warm"):
+    started = time.perf_counter()
+    dataset = ShardedDataset({uri!r}, cache_dir={cache!r})
+    seconds = read_epoch(dataset, {batch}) + time.perf_counter() - started
+    out.append([label, len(dataset), seconds, cache.FETCHED["bytes"]])
+    dataset.close()
+print(json.dumps(out))
+"""
+
+
+def print_testbed(args) -> None:
+    import json
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+    from testbed_support import Testbed, unavailable
+
+    from began_dist import uris
+
+    reason = unavailable()
+    if reason:
+        print(f"\ntestbed: skipped ({reason})")
+        return
+    bed = Testbed()
+    bed.up(2)
+    try:
+        env = bed.status()["env"]
+        os.environ.update({key: value for key, value in env.items() if key.startswith("AWS_")})
+        with tempfile.TemporaryDirectory() as tmp:
+            source = os.path.join(tmp, "source")
+            write_folder(synthetic_images(args.images, args.size), source, ".png")
+            uri = uris.join(env["BEGAN_TESTBED_STORE"], "bench-arrow")
+            prep.prepare(source, uri, prep.PrepareOptions(size=args.size, shards=8, jobs=1))
+            size = sum(entry["bytes"] for entry in ShardedDataset(uri).manifest["shards"])
+        need = 64 / 0.012
+        print(f"\ntestbed: host1 reads {args.images} images ({size / 1e6:.1f} MB, 8 Arrow shards) from the store "
+              f"through its node cache, one epoch of random batches of {args.batch}; load {os.getloadavg()[0]:.2f}")
+        print(f"| {'link':<8} | {'cache':<5} | {'MB/s':>7} | {'of link':>7} | {'img/s':>8} | "
+              f"{'12 ms step, batch 64':>20} |")
+        print(f"|{'-' * 10}|{'-' * 7}|{'-' * 9}|{'-' * 9}|{'-' * 10}|{'-' * 22}|")
+        for rate, link in (("1gbit", 125e6), ("100mbit", 12.5e6)):
+            bed.cli("limit", "host1", rate)
+            code = HOST_READ.format(bench=os.path.dirname(os.path.abspath(__file__)), uri=uri,
+                                    cache=f"/mnt/cache-{rate}", batch=args.batch)
+            result = bed.python("host1", code, timeout=900)
+            if result.returncode:
+                raise RuntimeError(f"host1: {result.stderr[-2000:]}")
+            for label, count, seconds, _ in json.loads(result.stdout.strip().splitlines()[-1]):
+                rate_mb, images = size / seconds / 1e6, count / seconds
+                verdict = "delivers it" if images >= need else "too slow"
+                print(f"| {rate:<8} | {label:<5} | {rate_mb:>7.1f} | {rate_mb * 1e6 / link:>6.0%} | {images:>8,.0f} | "
+                      f"{verdict:>20} |")
+        bed.cli("limit", "host1", "off")
+    finally:
+        bed.down()
+    print(f"goal: cold-cache read >= 80% of the capped link's rate; a 12 ms step at batch 64 needs {need:,.0f} img/s "
+          f"({need * args.size * args.size * 3 / 1e6:,.0f} MB/s at {args.size} px RGB)")
+
+
+# -- prepare ------------------------------------------------------------------------------------
+def print_prepare(args) -> None:
+    import ray
+
+    from began_dist.distributed.ray_prepare import ray_runner
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "source")
+        write_folder(synthetic_images(args.images, 2 * args.size), source, ".png")
+        print(f"\nprepare: {args.images} PNG images at {2 * args.size} px -> {args.size} px Arrow, 8 shards; "
+              f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (a local Ray cluster, started untimed)")
+        print(f"| {'writer':<28} | {'img/s':>8} | {'vs 1 process':>12} |")
+        print(f"|{'-' * 30}|{'-' * 10}|{'-' * 14}|")
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False)
+        try:
+            warm = prep.PrepareOptions(size=args.size, shards=2, jobs=1, limit=4)  # start and import in 2 workers
+            prep.prepare(source, os.path.join(tmp, "warm-up"), warm, ray_runner(2))
+            base = None
+            for label, runner in (("1 process", None), ("Ray, --workers 1", ray_runner(1)),
+                                  ("Ray, --workers 2", ray_runner(2))):
+                out = os.path.join(tmp, label.replace(" ", "").replace(",", ""))
+                started = time.perf_counter()
+                prep.prepare(source, out, prep.PrepareOptions(size=args.size, shards=8, jobs=1), runner)
+                rate = args.images / (time.perf_counter() - started)
+                base = base or rate
+                print(f"| {label:<28} | {rate:>8,.0f} | {rate / base:>11.2f}x |")
+        finally:
+            ray.shutdown()
 
 
 def print_table(rows: list[tuple[str, tuple[float, float]]], step: float, args) -> None:

@@ -484,7 +484,6 @@ def test_idx_header_promising_too_much_is_refused_unread(tmp_path, capsys):
 @pytest.mark.parametrize("out, message", [
     ("hdfs://namenode/data/x", "scheme hdfs:// is not supported"),
     ("mock://x", "scheme mock:// is not supported"),  # pyarrow.fs would accept this one
-    ("s3://bucket/data/x", "writes local directories only"),
 ])
 def test_prepare_out_scheme_is_checked_before_anything(tmp_path, capsys, monkeypatch, out, message):
     monkeypatch.chdir(tmp_path)

@@ -6,16 +6,14 @@ import os
 import h5py
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pytest
 import torch
 from conftest import TINY
 
 from began_dist import uris
 from began_dist.cli import main
-from began_dist.data import DataError, ShardedDataset, reader, sources
+from began_dist.data import DataError, ShardedDataset, sources
 from began_dist.data import format as fmt
-from began_dist.data.reader import verify_shards
 from began_dist.data.sampler import GlobalBatchSampler
 from began_dist.train import state as ckpt
 
@@ -75,18 +73,6 @@ def test_reader_random_access_labels_masks_and_file_uri(crs):
         assert torch.equal(dataset.label_batch("masks", order), torch.from_numpy(masks)[order])
         assert dataset.labels.tolist() == y.tolist()
     assert len(ShardedDataset(path, limit=10)) == 10
-
-
-def test_a_remote_filesystem_is_read_without_memory_maps(crs, monkeypatch):
-    """Any non-local pyarrow filesystem (s3://, gs://, ...) takes the in-memory path; a wrapped local one stands in."""
-    parent, name = os.path.split(os.path.abspath(crs[0]))
-    remote = pafs.SubTreeFileSystem(parent, pafs.LocalFileSystem())
-    monkeypatch.setattr(reader, "open_filesystem", lambda uri, key: (remote, uri.removeprefix("remote://")))
-    dataset = ShardedDataset(f"remote://{name}")
-    order = torch.randperm(COUNT, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(dataset.batch(order), crs[2][order]) and dataset.labels.tolist() == crs[3].tolist()
-    assert not any(isinstance(block["image"], np.memmap) for block in dataset._blocks)
-    assert verify_shards(f"remote://{name}")[0]["status"] == "ok"
 
 
 def test_dataloader_workers_reopen_the_files(crs):

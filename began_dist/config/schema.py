@@ -62,6 +62,7 @@ class DataConfig:
     prefetch: int = 2  # batches read ahead of the step in a background thread (0 = read in the step)
     cache_dir: str = ""  # node-local cache: verified-shard records, fetched remote shards ("" = ~/.cache/began-dist)
     cache_gb: float = 50.0  # size bound of the node-local shard cache, GB (least recently used shards go first)
+    fetch_ahead: int = 8  # remote shards fetched into the node cache ahead of use, in the sampler's order
     shapes: str = "square+cross,square"  # shapes: CRS classes to train on (SPEC 2), or `four` (the harder set)
 
 

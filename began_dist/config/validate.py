@@ -91,8 +91,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.path: required with data.source={d.source}")
     if d.limit < 0 or d.glyphs <= 0:
         raise ConfigError("data.limit must be >= 0 and data.glyphs > 0")
-    if d.prefetch < 0 or d.cache_gb <= 0:
-        raise ConfigError("data.prefetch must be >= 0 and data.cache_gb > 0")
+    if d.prefetch < 0 or d.fetch_ahead < 0 or d.cache_gb <= 0:
+        raise ConfigError("data.prefetch and data.fetch_ahead must be >= 0 and data.cache_gb > 0")
     if t.precision == "fp16" and t.device == "cpu":
         raise ConfigError("train.precision=fp16: needs train.device=cuda or auto (a CPU can use bf16)")
 

@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from began_dist.data import sources
+from began_dist.data import cache, sources
 from began_dist.data.dataset import DataError, ImageDataset, InMemoryDataset
 from began_dist.data.reader import ShardedDataset
 
@@ -21,11 +21,12 @@ def check_source(cfg) -> None:
     elif d.source == "glyphs":
         sources.load_font(d.font or sources.default_font(), d.font_index, 16)
     elif d.source == "shapes":
-        _check_labels(cfg, torch.from_numpy(shape_images(d, 16, limit=1)[1]))
+        labels = shape_images(d, 16, limit=1)[1]
+        _check_labels(cfg, None if labels is None else (labels.shape[1] if labels.ndim == 2 else 1))
     elif d.source == "shards":
-        dataset = ShardedDataset(d.path, limit=d.limit, cache_dir=cache_dir(d))
+        dataset = sharded(d)  # remote: the manifest and one listing; the data stays where it is
         _check_shards(cfg, dataset)
-        _check_labels(cfg, dataset.labels)
+        _check_labels(cfg, dataset.label_width)
     if cfg.model.channels != 1 and d.source in ("glyphs", "shapes"):
         raise DataError(f"model.channels={cfg.model.channels}: data.source={d.source} is grayscale; use 1")
 
@@ -33,6 +34,13 @@ def check_source(cfg) -> None:
 def cache_dir(d):
     """data.cache_dir where the config has it (None: began_dist.data.verified.default_cache_dir)."""
     return getattr(d, "cache_dir", None) or None
+
+
+def sharded(d) -> ShardedDataset:
+    """data.path's dataset with the node cache settings (data.cache_dir, data.cache_gb, data.fetch_ahead)."""
+    return ShardedDataset(d.path, limit=d.limit, cache_dir=cache_dir(d),
+                          cache_gb=float(getattr(d, "cache_gb", None) or cache.DEFAULT_GB),
+                          prefetch=int(getattr(d, "fetch_ahead", cache.DEFAULT_PREFETCH)))
 
 
 def _check_shards(cfg, dataset: ShardedDataset) -> None:
@@ -45,13 +53,13 @@ def _check_shards(cfg, dataset: ShardedDataset) -> None:
         )
 
 
-def _check_labels(cfg, labels) -> None:
-    """model.family=multigen: one component label per generator (y in {0, 1}^K)."""
+def _check_labels(cfg, width) -> None:
+    """model.family=multigen: one component label per generator (y in {0, 1}^K); `width`: labels per image."""
     if cfg.model.family != "multigen":
         return
     z_sizes = list(cfg.model.multigen.z_sizes)
-    if labels is None or labels.ndim != 2 or labels.shape[1] != len(z_sizes):
-        found = "none" if labels is None else f"{labels.shape[1] if labels.ndim == 2 else 1} per image"
+    if width != len(z_sizes):
+        found = "none" if width is None else f"{width} per image"
         raise DataError(f"model.multigen.z_sizes={z_sizes}: one generator per component label; the data has {found}")
 
 
@@ -67,7 +75,7 @@ def build_dataset(cfg) -> ImageDataset:
     """The dataset named by `cfg.data`, at `cfg.model.image_size` and `cfg.model.channels`."""
     d, size = cfg.data, cfg.model.image_size
     if d.source == "shards":
-        dataset = ShardedDataset(d.path, limit=d.limit, cache_dir=cache_dir(d))  # checksums once per shard version
+        dataset = sharded(d)  # checksums once per shard version; remote shards on first use, in the node cache
         _check_shards(cfg, dataset)
         _check_size(d, len(dataset), cfg.train.batch_size)
         return dataset

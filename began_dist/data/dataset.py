@@ -27,6 +27,13 @@ class ImageDataset:
     def batch(self, indices: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def label_rows(self, indices: torch.Tensor) -> torch.Tensor:
+        """labels[indices] (a dataset may read only these rows)."""
+        return self.labels[indices]
+
+    def follow(self, sampler) -> None:
+        """Read ahead of `sampler`'s position where that helps (remote shards: fetch them); else nothing."""
+
 
 class InMemoryDataset(ImageDataset):
     """Images held as one uint8 tensor (N, C, H, W): the built-in sources."""

@@ -57,6 +57,7 @@ class Prefetcher:
         self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
         self._expected: Optional[tuple] = None
         self.wait_s = 0.0
+        dataset.follow(sampler)  # remote shards: fetched into the node cache in the order the sampler needs them
 
     def _where(self) -> tuple:
         s = self.sampler
@@ -134,7 +135,7 @@ class Prefetcher:
 
     def _load(self, indices: torch.Tensor) -> Batch:
         images = self.dataset.batch(indices)
-        labels = self.dataset.labels[indices] if self.labels else None
+        labels = self.dataset.label_rows(indices) if self.labels else None
         if self._stream is None:
             labels = None if labels is None else labels.to(self.device)
             return Batch(indices, to_model_range(images, self.device), labels)

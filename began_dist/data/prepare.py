@@ -17,8 +17,10 @@ never leaves a manifest that points at a partial shard.
 from __future__ import annotations
 
 import glob
+import json
 import multiprocessing
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -26,7 +28,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.fs as pafs
 from tqdm import tqdm
 
@@ -34,6 +35,7 @@ from began_dist import uris
 from began_dist.data import format as fmt
 from began_dist.data import sources
 from began_dist.data.dataset import DataError
+from began_dist.data.reader import open_filesystem
 
 KINDS = ("folder", "celeba", "cifar10", "hdf5-flat", "glyphs", "cns", "fashion-mnist", "shapes", "shapes4")
 GRAY_KINDS = ("glyphs", "cns", "fashion-mnist", "shapes", "shapes4")  # sources that are one-channel by nature
@@ -226,12 +228,25 @@ def _count(items) -> int:
     return len(items[0]) if isinstance(items, tuple) else len(items)
 
 
-def _write_one(task: tuple) -> tuple[dict, dict]:
-    """Worker: render one shard's items and write the shard (temp name, then rename)."""
-    loader, items, kwargs, path, format_name, channels = task
+def write_one(task: tuple) -> tuple[dict, dict]:
+    """Worker (a process or a Ray task, on any host): render one shard's items and write the shard.
+
+    Its bytes depend only on the task, never on the process or host that writes it, so a
+    dataset prepared by many workers has the sha256s of one prepared by one process. A local
+    OUT gets a temp name, then a rename; an object store gets the finished file in one
+    upload (an object is visible only once complete).
+    """
+    loader, items, kwargs, out, name, format_name, channels = task
     images, labels, skipped = loader(items, **kwargs)
-    images = sources.to_channels(images, channels)
-    return fmt.write_shard(path, format_name, np.ascontiguousarray(images), labels), skipped
+    images = np.ascontiguousarray(sources.to_channels(images, channels))
+    fs, base = open_out(out)
+    if isinstance(fs, pafs.LocalFileSystem):
+        return fmt.write_shard(os.path.join(base, name), format_name, images, labels), skipped
+    with tempfile.TemporaryDirectory(prefix="began-prepare-") as tmp:
+        entry = fmt.write_shard(os.path.join(tmp, name), format_name, images, labels)
+        pafs.copy_files(os.path.join(tmp, name), f"{base}/{name}", source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=fs)
+    return entry, skipped
 
 
 def _merge_skipped(parts: list[dict]) -> dict:
@@ -246,29 +261,46 @@ def _merge_skipped(parts: list[dict]) -> dict:
     return merged
 
 
-def _clear_shards(out_dir: str) -> None:
-    for path in glob.glob(os.path.join(out_dir, "shard-*")):
-        os.remove(path)
+def open_out(out: str) -> tuple[pafs.FileSystem, str]:
+    """OUT's filesystem and path in it: a local directory, or a file://, s3:// or gs:// URI."""
+    return open_filesystem(out, "prepare OUT")
 
 
-def write_dataset(plan: Plan, out_dir: str, options: PrepareOptions, source: str) -> dict:
-    """Write the plan's shards (in parallel with --jobs), then the manifest; returns the manifest."""
-    if os.path.exists(os.path.join(out_dir, fmt.MANIFEST)):
+def _clear_shards(out: str) -> None:
+    fs, base = open_out(out)
+    for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
+        if info.base_name.startswith("shard-") and info.type == pafs.FileType.File:
+            fs.delete_file(info.path)
+
+
+def write_dataset(plan: Plan, out_dir: str, options: PrepareOptions, source: str,
+                  runner: Optional[Callable] = None) -> dict:
+    """Write the plan's shards (in parallel with --jobs, or by `runner`), then the manifest; returns it.
+
+    `runner(tasks, total, label)` runs `write_one` over the tasks elsewhere (Ray tasks: `prepare
+    --workers`) and returns their results in task order.
+    """
+    fs, base = open_out(out_dir)
+    if fs.get_file_info(f"{base}/{fmt.MANIFEST}").type != pafs.FileType.NotFound:
         raise DataError(f"prepare: {out_dir} already holds a dataset (manifest.json); choose another OUT")
     total = _count(plan.items)
     if options.shards < 1 or options.shards > total:
         raise DataError(f"--shards {options.shards}: must be in 1..{total} (the number of items)")
-    os.makedirs(out_dir, exist_ok=True)
+    fs.create_dir(base)
     _clear_shards(out_dir)  # leftovers of a crashed run: no manifest names them
     channels = options.channels or (1 if plan.kind in GRAY_KINDS else 3)
     bounds = np.linspace(0, total, options.shards + 1).round().astype(int)
     tasks = [
-        (plan.loader, _slice(plan.items, bounds[i], bounds[i + 1]), plan.kwargs,
-         os.path.join(out_dir, fmt.shard_name(i, options.format)), options.format, channels)
+        (plan.loader, _slice(plan.items, bounds[i], bounds[i + 1]), plan.kwargs, out_dir,
+         fmt.shard_name(i, options.format), options.format, channels)
         for i in range(options.shards)
     ]
+    label = f"prepare {base.rstrip('/').rsplit('/', 1)[-1]}"
     try:
-        results = _run_tasks(tasks, options.jobs or _auto_jobs(options.shards, total), total, out_dir)
+        if runner is not None:
+            results = runner(tasks, total, label)
+        else:
+            results = _run_tasks(tasks, options.jobs or _auto_jobs(options.shards, total), total, label)
         skipped = _merge_skipped([s for _, s in results])
         bad = skipped.get("bad_reasons", [])
         if bad and not options.skip_bad:
@@ -281,8 +313,17 @@ def write_dataset(plan: Plan, out_dir: str, options: PrepareOptions, source: str
     if manifest["count"] == 0:
         _clear_shards(out_dir)
         raise DataError(f"prepare: {source}: no images left to write")
-    fmt.write_manifest(out_dir, manifest)
+    _write_manifest(fs, base, manifest)
     return manifest
+
+
+def _write_manifest(fs: pafs.FileSystem, base: str, manifest: dict) -> None:
+    """The dataset's commit point, after every shard: atomic locally (fmt.write_manifest), one put on a store."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        fmt.write_manifest(base, manifest)
+        return
+    with fs.open_output_stream(f"{base}/{fmt.MANIFEST}") as stream:
+        stream.write(json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8"))
 
 
 def _auto_jobs(shards: int, items: int) -> int:
@@ -290,18 +331,18 @@ def _auto_jobs(shards: int, items: int) -> int:
     return min(shards, os.cpu_count() or 1) if items >= PARALLEL_MIN_ITEMS else 1
 
 
-def _run_tasks(tasks: list[tuple], jobs: int, total: int, out_dir: str) -> list[tuple[dict, dict]]:
-    progress = tqdm(total=total, desc=f"prepare {os.path.basename(out_dir)}", unit="img")
+def _run_tasks(tasks: list[tuple], jobs: int, total: int, label: str) -> list[tuple[dict, dict]]:
+    progress = tqdm(total=total, desc=label, unit="img")
     try:
         if jobs <= 1:
             results = []
             for task in tasks:
-                results.append(_write_one(task))
+                results.append(write_one(task))
                 progress.update(_count(task[1]))
             return results
         # spawn, not fork: the parent may hold pyarrow/torch threads, which fork does not copy safely
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_write_one, task) for task in tasks]
+            futures = [pool.submit(write_one, task) for task in tasks]
             for future, task in zip(futures, tasks):
                 future.result()
                 progress.update(_count(task[1]))
@@ -341,10 +382,13 @@ def _label_schema(plan: Plan) -> tuple[dict, dict]:
 
 
 # -- the command -----------------------------------------------------------------------------
-def prepare(source: str, out_dir: str, options: PrepareOptions) -> list[str]:
-    """Prepare SOURCE into OUT (for shapes: OUT/train and OUT/heldout); returns the dataset directories."""
+def prepare(source: str, out_dir: str, options: PrepareOptions, runner: Optional[Callable] = None) -> list[str]:
+    """Prepare SOURCE into OUT (for shapes: OUT/train and OUT/heldout); returns the dataset directories.
+
+    OUT is a local directory or a file://, s3:// or gs:// URI; `runner`: see write_dataset.
+    """
     _check_options(options)
-    out_dir = local_out(out_dir)
+    open_out(out_dir)  # refuses another scheme, or a URI pyarrow cannot open, before any work
     kind = options.kind or infer_kind(source)
     if kind not in KINDS:
         raise DataError(f"--kind {kind!r}: must be one of {', '.join(KINDS)}")
@@ -353,7 +397,7 @@ def prepare(source: str, out_dir: str, options: PrepareOptions) -> list[str]:
         for split, kinds in SHAPES_SPLITS.items():
             grid = sources.crs_grid(kinds, options.limit)
             plan = Plan(kind, load_shapes, grid, {"size": options.size}, {"shapes": kinds, "split": split})
-            written.append(_write(plan, os.path.join(out_dir, split), options, source))
+            written.append(_write(plan, uris.join(out_dir, split), options, source, runner))
         return written
     if kind == "shapes4":
         written = []
@@ -361,36 +405,21 @@ def prepare(source: str, out_dir: str, options: PrepareOptions) -> list[str]:
             items = sources.four_variants(split, options.limit or sources.FOUR_COUNT)
             info = {"shapes": list(sources.FOUR_SHAPES), "split": split, "contents": contents}
             plan = Plan(kind, load_four_shapes, items, {"size": options.size}, info)
-            written.append(_write(plan, os.path.join(out_dir, split), options, source))
+            written.append(_write(plan, uris.join(out_dir, split), options, source, runner))
         return written
     plan = plan_source(source, options, kind)
     if options.limit:
         plan.items = _slice(plan.items, 0, options.limit)
-    return [_write(plan, out_dir, options, source)]
+    return [_write(plan, out_dir, options, source, runner)]
 
 
-def _write(plan: Plan, out_dir: str, options: PrepareOptions, source: str) -> str:
-    manifest = write_dataset(plan, out_dir, options, source)
+def _write(plan: Plan, out_dir: str, options: PrepareOptions, source: str, runner: Optional[Callable]) -> str:
+    manifest = write_dataset(plan, out_dir, options, source, runner)
     skipped = manifest["skipped"]
     note = f", skipped {skipped['count']} unreadable" if skipped["count"] else ""
     if "missing_glyphs" in skipped:
         note += f", glyphs missing per font {skipped['missing_glyphs']}"
     print(f"{out_dir}: {manifest['count']} images in {len(manifest['shards'])} {options.format} shards{note}")
-    return out_dir
-
-
-def local_out(out_dir: str) -> str:
-    """OUT as a local directory: a path or a file:// URI. s3:// and gs:// are valid locations that
-    prepare cannot write yet (prepare locally, then copy); any other scheme is refused."""
-    scheme = uris.uri_scheme(out_dir, "prepare OUT", DataError)
-    if scheme == "file":
-        try:
-            return pafs.FileSystem.from_uri(out_dir)[1]
-        except (pa.ArrowException, ValueError) as error:
-            raise DataError(f"prepare OUT={out_dir}: not a local directory URI: {error}") from None
-    if scheme:
-        raise DataError(f"prepare OUT={out_dir}: prepare writes local directories only; prepare into a local "
-                        f"directory and copy it to {scheme}:// (training reads data.path={scheme}://...)")
     return out_dir
 
 

@@ -6,19 +6,25 @@ and that its schema and row count match the manifest. Any failure is a DataError
 naming the file (exit 2), so a run never silently trains on fewer images. A shard's
 sha256 is computed once per shard version on a node (began_dist/data/verified.py).
 
-Files are opened lazily, in the process that reads (never inside something
-pickled or forked): local Arrow shards are memory-mapped and read zero-copy, local
-HDF5 shards through memory maps of their uncompressed chunks. `data.path` may also
+Files are opened lazily, shard by shard, in the process that reads (never inside
+something pickled or forked): local Arrow shards are memory-mapped and read zero-copy,
+local HDF5 shards through memory maps of their uncompressed chunks. `data.path` may also
 be a file://, s3:// or gs:// URI (other schemes are refused before pyarrow.fs sees
-them); remote shards are read into memory once per process. HDF5 shards are opened
-so that they read only themselves (began_dist/data/hdf5.py).
+them): then the driver reads the manifest and one listing only, and each node fetches a
+shard once into its cache, verifies it on arrival and maps it from there
+(began_dist/data/cache.py). HDF5 shards are opened so that they read only themselves
+(began_dist/data/hdf5.py).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
+import logging
 import os
+import threading
+from collections import OrderedDict
 from typing import Optional
 
 import h5py
@@ -28,12 +34,14 @@ import pyarrow.fs as pafs
 import torch
 
 from began_dist import uris
+from began_dist.data import cache, hdf5
 from began_dist.data import format as fmt
-from began_dist.data import hdf5
 from began_dist.data.dataset import DataError, ImageDataset
 from began_dist.data.verified import VerifiedRecord, shard_version
 
 HASHED = {"files": 0, "bytes": 0}  # what this process has hashed (tests and benchmarks read it)
+POLL_S = 0.05  # how often the fetcher looks again when the shards ahead are all cached
+log = logging.getLogger(__name__)
 
 
 def open_filesystem(path: str, key: str = "data.path") -> tuple[pafs.FileSystem, str]:
@@ -123,15 +131,16 @@ def _sha256_matches(store: DatasetDir, entry: dict, info: pafs.FileInfo, record:
     return True
 
 
-def check_shard_schema(store: DatasetDir, entry: dict) -> None:
+def check_shard_schema(store: DatasetDir, entry: dict, path: Optional[str] = None) -> None:
+    """The shard's schema and row count against the manifest (`path`: a local copy of a remote shard)."""
     manifest, where = store.manifest, store.name(entry["file"])
     try:
         if manifest["format"] == "arrow":
-            reader = pa.ipc.open_file(_arrow_source(store, entry["file"]))
+            reader = pa.ipc.open_file(_arrow_source(store, entry["file"], path))
             fmt.check_arrow_schema(reader.schema, manifest, where)
             rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
         else:
-            with _hdf5_file(store, entry["file"]) as handle:
+            with _hdf5_file(store, entry["file"], path) as handle:
                 fmt.check_hdf5_layout(handle, manifest, entry["count"], where)
                 rows = handle["images"].shape[0]
     except (pa.ArrowException, OSError, KeyError) as error:
@@ -146,23 +155,29 @@ def verify_shards(path: str) -> list[dict]:
     return [{**entry, "status": shard_status(store, entry, checksums=True)} for entry in store.manifest["shards"]]
 
 
-def _arrow_source(store: DatasetDir, file: str):
-    if store.local:
-        return pa.memory_map(store.location(file), "r")
-    return store.fs.open_input_file(store.location(file))  # random access: reads what is asked for
+def _local_path(store: DatasetDir, file: str, path: Optional[str]) -> Optional[str]:
+    """Where the shard's bytes are on this node: `path` (a cached copy), the local file, or None (remote)."""
+    return path or (store.location(file) if store.local else None)
 
 
-def _hdf5_file(store: DatasetDir, file: str) -> h5py.File:
-    source = store.location(file) if store.local else io.BytesIO(store.read_bytes(file))
-    return hdf5.open_file(source, store.name(file))
+def _arrow_source(store: DatasetDir, file: str, path: Optional[str] = None):
+    local = _local_path(store, file, path)
+    if local:
+        return pa.memory_map(local, "r")
+    return store.fs.open_input_file(store.location(file))  # prepare --verify of a remote shard: random access
+
+
+def _hdf5_file(store: DatasetDir, file: str, path: Optional[str] = None) -> h5py.File:
+    local = _local_path(store, file, path)
+    return hdf5.open_file(local or io.BytesIO(store.read_bytes(file)), store.name(file))
 
 
 # -- blocks: (rows, ...) numpy views of the shards, by global row ------------------------------------
-def arrow_blocks(store: DatasetDir, file: str) -> list[dict[str, np.ndarray]]:
-    """One block per record batch: zero-copy views of the memory-mapped file."""
+def arrow_blocks(store: DatasetDir, file: str, path: Optional[str] = None) -> list[dict[str, np.ndarray]]:
+    """One block per record batch: zero-copy views of the memory-mapped file (`path`: a cached copy)."""
     m = store.manifest
     image_shape, shapes = (m["height"], m["width"], m["channels"]), m.get("label_shapes", {})
-    reader = pa.ipc.open_file(_arrow_source(store, file))
+    reader = pa.ipc.open_file(_arrow_source(store, file, path))
     blocks = []
     for i in range(reader.num_record_batches):
         batch = reader.get_batch(i)
@@ -178,11 +193,11 @@ def _column_view(column: pa.Array, item_shape: tuple) -> np.ndarray:
     return values.to_numpy(zero_copy_only=True).reshape(len(column), *item_shape)
 
 
-def hdf5_blocks(store: DatasetDir, file: str) -> list[dict[str, np.ndarray]]:
-    """One block per HDF5 chunk of images; labels sliced to match."""
-    where = store.name(file)
-    with _hdf5_file(store, file) as handle:
-        mapped = np.memmap(store.location(file), np.uint8, "r") if store.local else None
+def hdf5_blocks(store: DatasetDir, file: str, path: Optional[str] = None) -> list[dict[str, np.ndarray]]:
+    """One block per HDF5 chunk of images; labels sliced to match (`path`: a cached copy)."""
+    where, local = store.name(file), _local_path(store, file, path)
+    with _hdf5_file(store, file, path) as handle:
+        mapped = np.memmap(local, np.uint8, "r") if local else None
         images = hdf5.dataset(handle, "images", where, required=True)
         labels = {name: _hdf5_array(hdf5.dataset(handle, name, where, required=True), mapped)
                   for name in store.manifest["labels"]}
@@ -218,28 +233,53 @@ def _hdf5_array(dataset: h5py.Dataset, mapped: Optional[np.memmap]) -> np.ndarra
 
 # -- the dataset -------------------------------------------------------------------------------
 class ShardedDataset(ImageDataset):
-    """The images (and labels) of a prepared dataset directory, by global index."""
+    """The images (and labels) of a prepared dataset directory, by global index.
 
-    def __init__(self, path: str, limit: int = 0, checksums: bool = True, cache_dir: Optional[str] = None):
-        """`cache_dir`: where the node-local record of verified shards lives (None: verified.default_cache_dir)."""
-        self.path = path
+    A local dataset is checked in full here (each shard once per version, the verified
+    record). A remote one (s3://, gs://) is checked here only as far as the manifest and one
+    listing of the objects' sizes go, so the driver needs no copy of the data; each shard is
+    then fetched into the node cache when first needed, verified on arrival and
+    memory-mapped from there (began_dist/data/cache.py). `follow(sampler)` starts a
+    background fetcher that fetches the next `prefetch` shards in the order the sampler
+    will need them.
+    """
+
+    def __init__(self, path: str, limit: int = 0, checksums: bool = True, cache_dir: Optional[str] = None,
+                 cache_gb: float = cache.DEFAULT_GB, prefetch: int = cache.DEFAULT_PREFETCH):
+        """`cache_dir`: the node-local verified record and shard cache (None: verified.default_cache_dir)."""
+        self.path, self.cache_dir, self.cache_gb, self.prefetch = path, cache_dir, cache_gb, prefetch
         store = DatasetDir(path)
         manifest = self.manifest = store.manifest
+        self.remote = not store.local
         self.count = min(limit, manifest["count"]) if limit else manifest["count"]
-        record = VerifiedRecord(cache_dir) if checksums else None
-        for entry in self._shards():
-            status = shard_status(store, entry, checksums, record)
-            if status != "ok":
-                raise DataError(f"{store.name(entry['file'])}: {status}; re-run `began-dist prepare` for {path}")
+        if self.remote:
+            self._check_listing(store)
+        else:
+            record = VerifiedRecord(cache_dir) if checksums else None
+            for entry in self._shards():
+                status = shard_status(store, entry, checksums, record)
+                if status != "ok":
+                    raise DataError(f"{store.name(entry['file'])}: {status}; re-run `began-dist prepare` for {path}")
         if manifest["height"] != manifest["width"]:
             raise DataError(f"{store.name(fmt.MANIFEST)}: images must be square, not {manifest['height']}x"
                             f"{manifest['width']}")
         self.image_size, self.channels = manifest["height"], manifest["channels"]
         self.label_names = list(manifest["labels"])
-        self._blocks: Optional[list[dict[str, np.ndarray]]] = None
-        self._starts: Optional[np.ndarray] = None
-        self._pid: Optional[int] = None
+        self._shard_starts = np.cumsum([0] + [entry["count"] for entry in self._shards()])[:-1]
+        self._reset()
         self._labels: Optional[torch.Tensor] = None
+        self._follow = None
+
+    def _reset(self) -> None:
+        """Forget this process's open shards (after a fork or unpickling they belong to another process)."""
+        self._store: Optional[DatasetDir] = None
+        self._open_shards: OrderedDict[int, tuple] = OrderedDict()  # shard -> (blocks, starts, pinned, bytes)
+        self._open_bytes, self._pid = 0, os.getpid()
+        self._infos: Optional[dict] = None
+        self._cache: Optional[cache.ShardCache] = None
+        self._lock = threading.Lock()
+        self._fetcher: Optional[threading.Thread] = None
+        self._stop = threading.Event()
 
     def __len__(self) -> int:
         return self.count
@@ -249,33 +289,144 @@ class ShardedDataset(ImageDataset):
         shards, ends = self.manifest["shards"], np.cumsum([entry["count"] for entry in self.manifest["shards"]])
         return shards[: int(np.searchsorted(ends, self.count)) + 1]
 
-    def __getstate__(self) -> dict:
-        # open files and memory maps stay in the process that opened them
-        return {**self.__dict__, "_blocks": None, "_starts": None, "_pid": None}
+    def _check_listing(self, store: DatasetDir) -> dict:
+        """One listing of a remote dataset: every shard the run reads present with the manifest's size."""
+        try:
+            found = {info.base_name: info for info in store.fs.get_file_info(pafs.FileSelector(store.base))}
+        except (pa.ArrowException, OSError) as error:
+            raise DataError(f"{store.path}: cannot list the dataset's shards ({error})") from None
+        for entry in self._shards():
+            info = found.get(entry["file"])
+            if info is None or info.type != pafs.FileType.File:
+                status = "missing"
+            elif info.size != entry["bytes"]:
+                status = f"size {info.size} bytes, the manifest says {entry['bytes']} (truncated or replaced)"
+            else:
+                continue
+            raise DataError(f"{store.name(entry['file'])}: {status}; re-run `began-dist prepare` for {store.path}")
+        return found
 
-    def _open(self) -> list[dict[str, np.ndarray]]:
-        if self._blocks is None or self._pid != os.getpid():
-            store = DatasetDir(self.path)
+    def __getstate__(self) -> dict:
+        # open files, memory maps, pins and the fetcher stay in the process that opened them
+        state = {key: value for key, value in self.__dict__.items() if not key.startswith("_")}
+        return {**state, "_labels": self._labels, "_shard_starts": self._shard_starts, "_follow": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    def _context(self) -> DatasetDir:
+        if self._pid != os.getpid():
+            follow, self._follow = self._follow, None
+            self._reset()  # a forked child: the parent's maps, pins and threads are not its own
+            self.follow(follow)
+        if self._store is None:
+            self._store = DatasetDir(self.path)
+            if self.remote:
+                self._infos = self._check_listing(self._store)
+                self._cache = cache.ShardCache(self.cache_dir, self.cache_gb)
+        return self._store
+
+    def _shard(self, index: int) -> tuple:
+        """(blocks, first row of each block) of one shard, opened (and fetched) on first use."""
+        store = self._context()
+        with self._lock:  # the prefetch thread and the caller's may both read
+            if index in self._open_shards:
+                self._open_shards.move_to_end(index)
+                return self._open_shards[index]
+            entry = self.manifest["shards"][index]
+            while self.remote and self._open_shards and self._open_bytes + entry["bytes"] > self._cache.limit:
+                _, (_, _, old, size) = self._open_shards.popitem(last=False)  # unpinned: the fetch may evict it
+                old.close()
+                self._open_bytes -= size
+            pinned = self._cache.pin(store, entry, self._infos[entry["file"]]) if self.remote else None
+            path = pinned.path if pinned else None
+            if pinned:
+                check_shard_schema(store, entry, path)  # once per process: cheap, and the copy was written locally
             reader = arrow_blocks if self.manifest["format"] == "arrow" else hdf5_blocks
-            blocks = [block for entry in self._shards() if entry["count"] for block in
-                      reader(store, entry["file"])]
-            self._starts = np.cumsum([0] + [len(block["image"]) for block in blocks])[:-1]
-            self._blocks, self._pid = blocks, os.getpid()
-        return self._blocks
+            blocks = reader(store, entry["file"], path)
+            opened = (blocks, np.cumsum([0] + [len(block["image"]) for block in blocks])[:-1], pinned, entry["bytes"])
+            self._open_shards[index] = opened
+            self._open_bytes += entry["bytes"] if pinned else 0
+            return opened
+
+    # -- fetching ahead ----------------------------------------------------------------------------
+    def follow(self, sampler) -> None:
+        """Fetch the shards of the sampler's coming batches in a background thread (remote datasets only)."""
+        self._follow = sampler
+        if not self.remote or sampler is None or not self.prefetch or self._fetcher is not None:
+            return
+        self._context()
+        self._stop = threading.Event()
+        self._fetcher = threading.Thread(target=self._fetch_ahead, args=(copy.copy(sampler), self._stop),
+                                         name="began-dist-fetch", daemon=True)
+        self._fetcher.start()
+
+    def upcoming_shards(self, cursor, position: tuple[int, int], count: int, batches: int = 256) -> list[int]:
+        """The first `count` distinct shards the batches from `position` read, in the order they are first read."""
+        order: dict[int, None] = {}
+        for _ in range(batches):
+            indices, position = cursor.batch_at(position)
+            which = np.searchsorted(self._shard_starts, indices.numpy(), side="right") - 1
+            _, first = np.unique(which, return_index=True)
+            order.update((int(shard), None) for shard in which[np.sort(first)])
+            if len(order) >= count:
+                break
+        return list(order)[:count]
+
+    def _fetch_ahead(self, cursor, stop: threading.Event) -> None:
+        """Fetch the first not yet cached of the next `prefetch` shards, again and again, following the sampler."""
+        store, done, shards = self._store, set(), len(self._shards())
+        while not stop.is_set() and len(done) < shards:  # all fetched once: the cache and the reader take over
+            try:
+                coming = self.upcoming_shards(cursor, self._follow.position, self.prefetch)
+                todo = [shard for shard in coming if shard not in done]
+                if not todo:
+                    stop.wait(POLL_S)
+                    continue
+                entry = self.manifest["shards"][todo[0]]
+                info = self._infos[entry["file"]]
+                version = self._cache.version(store, entry, info)
+                self._cache.fetch(store, entry, version, self._cache.path(version, entry["file"]))
+                done.add(todo[0])
+            except Exception as error:  # noqa: BLE001 - the reader fetches it again itself and raises there
+                log.info("%s: fetching ahead stopped: %s", self.path, error)
+                return
+
+    def close(self) -> None:
+        """Stop the fetcher and unpin every shard (they may be evicted from then on)."""
+        self._stop.set()
+        if self._fetcher is not None:
+            self._fetcher.join(timeout=60)
+            self._fetcher = None
+        with self._lock:
+            for _, _, pinned, _ in self._open_shards.values():
+                if pinned:
+                    pinned.close()
+            self._open_shards.clear()
+            self._open_bytes = 0
 
     def gather(self, name: str, indices, channels_first: bool = False) -> np.ndarray:
         """Column `name` ('image' or a label) of the images at `indices`, as one numpy array;
         `channels_first` turns (N, H, W, C) images into (N, C, H, W) in the same copy."""
-        blocks, index = self._open(), np.asarray(indices, dtype=np.int64).reshape(-1)
+        index = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(index) and (index.min() < 0 or index.max() >= self.count):
             raise IndexError(f"index out of range 0..{self.count - 1}")
-        which = np.searchsorted(self._starts, index, side="right") - 1
-        item_shape = blocks[0][name].shape[1:]
+        m = self.manifest
+        item_shape = (m["height"], m["width"], m["channels"]) if name == "image" else tuple(
+            m.get("label_shapes", {}).get(name, ()))
         axes = (0, 3, 1, 2) if channels_first else tuple(range(1 + len(item_shape)))
-        out = np.empty((len(index), *(item_shape[a - 1] for a in axes[1:])), blocks[0][name].dtype)
-        for block in np.unique(which):
-            rows = np.nonzero(which == block)[0]
-            out[rows] = blocks[block][name][index[rows] - self._starts[block]].transpose(axes)
+        dtype = np.uint8 if name == "image" else np.dtype(m["labels"][name])
+        out = np.empty((len(index), *(item_shape[a - 1] for a in axes[1:])), dtype)
+        which = np.searchsorted(self._shard_starts, index, side="right") - 1
+        for shard in np.unique(which):
+            rows = np.nonzero(which == shard)[0]
+            blocks, starts, _, _ = self._shard(int(shard))
+            local = index[rows] - self._shard_starts[shard]
+            inner = np.searchsorted(starts, local, side="right") - 1
+            for block in np.unique(inner):
+                picked = np.nonzero(inner == block)[0]
+                out[rows[picked]] = blocks[block][name][local[picked] - starts[block]].transpose(axes)
         return out
 
     def batch(self, indices: torch.Tensor) -> torch.Tensor:
@@ -288,10 +439,19 @@ class ShardedDataset(ImageDataset):
             raise KeyError(f"{self.path}: no label {name!r}; it has {self.label_names}")
         return torch.from_numpy(self.gather(name, indices))
 
+    def _small_labels(self) -> list[str]:
+        return [name for name in self.label_names if len(self.manifest.get("label_shapes", {}).get(name, [])) <= 1]
+
+    @property
+    def label_width(self) -> Optional[int]:
+        """Columns of `labels` (None: no scalar or vector labels), from the manifest: nothing is read."""
+        shapes = self.manifest.get("label_shapes", {})
+        return sum(int(np.prod(shapes.get(name, ()))) for name in self._small_labels()) or None
+
     @property
     def labels(self) -> Optional[torch.Tensor]:
         """(N, K) int64: the scalar and vector labels side by side, in manifest order (masks excluded)."""
-        small = [name for name in self.label_names if len(self.manifest.get("label_shapes", {}).get(name, [])) <= 1]
+        small = self._small_labels()
         if not small:
             return None
         if self._labels is None:
@@ -299,6 +459,14 @@ class ShardedDataset(ImageDataset):
             columns = [self.gather(name, everything).reshape(self.count, -1).astype(np.int64) for name in small]
             self._labels = torch.from_numpy(np.concatenate(columns, axis=1))
         return self._labels
+
+    def label_rows(self, indices: torch.Tensor) -> torch.Tensor:
+        """labels[indices], gathering only these rows (remote: only their shards are fetched)."""
+        if self._labels is not None or not self.remote:
+            return self.labels[indices]
+        columns = [self.gather(name, indices).reshape(len(indices), -1).astype(np.int64)
+                   for name in self._small_labels()]
+        return torch.from_numpy(np.concatenate(columns, axis=1))
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.batch(torch.tensor([index]))[0]

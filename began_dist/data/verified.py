@@ -62,11 +62,11 @@ class VerifiedRecord:
         self.dir = os.path.join(os.path.expanduser(cache_dir or default_cache_dir()), "verified")
         self.writable = True
 
-    def _name(self, version: dict) -> str:
+    def name(self, version: dict) -> str:
         return hashlib.sha256(json.dumps(version, sort_keys=True).encode()).hexdigest()
 
     def has(self, version: dict) -> bool:
-        name = self._name(version)
+        name = self.name(version)
         if name in _IN_PROCESS:
             return True
         try:
@@ -76,7 +76,7 @@ class VerifiedRecord:
             return False
 
     def add(self, version: dict) -> None:
-        name = self._name(version)
+        name = self.name(version)
         if not self.writable:
             _IN_PROCESS.add(name)
             return
@@ -97,7 +97,7 @@ class VerifiedRecord:
         if fcntl is not None and self.writable:
             try:
                 os.makedirs(self.dir, exist_ok=True)
-                handle = open(os.path.join(self.dir, self._name(version) + ".lock"), "a")
+                handle = open(os.path.join(self.dir, self.name(version) + ".lock"), "a")
                 fcntl.flock(handle, fcntl.LOCK_EX)  # waits at most one hash of this shard
             except OSError as error:
                 if handle is not None:

@@ -263,7 +263,7 @@ class Trainer:
         the images are), else nothing."""
         if not self.family.needs_labels:
             return {}
-        return {"labels": self.dataset.labels[indices].to(self.device)}
+        return {"labels": self.dataset.label_rows(indices).to(self.device)}
 
     def _record(self, means: torch.Tensor, steps: int, seconds: float) -> dict:
         self.guard.check()

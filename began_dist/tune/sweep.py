@@ -23,7 +23,7 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from began_dist import storage
+from began_dist import storage, uris
 from began_dist.config import ConfigError, resolve_run_dir, to_container, validate
 from began_dist.train import state as ckpt
 from began_dist.train.preflight import check_run
@@ -84,8 +84,8 @@ def trial_base(spec: SweepSpec, base: DictConfig) -> DictConfig:
     t.eval_every = t.eval_every or t.checkpoint_every
     cfg.run.workers = spec.workers_per_trial if spec.workers_per_trial > 1 else 0
     cfg.run.cpus_per_worker, cfg.run.gpus_per_worker = float(spec.cpus_per_worker), float(spec.gpus_per_worker)
-    if cfg.data.path:
-        cfg.data.path = os.path.abspath(cfg.data.path)  # trials run in Tune's trial directories
+    if cfg.data.path and not uris.uri_scheme(cfg.data.path, "data.path", ConfigError):
+        cfg.data.path = os.path.abspath(cfg.data.path)  # trials run in Tune's trial directories; a URI stays
     validate(cfg)
     return cfg
 

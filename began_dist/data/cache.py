@@ -1,0 +1,170 @@
+"""The node-local cache of remote shards: fetched once per node, verified on arrival, memory-mapped.
+
+A dataset on object storage (`data.path=s3://...`) is never read whole into each
+process. A shard is downloaded once per node into `CACHE_DIR/shards/` (the cache
+directory of began_dist/data/verified.py), hashed while it streams in, and kept only if
+its size and sha256 match the manifest; the verified record gets the object's version
+(URI, size, LastModified). Readers then memory-map the local copy, as for a local
+dataset. (docs/data.md, "Datasets on object storage")
+
+- **One fetch per shard per node**: the file is named by the hash of its version, and
+  the process that fetches it holds an flock on `verified/NAME.lock`; others wait, find the
+  file. A restart, another Tune trial or another worker on the node reuses it. A new
+  version of the object (other size or LastModified) is another name: fetched again.
+- **Size bound** (`data.cache_gb`): before a fetch, the least recently used shards are
+  deleted until the new one fits. A reader holds a shared flock on every cached shard it
+  has open (mapped); a shard whose exclusive flock cannot be taken is in use and is
+  never deleted. When everything is in use the bound is exceeded rather than stalling
+  (warned once). Use refreshes a shard's mtime, which orders the eviction.
+- A crash mid-fetch leaves only `.NAME.tmp`, overwritten by the next fetch of that shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from typing import Optional
+
+from began_dist.data.dataset import DataError
+from began_dist.data.verified import VerifiedRecord, default_cache_dir
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: no shared cache between processes, each fetches for itself
+    fcntl = None
+
+DEFAULT_GB = 50.0
+DEFAULT_PREFETCH = 8  # shards fetched ahead of use by a reader's background fetcher
+BLOCK = 1 << 22
+FETCHED = {"files": 0, "bytes": 0}  # downloads done by this process (tests and benchmarks read it)
+log = logging.getLogger(__name__)
+
+
+class Pinned:
+    """A cached shard held open by a reader: its shared flock keeps it from eviction until `close()`."""
+
+    def __init__(self, path: str, fd: Optional[int]):
+        self.path, self.fd = path, fd
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the shared flock
+            self.fd = None
+
+    def __del__(self):
+        self.close()
+
+
+class ShardCache:
+    def __init__(self, cache_dir: Optional[str] = None, cache_gb: float = DEFAULT_GB):
+        self.dir = os.path.join(os.path.expanduser(cache_dir or default_cache_dir()), "shards")
+        self.limit = int(cache_gb * 1e9)
+        self.record = VerifiedRecord(cache_dir)
+        self._warned = False
+
+    def version(self, store, entry: dict, info) -> dict:
+        """The object version this shard's cached copy stands for (the verified record's fields)."""
+        return {"manifest_sha256": store.manifest_sha256, "location": store.name(entry["file"]),
+                "sha256": entry["sha256"], "size": info.size, "last_modified_ns": info.mtime_ns}
+
+    def path(self, version: dict, file: str) -> str:
+        return os.path.join(self.dir, self.record.name(version) + os.path.splitext(file)[1])
+
+    def pin(self, store, entry: dict, info) -> Pinned:
+        """The local copy of the shard, fetched and verified if absent, held open until the Pinned is closed."""
+        version = self.version(store, entry, info)
+        path = self.path(version, entry["file"])
+        for _ in range(3):  # evicted between fetch and pin: fetch again (bounded)
+            self.fetch(store, entry, version, path)
+            pinned = _pin(path)
+            if pinned is not None:
+                return pinned
+        raise DataError(f"{store.name(entry['file'])}: the cache at {self.dir} keeps losing it (cache_gb too small?)")
+
+    def fetch(self, store, entry: dict, version: dict, path: str) -> bool:
+        """Download and verify the shard unless the cache has it; True when this call downloaded it."""
+        if os.path.exists(path) and self.record.has(version):
+            return False
+        os.makedirs(self.dir, exist_ok=True)
+        with self.record.lock(version):  # one fetch per shard per node: the others wait here, then find it
+            if os.path.exists(path) and self.record.has(version):
+                return False
+            self._make_room(entry["bytes"])
+            tmp = os.path.join(self.dir, "." + os.path.basename(path) + ".tmp")
+            try:
+                size, sha256 = _download(store, entry["file"], tmp)
+                if (size, sha256) != (entry["bytes"], entry["sha256"]):
+                    raise DataError(f"{store.name(entry['file'])}: checksum mismatch (corrupt): fetched {size} bytes, "
+                                    f"sha256 {sha256[:16]}..., the manifest says {entry['bytes']} bytes, "
+                                    f"{entry['sha256'][:16]}...; re-run `began-dist prepare` for {store.path}")
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+            self.record.add(version)
+            FETCHED["files"] += 1
+            FETCHED["bytes"] += size
+            return True
+
+    def _make_room(self, need: int) -> None:
+        """Delete least recently used shards no reader holds until `need` more bytes fit under the bound."""
+        cached = []
+        for entry in os.scandir(self.dir):
+            if entry.is_file() and not entry.name.startswith(".") and not entry.name.endswith((".lock", ".json")):
+                stat = entry.stat()
+                cached.append((stat.st_mtime_ns, stat.st_size, entry.path))
+        total = sum(size for _, size, _ in cached)
+        for _, size, path in sorted(cached):
+            if total + need <= self.limit:
+                return
+            if _evict(path):
+                total -= size
+        if total + need > self.limit and not self._warned:
+            self._warned = True
+            log.warning("%s: the shards in use need more than data.cache_gb=%.1f; the bound is exceeded", self.dir,
+                        self.limit / 1e9)
+
+
+def _download(store, file: str, tmp: str) -> tuple[int, str]:
+    """Stream the object to `tmp` (fsynced), hashing on the way: (bytes, sha256)."""
+    digest, size = hashlib.sha256(), 0
+    with store.fs.open_input_stream(store.location(file)) as source, open(tmp, "wb") as out:
+        while block := source.read(BLOCK):
+            digest.update(block)
+            out.write(block)
+            size += len(block)
+        out.flush()
+        os.fsync(out.fileno())
+    return size, digest.hexdigest()
+
+
+def _pin(path: str) -> Optional[Pinned]:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        if os.fstat(fd).st_nlink == 0:  # evicted between open and flock
+            os.close(fd)
+            return None
+    os.utime(path)  # most recently used
+    return Pinned(path, fd)
+
+
+def _evict(path: str) -> bool:
+    """Delete a cached shard if no reader holds it (a non-blocking exclusive flock)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.remove(path)
+        return True
+    except (BlockingIOError, FileNotFoundError):
+        return False
+    finally:
+        os.close(fd)

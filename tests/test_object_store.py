@@ -1,0 +1,227 @@
+"""Datasets on object storage, through the node cache: a real S3 server (moto) on 127.0.0.1.
+
+`prepare` writes s3:// directly (also as Ray tasks), training reads it through the node
+cache: each shard fetched once per node (counted by began_dist.data.cache.FETCHED, the
+downloads this process made), verified on arrival, a corrupt object refused by name.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pyarrow.fs as pafs
+import pytest
+import torch
+from conftest import TINY
+
+from began_dist import uris
+from began_dist.cli import main
+from began_dist.data import ShardedDataset, cache, sources
+from began_dist.data.sampler import GlobalBatchSampler
+
+COUNT = 40  # CRS images, 3 shards
+AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+       "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@pytest.fixture(scope="module")
+def store():
+    """moto's S3 server on 127.0.0.1 with a bucket; returns uri(sub-path) -> an s3:// URI that reaches it."""
+    from moto.server import ThreadedMotoServer
+
+    saved = {key: os.environ.get(key) for key in AWS}
+    os.environ.update(AWS)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        port = server.get_host_and_port()[1]
+        query = f"region=us-east-1&scheme=http&endpoint_override=127.0.0.1:{port}"
+        pafs.S3FileSystem(region="us-east-1", scheme="http", endpoint_override=f"127.0.0.1:{port}",
+                          allow_bucket_creation=True).create_dir(
+            "bucket")
+        yield lambda sub: f"s3://bucket/{sub}?{query}"
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.update({key: value})
+
+
+@pytest.fixture(scope="module")
+def expected():
+    images, y, _ = sources.crs_render(sources.crs_grid(["square+cross", "square"], COUNT), 16)
+    return torch.from_numpy(images).permute(0, 3, 1, 2), y
+
+
+def prepare(out, *extra, format_name="arrow"):
+    return main(["prepare", "shapes", out, "--format", format_name, "--size", "16", "--shards", "3",
+                 "--limit", str(COUNT), *extra])
+
+
+@pytest.fixture(scope="module", params=["arrow", "hdf5"])
+def remote(request, store):
+    """A CRS training set prepared straight into the store: (its URI, format)."""
+    out = store(f"crs-{request.param}")
+    assert prepare(out, format_name=request.param) == 0
+    return uris.join(out, "train"), request.param
+
+
+@pytest.fixture
+def node_cache(tmp_path, monkeypatch):
+    """An empty node cache for this test (the verified record and the shards)."""
+    monkeypatch.setenv("BEGAN_DIST_CACHE_DIR", str(tmp_path / "cache"))
+    return str(tmp_path / "cache")
+
+
+def fetched_while(action) -> int:
+    before = cache.FETCHED["files"]
+    action()
+    return cache.FETCHED["files"] - before
+
+
+def cached_files(node_cache):
+    folder = os.path.join(node_cache, "shards")
+    return sorted(f for f in os.listdir(folder) if f.endswith((".arrow", ".h5"))) if os.path.isdir(folder) else []
+
+
+def test_train_on_s3_shards_and_a_restart_fetches_nothing_again(remote, node_cache, tmp_path, expected):
+    uri, format_name = remote
+    data = [*TINY, "data.source=shards", f"data.path={uri}", "train.batch_size=8"]
+    assert fetched_while(lambda: main(["train", *data, "train.steps=1", "--workers", "0",
+                                       f"run.dir={tmp_path / 'probe'}", "model.image_size=32"])) == 0  # refused
+    assert fetched_while(lambda: main(["train", *data, "train.steps=2", f"run.dir={tmp_path / 'run'}"]) == 0) == 3
+    assert len(cached_files(node_cache)) == 3  # each shard once, into the cache: never read whole per process
+    inodes = {name: os.stat(os.path.join(node_cache, "shards", name)).st_ino for name in cached_files(node_cache)}
+    assert fetched_while(lambda: main(["train", "--resume", str(tmp_path / "run"), "train.steps=4"]) == 0) == 0
+    assert fetched_while(lambda: main(["train", *data, "train.steps=2", f"run.dir={tmp_path / 'another'}"])) == 0
+    assert inodes == {name: os.stat(os.path.join(node_cache, "shards", name)).st_ino
+                      for name in cached_files(node_cache)}
+    dataset = ShardedDataset(uri)
+    order = torch.randperm(COUNT, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(dataset.batch(order), expected[0][order]) and dataset.labels.tolist() == expected[1].tolist()
+
+
+def test_the_driver_reads_the_manifest_and_a_listing_only(remote, node_cache):
+    uri, _ = remote
+    assert fetched_while(lambda: ShardedDataset(uri)) == 0
+    assert ShardedDataset(uri).label_width == 2 and cached_files(node_cache) == []
+
+
+def test_label_rows_fetch_only_the_shards_they_need(remote, node_cache, expected):
+    dataset, rows = ShardedDataset(remote[0]), torch.tensor([3, 0, 7])  # all in shard 0
+    assert fetched_while(lambda: dataset.label_rows(rows)) == 1
+    assert dataset.label_rows(rows).tolist() == expected[1][rows.numpy()].tolist()
+
+
+@pytest.mark.parametrize("remote", ["arrow"], indirect=True)  # the lock is the same for both formats
+def test_two_processes_on_a_node_fetch_each_shard_once(remote, node_cache, expected):
+    uri, _ = remote
+    probe = ("import json, torch; from began_dist.data import ShardedDataset, cache; "
+             f"d = ShardedDataset({uri!r}); images = d.batch(torch.arange(len(d))); "
+             "print(json.dumps([cache.FETCHED['files'], int(images.sum())]))")
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    workers = [subprocess.Popen([sys.executable, "-c", probe], stdout=subprocess.PIPE, text=True, env=env)
+               for _ in range(2)]
+    outputs = [json.loads(worker.communicate(timeout=120)[0]) for worker in workers]
+    assert sum(fetched for fetched, _ in outputs) == 3  # one fetch per shard on the node, whoever made it
+    assert {total for _, total in outputs} == {int(expected[0].sum())}
+
+
+def test_a_corrupt_object_is_refused_naming_the_shard(remote, store, node_cache, tmp_path, capsys):
+    uri, format_name = remote
+    fs, base = pafs.FileSystem.from_uri(uri)
+    copy = store(f"corrupt-{format_name}")
+    copy_fs, copy_base = pafs.FileSystem.from_uri(copy)
+    pafs.copy_files(base, copy_base, source_filesystem=fs, destination_filesystem=copy_fs)
+    name = f"shard-00001.{'arrow' if format_name == 'arrow' else 'h5'}"
+    with copy_fs.open_input_stream(f"{copy_base}/{name}") as stream:
+        data = bytearray(stream.read())
+    data[len(data) // 2] ^= 0xFF  # same size: only the sha256 on arrival can tell
+    with copy_fs.open_output_stream(f"{copy_base}/{name}") as stream:
+        stream.write(bytes(data))
+    code = main(["train", *TINY, "data.source=shards", f"data.path={copy}", "train.batch_size=8", "train.steps=2",
+                 f"run.dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and name in err and "checksum mismatch" in err
+    assert len(cached_files(node_cache)) <= 2  # the corrupt copy never entered the cache
+    with copy_fs.open_output_stream(f"{copy_base}/{name}") as stream:
+        stream.write(bytes(data[:-100]))  # truncated: the driver's listing refuses it before any work
+    assert main(["train", *TINY, "data.source=shards", f"data.path={copy}", "train.steps=2",
+                 f"run.dir={tmp_path / 'run2'}"]) == 2
+    assert name in capsys.readouterr().err and not os.path.exists(tmp_path / "run2")
+
+
+@pytest.mark.parametrize("remote", ["arrow"], indirect=True)
+def test_the_cache_is_bounded_and_never_evicts_an_open_shard(remote, node_cache, expected):
+    uri, _ = remote
+    sizes = [entry["bytes"] for entry in ShardedDataset(uri).manifest["shards"]]
+    holder = ShardedDataset(uri, cache_gb=1.0)
+    holder.batch(torch.tensor([0]))  # shard 0 open (and pinned) in this reader
+    small = ShardedDataset(uri, cache_gb=(max(sizes) * 1.5) / 1e9)  # room for one shard and a half
+    everything = torch.arange(COUNT)
+    assert torch.equal(small.batch(everything), expected[0])
+    assert torch.equal(small.batch(everything.flip(0)), expected[0].flip(0))
+    left = cached_files(node_cache)
+    shard0 = os.path.basename(holder._open_shards[0][2].path)
+    assert shard0 in left and len(left) <= 2  # the pinned shard stayed; others were evicted to fit
+    holder.close()
+    small.close()
+
+
+@pytest.mark.parametrize("remote", ["hdf5"], indirect=True)
+def test_shards_are_fetched_ahead_in_the_order_the_sampler_reads_them(remote, node_cache):
+    uri, _ = remote
+    dataset = ShardedDataset(uri, prefetch=1)
+    sampler = GlobalBatchSampler(COUNT, 8, seed=3, rank=1, world=2)
+    first = dataset.upcoming_shards(sampler, sampler.position, 1)[0]
+    dataset.follow(sampler)  # no batch asked for: the fetcher alone
+    deadline = time.monotonic() + 60
+    while not cached_files(node_cache) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    store = dataset._store
+    entry = dataset.manifest["shards"][first]
+    version = dataset._cache.version(store, entry, dataset._infos[entry["file"]])
+    assert cached_files(node_cache) == [os.path.basename(dataset._cache.path(version, entry["file"]))]
+    dataset.close()
+
+
+def test_prepare_with_two_ray_workers_writes_the_same_shards_into_the_store(store, tmp_path, monkeypatch):
+    """A local Ray cluster of its own (its own token: ~/.ray/auth_token may be another job's meanwhile)."""
+    import secrets
+
+    from ray._raylet import Config
+
+    token = tmp_path / "ray-token"
+    token.write_text(secrets.token_hex(32))
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    Config.initialize("")  # re-read the auth settings, as tests/conftest.py's cluster does
+    assert prepare(str(tmp_path / "one")) == 0
+    out = store("by-ray")
+    assert prepare(out, "--workers", "2") == 0
+    fs, base = pafs.FileSystem.from_uri(uris.join(out, "train"))
+    with fs.open_input_stream(f"{base}/manifest.json") as stream:
+        by_ray = json.loads(stream.read())
+    with open(tmp_path / "one" / "train" / "manifest.json") as handle:
+        one = json.load(handle)
+    assert [s["sha256"] for s in by_ray["shards"]] == [s["sha256"] for s in one["shards"]]
+    assert len(by_ray["shards"]) == 3 and by_ray["count"] == COUNT
+    assert main(["prepare", "--verify", uris.join(out, "train")]) == 0
+
+
+def test_prepare_refuses_an_out_in_the_store_that_holds_a_dataset(store, remote, capsys):
+    assert prepare(store(f"crs-{remote[1]}"), format_name=remote[1]) == 2
+    assert "already holds a dataset" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("remote", ["arrow"], indirect=True)
+def test_a_sweep_keeps_an_s3_data_path(remote):
+    """Tune trials read the same URI (local paths are made absolute for the trial directories)."""
+    from began_dist.tune.spec import load_spec
+    from began_dist.tune.sweep import trial_base
+
+    spec, base = load_spec(os.path.join(os.path.dirname(__file__), "..", "tune", "smoke.yaml"),
+                           ["data.source=shards", f"data.path={remote[0]}"])
+    assert trial_base(spec, base).data.path == remote[0]
