@@ -1,0 +1,77 @@
+"""Issue 20's run-side hardening, as a user sees it: bad checkpoints, a full disk, resumed hyperparameters."""
+
+import os
+import subprocess
+import sys
+
+import torch
+
+from began_dist.train import state as ckpt
+
+
+def test_resume_takes_the_newest_checkpoint_that_verifies(train_cli, capsys):
+    code, run = train_cli("train.steps=8")
+    assert code == 0
+    directory = os.path.join(run, "checkpoints")
+    os.remove(os.path.join(directory, "step-00000004.pt.sha256"))  # an older run's checkpoint: no sidecar
+    with open(os.path.join(directory, "step-00000008.pt"), "r+b") as handle:
+        handle.truncate(5000)  # torn newest checkpoint
+    capsys.readouterr()
+    assert train_cli("train.steps=12", run_dir=run, resume=True)[0] == 0
+    err = capsys.readouterr().err
+    assert "step-00000008.pt is bad (sha256" in err and "moved to" in err
+    assert "step-00000004.pt has no .sha256 sidecar" in err
+    assert sorted(os.listdir(os.path.join(directory, "bad"))) == ["step-00000008.pt", "step-00000008.pt.sha256"]
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run))
+    assert state["step"] == 12
+    # Every checkpoint bad: exit 2 naming each, nothing deleted.
+    for _, path in ckpt.list_checkpoints(run):
+        with open(path, "r+b") as handle:
+            handle.truncate(3000)
+    assert train_cli("train.steps=16", run_dir=run, resume=True)[0] == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint verifies" in err and "step-00000012.pt" in err and "step-00000004.pt" in err
+    assert "step-00000008.pt.1" in os.listdir(os.path.join(directory, "bad"))  # the earlier bad one kept too
+    assert [name for name in os.listdir(directory) if name != "bad"] == []
+
+
+FULL_DISK = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit raises EFBIG instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+from began_dist.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_full_disk_stops_cleanly_with_exit_4(train_cli):
+    code, run = train_cli("train.steps=4")
+    assert code == 0
+    directory = os.path.join(run, "checkpoints")
+    stale = os.path.join(directory, ".step-00000004.pt.k3_x9abc.tmp")  # what a killed writer leaves
+    foreign = os.path.join(directory, "notes.tmp")  # not ours: left alone
+    for path in (stale, foreign):
+        open(path, "w").close()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", FULL_DISK, "train", "--resume", run, "train.steps=8"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 4, done.stderr[-2000:]
+    assert f"cannot write {directory}/step-00000008.pt: File too large" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(os.listdir(directory)) == ["notes.tmp", "step-00000004.pt", "step-00000004.pt.sha256"]
+    assert ckpt.verify_checkpoint(os.path.join(directory, "step-00000004.pt"))[0]["step"] == 4
+
+
+def test_resume_takes_every_optimizer_hyperparameter_from_the_config(train_cli):
+    from began_dist.config import to_container
+    from began_dist.train.loop import Trainer
+    from began_dist.train.preflight import train_config
+
+    code, run = train_cli("train.steps=4")
+    assert code == 0
+    cfg = train_config(None, ["train.beta1=0.9", "train.beta2=0.99", "train.steps=8"], run)
+    trainer = Trainer(to_container(cfg), device=torch.device("cpu"))
+    assert trainer.restore_latest() is not None and trainer.step == 4
+    for optimizer in trainer.family.optimizers:
+        assert [group["betas"] for group in optimizer.param_groups] == [(0.9, 0.99)]
+        assert optimizer.state  # Adam's moments still come from the checkpoint
