@@ -4,8 +4,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
+from conftest import TINY
 
+from began_dist.cli import main
 from began_dist.train import state as ckpt
 
 
@@ -75,3 +78,50 @@ def test_resume_takes_every_optimizer_hyperparameter_from_the_config(train_cli):
     for optimizer in trainer.family.optimizers:
         assert [group["betas"] for group in optimizer.param_groups] == [(0.9, 0.99)]
         assert optimizer.state  # Adam's moments still come from the checkpoint
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("run.dir=hdfs://namenode/runs/x", "run.dir=hdfs://namenode/runs/x: scheme hdfs:// is not supported"),
+        ("data.font=${oc.env:AWS_SECRET_ACCESS_KEY,none}", "data.font=${oc.env:AWS_SECRET_ACCESS_KEY,none}: interp"),
+        ("train.gamma=${train.lr}", "train.gamma=${train.lr}: interpolations"),
+        ("run.gpus_per_worker=0.5", "run.gpus_per_worker=0.5: Ray Train workers on GPUs talk over NCCL"),
+    ],
+)
+def test_config_refusals_name_the_key(tmp_path, capsys, override, named):
+    run = tmp_path / "run"
+    args = ["train", *TINY, "run.workers=2", override] if "gpus" in override else ["train", *TINY, override]
+    if "run.dir" not in override:
+        args.append(f"run.dir={run}")
+    assert main(args) == 2
+    assert named in capsys.readouterr().err
+    assert not run.exists()  # refused before any work: nothing written
+
+
+def test_relative_run_dir_in_a_ray_job_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what `ray job submit` sets for its entrypoint
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *TINY, "run.dir=runs/x"]) == 2
+    assert "run.dir=runs/x: a relative run directory inside a Ray job" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_tune_resume_refuses_overrides_it_would_drop(tmp_path, capsys):
+    spec = os.path.join(os.path.dirname(__file__), "..", "tune", "gamma.yaml")
+    code = main(["tune", spec, f"run.dir={tmp_path}", "--resume", "train.steps=9", "tune.num_samples=3"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "these overrides cannot change it: train.steps=9, tune.num_samples=3" in err
+
+
+@pytest.mark.cuda
+def test_deterministic_resume_is_bitwise_on_cuda(train_cli, tmp_path):
+    gpu = ["train.device=cuda", "train.deterministic=true"]
+    assert train_cli("train.steps=8", *gpu, run_dir=tmp_path / "straight")[0] == 0
+    assert train_cli("train.steps=4", *gpu, run_dir=tmp_path / "cut")[0] == 0
+    assert train_cli("train.steps=8", run_dir=tmp_path / "cut", resume=True)[0] == 0
+    a, b = (ckpt.load_checkpoint(ckpt.latest_checkpoint(str(tmp_path / name))) for name in ("straight", "cut"))
+    for name in ("G", "D"):
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), f"{name}.{key}"

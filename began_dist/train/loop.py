@@ -15,6 +15,7 @@ and every logged value is an all-reduced mean, so rank 0 speaks for all.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -95,6 +96,16 @@ def stop_requests():
             signal.signal(sig, handler)
 
 
+def set_deterministic() -> None:
+    """train.deterministic: the switches PyTorch's reproducibility notes list for CUDA, so that a
+    resume on a GPU continues bitwise as it does on the CPU (docs/design.md). warn_only: an op with
+    no deterministic kernel warns (naming itself) instead of stopping the run."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS makes its handle
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
 class Trainer:
     """The state of one worker's run and the steps that move it forward."""
 
@@ -105,6 +116,8 @@ class Trainer:
         self.rank, self.world = comm.rank(), comm.world_size()
         self.device = device or comm.pick_device(cfg.train.device)
         seed, batch = cfg.train.seed, cfg.train.batch_size
+        if cfg.train.deterministic:
+            set_deterministic()
         torch.manual_seed(seed)  # same initial weights on every rank
         self.family = get_family(cfg.model.family)(cfg, self.device)
         self.family.distribute(lambda network: comm.wrap_ddp(network, self.device))
