@@ -125,3 +125,24 @@ def test_deterministic_resume_is_bitwise_on_cuda(train_cli, tmp_path):
     for name in ("G", "D"):
         for key in a[name]:
             assert torch.equal(a[name][key], b[name][key]), f"{name}.{key}"
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_ranks_restore_the_one_checkpoint_rank_0_verified(ray_cluster, tmp_path, capsys):
+    run = tmp_path / "ray"
+    two_nodes = ["run.workers=2", "run.worker_resources.train_slot=1", "run.controller_failure_limit=1"]
+    assert main(["train", *TINY, *two_nodes, "train.steps=8", f"run.dir={run}"]) == 0
+    torn = [os.path.join(root, name) for root, _, names in os.walk(run) for name in names
+            if name == "step-00000008.pt"]
+    assert len(torn) >= 2  # RUN_DIR's and Ray's copy
+    for path in torn:
+        with open(path, "r+b") as handle:
+            handle.truncate(5000)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--workers", "2", "train.steps=12"]) == 0  # replicas compared
+    err = capsys.readouterr().err
+    assert "Ray checkpoint" in err and "step-00000008.pt is bad" in err
+    assert os.path.exists(run / "checkpoints" / "bad" / "step-00000008.pt")
+    log = (run / "log.txt").read_text()
+    assert "at step 4:" in log.split("resumed from")[1].splitlines()[0]
