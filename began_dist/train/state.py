@@ -133,7 +133,8 @@ def verify_checkpoint(path: str) -> tuple[Optional[dict], str]:
     try:
         return load_checkpoint(path), ""
     except Exception as error:  # a torn or foreign file: torch's zip reader or the unpickler says so
-        return None, f"does not load: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        first = (str(error).splitlines() or [type(error).__name__])[0].split(". ")[0]  # torch adds advice
+        return None, f"does not load: {first}"
 
 
 def move_aside(path: str) -> str:
