@@ -116,22 +116,36 @@ def write_checkpoint(state: dict, path: str) -> str:
     return path
 
 
+class BadCheckpoint(ConfigError):
+    """A checkpoint that does not match its sha256 sidecar (exit 2 where a command loads it)."""
+
+    def __init__(self, message: str, why: str = ""):
+        super().__init__(message)
+        self.why = why or message
+
+
+def _sidecar_mismatch(path: str) -> str:
+    """Why `path` does not match its sidecar ('' when it does, or has none)."""
+    sidecar = sidecar_path(path)
+    if not storage.exists(sidecar):
+        return ""
+    expected = storage.read_text(sidecar).split()[:1]
+    actual = file_sha256(path)
+    return "" if expected == [actual] else f"sha256 {actual[:12]}... does not match {storage.basename(sidecar)}"
+
+
 def verify_checkpoint(path: str) -> tuple[Optional[dict], str]:
     """(state, '') when `path` matches its sidecar and loads; (None, why not) otherwise.
 
     Without a sidecar the checkpoint is accepted when it loads (with a warning on stderr).
     """
-    sidecar = sidecar_path(path)
-    if storage.exists(sidecar):
-        expected = storage.read_text(sidecar).split()[:1]
-        actual = file_sha256(path)
-        if expected != [actual]:
-            return None, f"sha256 {actual[:12]}... does not match {storage.basename(sidecar)}"
-    else:
+    if not storage.exists(sidecar_path(path)):
         print(f"began-dist: warning: {path} has no {SIDECAR} sidecar (an older run?): checked by loading it",
               file=sys.stderr, flush=True)
     try:
         return load_checkpoint(path), ""
+    except BadCheckpoint as error:
+        return None, error.why
     except Exception as error:  # a torn or foreign file: torch's zip reader or the unpickler says so
         first = (str(error).splitlines() or [type(error).__name__])[0].split(". ")[0]  # torch adds advice
         return None, f"does not load: {first}"
@@ -198,7 +212,11 @@ def save_checkpoint(state: dict, run_dir: str, step: int, keep: int) -> str:
 
 
 def load_checkpoint(path: str) -> dict:
-    """Load on the CPU with weights_only=True: no arbitrary code runs from a checkpoint file."""
+    """Check `path` against its sha256 sidecar (BadCheckpoint when it differs), then load it on the
+    CPU with weights_only=True: no arbitrary code runs from a checkpoint file."""
+    why = _sidecar_mismatch(path)
+    if why:
+        raise BadCheckpoint(f"{path}: {why}; the file is damaged", why)
     return storage.load_torch(path)
 
 
