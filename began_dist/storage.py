@@ -34,10 +34,12 @@ layer with config (docs/design.md).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import io
 import os
 import posixpath
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -142,6 +144,18 @@ def delete(path: str) -> None:
         fs.delete_file(inner)
 
 
+def move(source: str, target: str) -> str:
+    """Rename `source` to `target` (its directory created); a copy then delete on object stores."""
+    if is_local(source) and is_local(target):
+        os.makedirs(os.path.dirname(os.path.abspath(_local_path(target))), exist_ok=True)
+        os.replace(_local_path(source), _local_path(target))
+        return target
+    makedirs(dirname(target))
+    fs, inner = filesystem(source)
+    fs.move(inner, filesystem(target)[1])
+    return target
+
+
 # -- reads ---------------------------------------------------------------------------------
 def read_bytes(path: str) -> bytes:
     if is_local(path):
@@ -187,21 +201,22 @@ def atomic_writer(path: str) -> Iterator[IO[bytes]]:
     temporary directory (object stores: uploaded in one put on success).
     """
     if is_local(path):
-        final = os.path.abspath(_local_path(path))
-        directory = os.path.dirname(final)
-        os.makedirs(directory, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(final)}.", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(handle, "wb") as file:
-                yield file
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(directory)
+        with writing(path):  # a full disk or a file-size limit: StorageError naming `path`, no temp file left
+            final = os.path.abspath(_local_path(path))
+            directory = os.path.dirname(final)
+            os.makedirs(directory, exist_ok=True)
+            handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(final)}.", suffix=".tmp", dir=directory)
+            try:
+                with os.fdopen(handle, "wb") as file:
+                    yield file
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(tmp, final)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+            _fsync_dir(directory)
         return
     with tempfile.TemporaryFile() as spool:
         yield spool
@@ -243,9 +258,10 @@ def append_text(path: str, text: str) -> None:
     """Append `text` to `path` (created if missing). Object stores: read, then rewrite whole."""
     if is_local(path):
         local = _local_path(path)
-        os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
-        with open(local, "a", encoding="utf-8") as handle:
-            handle.write(text)
+        with writing(path):
+            os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
+            with open(local, "a", encoding="utf-8") as handle:
+                handle.write(text)
         return
     old = read_bytes(path) if exists(path) else b""
     write_bytes(path, old + text.encode("utf-8"))
@@ -298,3 +314,62 @@ def truncate_jsonl(path: str, last_step: int) -> Optional[int]:
             continue
     write_text(path, "".join(kept))
     return len(kept)
+
+
+# -- permanent write errors ---------------------------------------------------------------
+# A full disk, a file-size or quota limit, a read-only or forbidden directory: retrying the
+# same write fails the same way, so a run stops with Status.storage_error (exit 4) instead.
+PERMANENT_WRITE_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("ENOSPC", "EFBIG", "EDQUOT", "EROFS", "EACCES", "EPERM") if hasattr(errno, name)
+)
+
+
+class StorageError(RuntimeError):
+    """A write to the run directory failed for good; the message names the path and the error."""
+
+    def __init__(self, path: str, error: OSError):
+        self.path, self.error = path, error
+        super().__init__(f"cannot write {path}: {error.strerror or error} (errno {error.errno})")
+
+
+def permanent_write_error(error: BaseException) -> Optional[OSError]:
+    """`error` (or the OSError it wraps, e.g. inside torch.save's RuntimeError) when it is permanent."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in PERMANENT_WRITE_ERRNOS:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+@contextlib.contextmanager
+def writing(path: str) -> Iterator[None]:
+    """Turn a permanent write error inside the block into a StorageError naming `path`."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as error:
+        found = permanent_write_error(error)
+        if found is None:
+            raise
+        raise StorageError(path, found) from error
+
+
+_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # atomic_writer's mkstemp names: .NAME.XXXXXXXX.tmp
+
+
+def remove_stale_temps(directory: str) -> list[str]:
+    """Delete the temporary files a killed atomic_writer left in a local `directory`; their paths.
+
+    Only atomic_writer's own pattern is touched, and only where no writer of this run is
+    active yet (the start of a run).
+    """
+    if not is_local(directory):
+        return []  # object stores: a failed write uploads nothing
+    removed = []
+    for path in glob(directory, ".*.tmp"):
+        if _TEMP.match(basename(path)) and isfile(path):
+            os.unlink(_local_path(path))
+            removed.append(path)
+    return removed

@@ -33,7 +33,7 @@ def test_failed_write_leaves_previous_checkpoint_and_no_partial_file(tmp_path):
     broken = {"G": {"w": torch.zeros(1_000_000)}, "unpicklable": lambda: None}  # fails after writing tensors
     with pytest.raises((AttributeError, TypeError, RuntimeError)):  # pickling the lambda fails
         ckpt.save_checkpoint(broken, str(tmp_path), 2, keep=3)
-    assert os.listdir(tmp_path / "checkpoints") == ["step-00000001.pt"]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["step-00000001.pt", "step-00000001.pt.sha256"]
     assert ckpt.load_checkpoint(ckpt.latest_checkpoint(str(tmp_path)))["step"] == 1
 
 

@@ -1,4 +1,4 @@
-"""Configuration as plain data: the lowest layer, importing nothing else of began_dist.
+"""Configuration as plain data: the lowest layer, importing nothing else of began_dist but uris.
 
 schema.py    the dataclasses (every option with its default, meaning and unit)
 load.py      OmegaConf merge of defaults, family defaults, YAML file and overrides; older runs

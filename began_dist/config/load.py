@@ -36,6 +36,7 @@ def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[st
         raise ConfigError(f"--config: no such file {path!r}")
     try:
         given = OmegaConf.merge(_read_yaml(path) if path else OmegaConf.create(), parse_overrides(overrides))
+        refuse_interpolations(given)
         family = family_rules(OmegaConf.merge(OmegaConf.structured(Config), given).model.family)
         # The family's defaults go under the user's values, so a run's config.yaml states them.
         merged = OmegaConf.merge(OmegaConf.structured(Config), family.config_defaults if family else {}, given)
@@ -43,6 +44,32 @@ def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[st
         raise ConfigError(_one_line(error)) from None
     validate(merged)
     return merged
+
+
+def refuse_interpolations(given: DictConfig) -> None:
+    """Configs are data: refuse `${...}` (interpolations and resolvers such as `${oc.env:...}`).
+
+    A resolver would run when the config is resolved, and its value would be written into
+    config.yaml and every checkpoint (`${oc.env:AWS_SECRET_ACCESS_KEY}` would persist a
+    secret). Plain `${other.key}` is refused as well: no shipped config or sweep spec uses
+    it, and one rule is easier to state than an allow-list.
+    """
+    for key, value in _leaves(OmegaConf.to_container(given, resolve=False)):
+        if isinstance(value, str) and "${" in value:
+            raise ConfigError(
+                f"{key}={value}: interpolations and resolvers (${{...}}) are not accepted in a config; "
+                "write the value itself"
+            )
+
+
+def _leaves(data: Any, prefix: str = ""):
+    """(dotted key, value) of every leaf of a container (list items as key.0, key.1, ...)."""
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else None
+    if items is None:
+        yield prefix, data
+        return
+    for name, value in items:
+        yield from _leaves(value, f"{prefix}.{name}" if prefix else str(name))
 
 
 def parse_overrides(overrides) -> DictConfig:
@@ -84,8 +111,25 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+# Set by Ray's job supervisor in the environment of a `ray job submit` entrypoint
+# (ray/dashboard/modules/job/job_supervisor.py, _get_driver_env_vars).
+RAY_JOB_MARKER = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def refuse_relative_in_ray_job(path: str, name: str, environ=os.environ) -> None:
+    """A relative run directory inside a `ray job submit` entrypoint would land in the job's working
+    directory, which Ray creates under its temporary directory and may remove with the job."""
+    if RAY_JOB_MARKER in environ and "://" not in path and not os.path.isabs(os.path.expanduser(path)):
+        raise ConfigError(
+            f"{name}={path or '(default: runs/...)'}: a relative run directory inside a Ray job resolves "
+            f"against the job's working directory ({os.getcwd()}), which Ray may delete with the job; give an "
+            "absolute path on storage every node sees, or an s3:// URI"
+        )
+
+
 def resolve_run_dir(cfg: DictConfig) -> str:
     """Fill in the default run directory and make it absolute (before anything goes to Ray)."""
+    refuse_relative_in_ray_job(cfg.run.dir, "run.dir")
     run_dir = cfg.run.dir or os.path.join("runs", f"{cfg.model.family}-{time.strftime('%Y%m%d-%H%M%S')}")
     cfg.run.dir = os.path.abspath(os.path.expanduser(run_dir))
     return cfg.run.dir

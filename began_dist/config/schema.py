@@ -106,6 +106,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the networks
     precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision; on a CPU bf16 only, with avx512_bf16 or AMX)
     device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda
+    deterministic: bool = False  # cuDNN/cuBLAS determinism switches, so a GPU resume is bitwise (slower)
     vaegan: VaeganTrainConfig = field(default_factory=VaeganTrainConfig)  # model.family=vaegan only
     multigen: MultigenTrainConfig = field(default_factory=MultigenTrainConfig)  # model.family=multigen only
 

@@ -14,6 +14,7 @@ from typing import Optional, Protocol
 from omegaconf import DictConfig, OmegaConf
 
 from began_dist.config.schema import CHOICES, IMAGE_SIZES, Config, ConfigError
+from began_dist.uris import uri_scheme
 
 
 class FamilyRules(Protocol):
@@ -77,6 +78,7 @@ def validate(cfg: DictConfig) -> None:
     # called by the training preflight): config sits below eval and does not import it.
     if t.eval_every and t.eval_n < 2:
         raise ConfigError(f"train.eval_n={t.eval_n}: must be at least 2")
+    uri_scheme(r.dir, "run.dir", ConfigError)  # before pyarrow sees it (began_dist/uris.py says why)
     if r.workers < 0:
         raise ConfigError(f"run.workers={r.workers}: must be >= 0 (0 = local mode)")
     if r.workers > 0 and t.batch_size % r.workers:
@@ -85,6 +87,11 @@ def validate(cfg: DictConfig) -> None:
         )
     if r.cpus_per_worker <= 0 or r.gpus_per_worker < 0:
         raise ConfigError("run.cpus_per_worker must be > 0 and run.gpus_per_worker >= 0")
+    if r.workers > 0 and r.gpus_per_worker > 0 and r.gpus_per_worker != int(r.gpus_per_worker):
+        raise ConfigError(
+            f"run.gpus_per_worker={r.gpus_per_worker:g}: Ray Train workers on GPUs talk over NCCL, which needs a "
+            "whole GPU per rank (two ranks on one GPU fail in NCCL's setup); give a whole number, or 0 for CPU workers"
+        )
     if r.max_failures < 0 or r.controller_failure_limit < 0:
         raise ConfigError("run.max_failures and run.controller_failure_limit must be >= 0")
     if d.source in ("folder", "shards") and not d.path:

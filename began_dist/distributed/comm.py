@@ -95,3 +95,12 @@ def gather_objects(value) -> list:
     gathered: list = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def broadcast_object(value):
+    """Rank 0's `value` on every rank (`value` itself at world size 1): one decision for all ranks."""
+    if not (_initialized() and dist.get_world_size() > 1):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -33,7 +33,16 @@ def worker_entry(config: dict) -> RunResult:
     from began_dist.distributed.reporting import RayTrainReporter
     from began_dist.train.loop import Trainer, run_trainer
 
-    trainer = Trainer(config, RayTrainReporter(), device=ray.train.torch.get_device())
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":  # each rank its own GPU: NCCL cannot run two ranks on one device
+        import torch
+
+        gpu = str(torch.cuda.get_device_properties(device).uuid)
+        where = comm.gather_objects((ray.get_runtime_context().get_node_id(), gpu))
+        if len(set(where)) < len(where):
+            return RunResult(Status.refused, run_dir=config["run"]["dir"],
+                             message=f"run.gpus_per_worker: ranks share a CUDA device (node, GPU per rank): {where}")
+    trainer = Trainer(config, RayTrainReporter(), device=device)
     # A non-finite loss is returned as a status, not raised: Ray retries every exception,
     # and a NaN run would only NaN again.
     result = run_trainer(trainer, progress=False)

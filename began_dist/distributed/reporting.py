@@ -22,13 +22,12 @@ from began_dist.train.reporting import Reporter
 
 class RayTrainReporter(Reporter):
     def load_latest(self, run_dir: str) -> tuple[Optional[dict], Optional[str]]:
-        found = ckpt.list_checkpoints(run_dir)
-        local_step = found[-1][0] if found else -1
-        reported = checkpoint_file(ray.train.get_checkpoint())
-        # The newer of Ray's copy and RUN_DIR's wins: a run may have gone on in local mode.
-        if reported is not None and reported[0] >= local_step:
-            return reported[1], f"Ray checkpoint {reported[2]}"
-        return super().load_latest(run_dir)
+        """The newest of Ray's copy and RUN_DIR's checkpoints that verifies (a run may have gone on
+        in local mode); Ray's wins a tie. Called on rank 0 only: the loop broadcasts its choice."""
+        reported = ray_candidate(ray.train.get_checkpoint(), "Ray checkpoint")
+        candidates = ([reported] if reported else []) + ckpt.run_dir_candidates(run_dir)
+        state, label, _ = ckpt.newest_verified(candidates, ckpt.warn_stderr)
+        return state, label
 
     def report(self, metrics: dict, checkpoint_path: Optional[str] = None) -> None:
         if checkpoint_path is None:
@@ -39,28 +38,40 @@ class RayTrainReporter(Reporter):
                              checkpoint_dir_name=name)
 
 
-def checkpoint_file(reported) -> Optional[tuple[int, dict, str]]:
-    """(step, state, where) of the step-*.pt file inside a Ray/Tune checkpoint, or None."""
+def ray_candidate(reported, what: str) -> Optional[tuple]:
+    """The step-*.pt file inside a Ray/Tune checkpoint as a candidate of ckpt.newest_verified, or None.
+
+    Ray owns its storage, so a bad copy is named but not moved (its path in the candidate is None).
+    """
     if reported is None:
         return None
     with reported.as_directory() as directory:
         found = ckpt.list_checkpoints_in(directory)
-        if not found:
-            return None
-        step, path = found[-1]
-        return step, ckpt.load_checkpoint(path), reported.path
+    if not found:
+        return None
+    step, name = found[-1][0], os.path.basename(found[-1][1])
+
+    def verify() -> tuple[Optional[dict], str]:
+        with reported.as_directory() as directory:
+            return ckpt.verify_checkpoint(os.path.join(directory, name))
+
+    return step, f"{what} {reported.path}", verify, None
 
 
 @contextlib.contextmanager
 def staged(checkpoint_path: str) -> Iterator[tuple[str, str]]:
-    """A temporary directory holding only `checkpoint_path` (hard-linked when possible), and its name."""
+    """A temporary directory holding only `checkpoint_path` and its sha256 sidecar (hard-linked when
+    possible), and the checkpoint's name."""
     staging = tempfile.mkdtemp(prefix="began-ckpt-")
     try:
-        staged_path = os.path.join(staging, os.path.basename(checkpoint_path))
-        try:
-            os.link(checkpoint_path, staged_path)  # no copy when on the same filesystem
-        except OSError:
-            shutil.copy2(checkpoint_path, staged_path)
+        for source in (checkpoint_path, ckpt.sidecar_path(checkpoint_path)):
+            if not os.path.exists(source):
+                continue
+            staged_path = os.path.join(staging, os.path.basename(source))
+            try:
+                os.link(source, staged_path)  # no copy when on the same filesystem
+            except OSError:
+                shutil.copy2(source, staged_path)
         yield staging, os.path.basename(checkpoint_path)[:-3]
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import Optional
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -51,11 +52,14 @@ class _AppendHandler(logging.Handler):
     def __init__(self, path: str):
         super().__init__()
         self.appender = storage.Appender(path)
+        self.failure: Optional[str] = None  # a permanent write error, for the loop's storage check
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.appender.write(self.format(record) + "\n")
-        except Exception:  # logging never raises into the caller
+        except storage.StorageError as error:  # logging never raises into the caller: the loop asks
+            self.failure = self.failure or str(error)
+        except Exception:
             self.handleError(record)
 
     def flush(self) -> None:
@@ -94,6 +98,12 @@ class RunLogger:
         self.log.addHandler(_TqdmConsole())
         if progress:
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    @property
+    def failure(self) -> Optional[str]:
+        """log.txt's first permanent write error (disk full, file too large), or None."""
+        handlers = self.log.handlers if self.enabled else []
+        return next((h.failure for h in handlers if isinstance(h, _AppendHandler) and h.failure), None)
 
     def info(self, message: str) -> None:
         if self.enabled:

@@ -15,6 +15,7 @@ and every logged value is an all-reduced mean, so rank 0 speaks for all.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -48,6 +49,10 @@ class NonFiniteLoss(RuntimeError):
 
 class Interrupted(RuntimeError):
     """SIGINT or SIGTERM arrived; a checkpoint was saved (exit code 130)."""
+
+
+class StorageFailed(RuntimeError):
+    """Rank 0 could not write the run directory (disk full, file too large): every rank stops (exit code 4)."""
 
 
 class NonFiniteGuard:
@@ -92,6 +97,16 @@ def stop_requests():
             signal.signal(sig, handler)
 
 
+def set_deterministic() -> None:
+    """train.deterministic: the switches PyTorch's reproducibility notes list for CUDA, so that a
+    resume on a GPU continues bitwise as it does on the CPU (docs/design.md). warn_only: an op with
+    no deterministic kernel warns (naming itself) instead of stopping the run."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS makes its handle
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
 class Trainer:
     """The state of one worker's run and the steps that move it forward."""
 
@@ -102,6 +117,8 @@ class Trainer:
         self.rank, self.world = comm.rank(), comm.world_size()
         self.device = device or comm.pick_device(cfg.train.device)
         seed, batch = cfg.train.seed, cfg.train.batch_size
+        if cfg.train.deterministic:
+            set_deterministic()
         torch.manual_seed(seed)  # same initial weights on every rank
         self.family = get_family(cfg.model.family)(cfg, self.device)
         self.family.distribute(lambda network: comm.wrap_ddp(network, self.device))
@@ -118,6 +135,7 @@ class Trainer:
         self.guard = NonFiniteGuard(self.logged, self.device)
         self.last_stats: dict = {}
         self.last_checkpoint: Optional[str] = None
+        self.storage_failure: Optional[str] = None  # rank 0's first failed write, until the next storage check
         self.eval_cache: dict = {}  # real-side metric work, shared by the evaluations of this run
         self.eval_latest: dict = {}  # headline value of each metric's latest evaluation, reported beside M
 
@@ -136,7 +154,15 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        # The optimisers' hyperparameters (betas, eps, weight decay, ...) are this run's config, as the
+        # optimisers were built from it; a checkpoint's saved param_groups (an earlier config, or a PBT
+        # donor's) would otherwise win. The lr is LrControl's (train.lr x the saved multiplier).
+        configured = [[{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+                      for optimizer in self.family.optimizers]
         self.family.load_state_dict(state)
+        for optimizer, groups in zip(self.family.optimizers, configured):
+            for group, settings in zip(optimizer.param_groups, groups):
+                group.update(settings)
         self.step, self.elapsed_s = int(state["step"]), float(state.get("elapsed_s", 0.0))
         self.lr_control.load_state_dict(state["lr_state"], self.device)
         ckpt.restore_rng(state["rng"], self.device)
@@ -149,15 +175,45 @@ class Trainer:
         path = None
         if self.rank == 0:
             keep = self.cfg.run.checkpoints_to_keep
-            path = self.last_checkpoint = ckpt.save_checkpoint(self.state_dict(), self.run_dir, self.step, keep)
+            with self._writes():
+                path = self.last_checkpoint = ckpt.save_checkpoint(self.state_dict(), self.run_dir, self.step, keep)
+        self._check_storage()  # before Ray or Tune is handed a checkpoint that was not written
         self.reporter.report({**(metrics or {"step": self.step}), **self.eval_latest}, path)
 
     def restore_latest(self) -> Optional[str]:
-        state, source = self.reporter.load_latest(self.run_dir)
+        """Rank 0 picks the newest checkpoint that verifies, and every rank restores that state: ranks
+        that each chose on their own could load different steps (e.g. RUN_DIR differs between nodes)."""
+        choice = None
+        if self.rank == 0:
+            try:
+                choice = self.reporter.load_latest(self.run_dir)
+            except ckpt.NoGoodCheckpoint as error:
+                choice = str(error)
+        choice = comm.broadcast_object(choice)
+        if isinstance(choice, str):
+            raise ckpt.NoGoodCheckpoint(choice)
+        state, source = choice
         if state is not None:
             self.load_state_dict(state)
             self.last_checkpoint = source
         return source
+
+    # -- storage errors -----------------------------------------------------------------
+    @contextlib.contextmanager
+    def _writes(self):
+        """Rank 0's writes to the run directory: a StorageError is kept until the next storage check."""
+        try:
+            yield
+        except storage.StorageError as error:
+            self.storage_failure = self.storage_failure or str(error)
+
+    def _check_storage(self, log: Optional[RunLogger] = None) -> None:
+        """Every rank stops together when rank 0 could not write: alone, the others would wait in the
+        next all-reduce. Called where every rank passes (log steps, checkpoints)."""
+        failure = self.storage_failure or (log.failure if log is not None else None)
+        failure = comm.broadcast_object(failure)
+        if failure:
+            raise StorageFailed(failure)
 
     # -- the loop -----------------------------------------------------------------------
     def run(self, progress: bool = True) -> RunResult:
@@ -169,10 +225,23 @@ class Trainer:
         resumed_from = self.restore_latest()
         self.lr_control.apply(*self.family.optimizers)
         tags, shown = self.family.scalar_tags, self.family.progress_keys
-        log = RunLogger(self.run_dir, self.rank == 0, self.step, t.steps, progress, tags, shown)
+        log = None
         if self.rank == 0:
-            storage.write_text(storage.join(self.run_dir, "config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
-            truncate_metrics(self.run_dir, self.step)  # as stats.jsonl: no step recorded twice
+            with self._writes():
+                removed = [path for sub in ("", ckpt.CHECKPOINT_DIR, "samples")
+                           for path in storage.remove_stale_temps(storage.join(self.run_dir, sub))]
+                log = RunLogger(self.run_dir, True, self.step, t.steps, progress, tags, shown)
+                storage.write_text(storage.join(self.run_dir, "config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
+                truncate_metrics(self.run_dir, self.step)  # as stats.jsonl: no step recorded twice
+                if removed:
+                    log.info(f"removed temporary files a stopped writer left: {', '.join(removed)}")
+        if log is None:
+            log = RunLogger(self.run_dir, False, self.step, t.steps, progress, tags, shown)
+        try:
+            self._check_storage(log)
+        except StorageFailed:
+            log.close()
+            raise
         log.info(self._banner(resumed_from))
         snapshot = torch.arange(min(FIXED_SAMPLES, len(self.dataset)))
         snapshot_real = to_model_range(self.dataset.batch(snapshot), self.device)
@@ -188,7 +257,9 @@ class Trainer:
                     if done % t.log_every == 0 or done == t.steps:
                         now = time.perf_counter()
                         record = self._record(totals / interval_steps, interval_steps, now - interval_start)
-                        log.scalars(record)
+                        with self._writes():
+                            log.scalars(record)
+                        self._check_storage(log)
                         if done % t.checkpoint_every and done != t.steps:
                             # checkpoint steps report with their checkpoint
                             self.reporter.report({**record, **self.eval_latest})
@@ -196,9 +267,11 @@ class Trainer:
                         interval_steps, interval_start = 0, now
                     if self.rank == 0 and (done % t.sample_every == 0 or done == t.steps):
                         panels = self.family.image_panels(snapshot_real, self.fixed_z, **self._labels(snapshot))
-                        log.images(done, panels)
+                        with self._writes():
+                            log.images(done, panels)
                     if self.rank == 0 and t.eval_every and (done % t.eval_every == 0 or done == t.steps):
-                        self._evaluate(log)
+                        with self._writes():
+                            self._evaluate(log)
                     if done % t.checkpoint_every == 0 or done == t.steps:
                         self.save(record if record and record["step"] == done else None)
                         log.info(f"step {done}: checkpoint {self.last_checkpoint}")
@@ -214,6 +287,7 @@ class Trainer:
             log.close()
         digests = self._replica_digests()
         log.info(f"done: {self.step} steps in {self.run_dir}")
+        self._check_storage(log)  # log.txt's last lines
         return self.result(Status.done, metrics=record or {}, replica_digests=digests)
 
     def result(self, status: Status, message: str = "", metrics: Optional[dict] = None, **debug) -> RunResult:
@@ -300,6 +374,11 @@ def run_trainer(trainer: Trainer, progress: bool = True) -> RunResult:
         return trainer.result(Status.non_finite, str(error))
     except Interrupted as error:
         return trainer.result(Status.interrupted, str(error))
+    except StorageFailed as error:  # returned, not raised: Ray would retry the write into the same full disk
+        return trainer.result(Status.storage_error, f"{error}; the run stopped, last good checkpoint: "
+                              f"{trainer.last_checkpoint}")
+    except ckpt.NoGoodCheckpoint as error:  # likewise: a retry finds the same bad files
+        return trainer.result(Status.refused, str(error))
 
 
 def train_loop(config: dict, reporter: Optional[Reporter] = None, progress: bool = True) -> RunResult:

@@ -21,9 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from began_dist import storage
 from began_dist.config import ConfigError, load_config, resolve_run_dir
+from began_dist.config.load import refuse_relative_in_ray_job
 from began_dist.data import check_source
 from began_dist.eval.metrics import check_metric_names, check_prerequisites
 from began_dist.train import state as ckpt
+from began_dist.uris import uri_scheme
 
 
 def check_metrics(text: str, field: str) -> list[str]:
@@ -66,6 +68,8 @@ def check_run(cfg: DictConfig) -> DictConfig:
 def train_config(config: Optional[str], overrides: list[str], resume: Optional[str] = None) -> DictConfig:
     """The checked config of `began-dist train` (a new run from `config`, or `--resume RUN_DIR`)."""
     if resume:
+        uri_scheme(resume, "--resume", ConfigError)
+        refuse_relative_in_ray_job(resume, "--resume")
         run_dir = storage.resolve(resume)
         saved = storage.join(run_dir, "config.yaml")
         if not storage.isfile(saved):

@@ -19,9 +19,13 @@ from began_dist.train import state as ckpt
 
 class Reporter:
     def load_latest(self, run_dir: str) -> tuple[Optional[dict], Optional[str]]:
-        """(state, where it came from) of the newest checkpoint, or (None, None)."""
-        path = ckpt.latest_checkpoint(run_dir)
-        return (ckpt.load_checkpoint(path), path) if path else (None, None)
+        """(state, where it came from) of the newest checkpoint that verifies, or (None, None).
+
+        Bad ones are named on stderr and moved to checkpoints/bad/; when there are checkpoints
+        but none verifies, ckpt.NoGoodCheckpoint names them (train/state.py).
+        """
+        state, label, _ = ckpt.newest_verified(ckpt.run_dir_candidates(run_dir), ckpt.warn_stderr)
+        return state, label
 
     def report(self, metrics: dict, checkpoint_path: Optional[str] = None) -> None:
         """Called by every rank at each log step and checkpoint; rank 0 passes the checkpoint."""

@@ -12,20 +12,26 @@ from typing import Optional
 from ray import tune
 
 from began_dist import storage
-from began_dist.distributed.reporting import checkpoint_file, staged
+from began_dist.distributed.reporting import ray_candidate, staged
+from began_dist.train import state as ckpt
 from began_dist.train.reporting import Reporter
 
 
 class TuneReporter(Reporter):
     def load_latest(self, run_dir: str) -> tuple[Optional[dict], Optional[str]]:
-        reported = checkpoint_file(tune.get_checkpoint())
+        """Tune's checkpoint when it verifies (it wins even when RUN_DIR has a later step: a PBT exploit
+        goes back to the donor's step), else RUN_DIR's newest that verifies."""
+        reported = ray_candidate(tune.get_checkpoint(), "Tune checkpoint")
         if reported is None:  # a new trial (or one Tune never saw a checkpoint of)
             return super().load_latest(run_dir)
-        step, state, path = reported
+        try:
+            state, label, step = ckpt.newest_verified([reported], ckpt.warn_stderr)
+        except ckpt.NoGoodCheckpoint:  # named on stderr already; fall back to the trial's own
+            return super().load_latest(run_dir)
         donor = state.get("config", {}).get("run", {}).get("dir", "")
         if donor and storage.resolve(donor) != storage.resolve(run_dir):
-            return state, f"PBT exploit: checkpoint of {donor} (step {step}, {path})"
-        return state, f"Tune checkpoint {path}"
+            return state, f"PBT exploit: checkpoint of {donor} (step {step}, {label})"
+        return state, label
 
     def report(self, metrics: dict, checkpoint_path: Optional[str] = None) -> None:
         if checkpoint_path is None:

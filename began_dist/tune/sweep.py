@@ -45,6 +45,8 @@ def main(spec_path: str, overrides: list[str], resume: bool = False) -> Status:
     Returns Status.done, or Status.interrupted when the sweep stopped early (resume with --resume);
     refusals raise ConfigError/DataError before any Ray work.
     """
+    if resume:
+        refuse_resume_overrides(overrides)
     spec, base = load_spec(spec_path, overrides)
     if resume and not base.run.dir:
         raise ConfigError("--resume: give the sweep's directory as run.dir=SWEEP_DIR")
@@ -63,6 +65,21 @@ def main(spec_path: str, overrides: list[str], resume: bool = False) -> Status:
     print(f"results: {storage.join(base.run.dir, 'results.csv')}")
     print(f"report:  began-dist report {base.run.dir}")
     return Status.done
+
+
+RESUME_KEYS = ("run.dir", "run.address")  # what `tune --resume` takes: where the sweep is, where to run it
+
+
+def refuse_resume_overrides(overrides: list[str]) -> None:
+    """`tune --resume` continues the sweep its SWEEP_DIR records (sweep.yaml, base.yaml, Tune's state):
+    Tune restores its trials and searcher as they were, and trials already run could not take a new
+    value, so any other override would be silently dropped. Refuse them, naming each."""
+    ignored = [item for item in overrides if item.split("=", 1)[0].strip() not in RESUME_KEYS]
+    if ignored:
+        raise ConfigError(
+            f"--resume continues the sweep as it was started; these overrides cannot change it: {', '.join(ignored)} "
+            f"(only {' and '.join(RESUME_KEYS)} are taken); start a new sweep in another run.dir to change them"
+        )
 
 
 # -- the base config each trial starts from ------------------------------------------------
