@@ -5,13 +5,15 @@
 Each worker runs `began_dist.train.loop.Trainer` unchanged; G and D each get their
 own DDP (gloo on CPU, NCCL on GPU); the global batch is split by the Contract's
 rule. Without `run.address` a local Ray cluster is started on 127.0.0.1 and
-stopped afterwards. Ray's own storage (its checkpoint copies, run state) is
-RUN_DIR/ray, so `--resume RUN_DIR` (any worker count) and worker-failure restarts
-continue from the newest checkpoint.
+stopped afterwards. Checkpoints live once, in RUN_DIR/checkpoints (on a shared
+filesystem or an object store every node reaches), so `--resume RUN_DIR` (any worker
+count) and worker-failure restarts continue from the newest one. Ray's own storage
+(its run state) is RUN_DIR/ray, a URI when the run directory is one.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -24,8 +26,11 @@ from began_dist.train.result import RunResult, Status
 RAY_RUN_NAME = "train"  # fixed, so fitting again with the same storage path resumes
 
 
-def worker_entry(config: dict) -> RunResult:
-    """What each Ray Train worker runs; rank 0's RunResult is the run's."""
+def worker_entry(config: dict, ray_checkpoints: bool = False) -> RunResult:
+    """What each Ray Train worker runs; rank 0's RunResult is the run's.
+
+    `ray_checkpoints`: hand checkpoints to Ray too (a nested Tune trial; distributed/reporting.py).
+    """
     import ray
     import ray.train.torch
 
@@ -33,7 +38,7 @@ def worker_entry(config: dict) -> RunResult:
     from began_dist.distributed.reporting import RayTrainReporter
     from began_dist.train.loop import Trainer, run_trainer
 
-    trainer = Trainer(config, RayTrainReporter(), device=ray.train.torch.get_device())
+    trainer = Trainer(config, RayTrainReporter(ray_checkpoints), device=ray.train.torch.get_device())
     # A non-finite loss is returned as a status, not raised: Ray retries every exception,
     # and a NaN run would only NaN again.
     result = run_trainer(trainer, progress=False)
@@ -250,6 +255,19 @@ def check_placement(run, wait_s: float = AUTOSCALER_WAIT_S) -> None:
         )
 
 
+def ray_storage(run_dir: str):
+    """(storage_path, storage_filesystem) of Ray's run state, RUN_DIR/ray.
+
+    For a URI the filesystem is built here from the whole URI, `?query` included (the store's
+    endpoint and options), and Ray gets the path inside it.
+    """
+    path = storage.join(run_dir, "ray")
+    if storage.is_local(path):
+        return path, None
+    fs, inner = storage.filesystem(path)
+    return inner, fs
+
+
 def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
     """Train `cfg` with `cfg.run.workers` Ray Train workers; returns rank 0's RunResult
     (status failed when Ray gives up: workers failed more than run.max_failures times).
@@ -269,8 +287,9 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
     try:
         check_placement(run)
         resources = worker_bundle(run)
+        ray_path, ray_fs = ray_storage(run.dir)
         trainer = TorchTrainer(
-            worker_entry,
+            functools.partial(worker_entry, ray_checkpoints=bool(callbacks)),
             train_loop_config=to_container(cfg),
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             scaling_config=ScalingConfig(
@@ -281,7 +300,8 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
             ),
             run_config=RunConfig(
                 name=RAY_RUN_NAME,
-                storage_path=storage.join(run.dir, "ray"),
+                storage_path=ray_path,
+                storage_filesystem=ray_fs,
                 failure_config=FailureConfig(
                     max_failures=run.max_failures, controller_failure_limit=run.controller_failure_limit
                 ),

@@ -75,9 +75,10 @@ class RunLogger:
         self.stats_path = storage.join(run_dir, "stats.jsonl")
         truncate_stats(self.stats_path, start_step)
         self.stats = storage.Appender(self.stats_path)
-        # TensorBoard writes its own event files: a local directory (began_dist/storage.py says why).
-        tb_dir = storage.local_dir(storage.join(run_dir, "tb"))
-        self.tb = SummaryWriter(tb_dir, purge_step=start_step + 1 if start_step else None)
+        # TensorBoard writes its own event files: a local directory, uploaded to RUN_DIR/tb on each
+        # flush when the run directory is on an object store (began_dist/storage.py says why).
+        self.tb_mirror = storage.LocalMirror(storage.join(run_dir, "tb"))
+        self.tb = SummaryWriter(self.tb_mirror.local, purge_step=start_step + 1 if start_step else None)
         self.log = logging.getLogger(f"began_dist.run.{id(self)}")
         self.log.setLevel(logging.INFO)
         self.log.propagate = False
@@ -118,19 +119,22 @@ class RunLogger:
         save_grid(panels[sample_name], storage.join(self.run_dir, "samples", f"step-{step:08d}.png"))
 
     def flush(self) -> None:
-        """Make stats.jsonl and log.txt durable (the point an object-store backend uploads at)."""
+        """Make stats.jsonl, log.txt and tb/ durable (where an object-store run directory uploads them)."""
         if self.enabled:
             self.stats.flush()
             for handler in self.log.handlers:
                 handler.flush()
+            self.tb.flush()
+            self.tb_mirror.sync()
 
     def close(self) -> None:
         if not self.enabled:
             return
         if self.bar is not None:
             self.bar.close()
-        self.flush()
         self.tb.close()
+        self.flush()
+        self.tb_mirror.close()
         for handler in list(self.log.handlers):
             handler.close()
             self.log.removeHandler(handler)

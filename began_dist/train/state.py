@@ -9,6 +9,7 @@ new one, never a partial file under a checkpoint's name.
 
 from __future__ import annotations
 
+import io
 import re
 from typing import Optional
 
@@ -44,20 +45,40 @@ def latest_checkpoint(run_dir: str) -> Optional[str]:
     return found[-1][1] if found else None
 
 
-def save_checkpoint(state: dict, run_dir: str, step: int, keep: int) -> str:
+def save_checkpoint(state: dict, run_dir: str, step: int, keep: int,
+                    writer: Optional[storage.BackgroundWriter] = None) -> str:
     """Write `state` atomically as step-XXXXXXXX.pt (storage.atomic_writer), then keep only the newest `keep`.
 
     Checkpoints of later steps than `step` are dropped first: they belong to a history the run
     went back from (a PBT exploit restores the donor's earlier step into a trial that had gone
     further), and counting them as newer would delete the checkpoint just written.
+
+    With a `writer`, `state` is serialised here (the snapshot of this step) and the upload and
+    the pruning run in its background thread: training goes on while an object store receives it.
     """
-    final = storage.save_torch(state, checkpoint_path(run_dir, step))
+    final = checkpoint_path(run_dir, step)
+    if writer is None:
+        storage.save_torch(state, final)
+        _prune(run_dir, step, keep)
+        return final
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+
+    def upload() -> None:
+        storage.write_bytes(final, data)
+        _prune(run_dir, step, keep)
+
+    writer.submit(upload)
+    return final
+
+
+def _prune(run_dir: str, step: int, keep: int) -> None:
     found = list_checkpoints(run_dir)
     for _, later in (item for item in found if item[0] > step):
         storage.delete(later)
     for _, old in [item for item in found if item[0] <= step][:-keep]:
         storage.delete(old)
-    return final
 
 
 def load_checkpoint(path: str) -> dict:
