@@ -14,8 +14,10 @@ count) and worker-failure restarts continue from the newest one. Ray's own stora
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
+import secrets
 import sys
 import time
 
@@ -26,10 +28,61 @@ from began_dist.train.result import RunResult, Status
 RAY_RUN_NAME = "train"  # fixed, so fitting again with the same storage path resumes
 
 
-def worker_entry(config: dict, ray_checkpoints: bool = False) -> RunResult:
+RUN_DIR_MARKER = ".began-dist-driver"  # RUN_DIR/<this>: a token the driver writes, each worker reads
+
+
+def mark_run_dir(run_dir: str) -> str:
+    """Write a fresh token into RUN_DIR for the workers to find (driver side); returns it."""
+    token = secrets.token_hex(8)
+    storage.write_text(storage.join(run_dir, RUN_DIR_MARKER), token)
+    return token
+
+
+def run_dir_refusal(run_dir: str, token: str) -> str:
+    """'' when this node sees the driver's RUN_DIR (its token), else why not, naming run.dir and the node.
+
+    Every worker of every worker group checks it when it starts (nodes may join later), and
+    the workers agree before any training step, so they stop together.
+    """
+    import ray
+
+    from began_dist.distributed import comm
+
+    try:
+        seen = storage.read_text(storage.join(run_dir, RUN_DIR_MARKER)) == token
+    except OSError:
+        seen = False
+    context = ray.get_runtime_context()
+    here = "" if seen else f"node {ray.util.get_node_ip_address()} ({context.get_node_id()[:12]})"
+    blind = [node for node in comm.gather_objects(here) if node]
+    if not blind:
+        return ""
+    return (
+        f"run.dir={storage.display(run_dir)}: not visible from {', '.join(sorted(set(blind)))}; a run directory "
+        "on a cluster must be storage every node sees (a shared filesystem, or s3:// / gs://)"
+    )
+
+
+class _NoReportLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Reporting training result")
+
+
+def quiet_report_lines() -> None:
+    """Drop Ray Train's INFO line per report per worker, which buries the run's own progress lines
+    on the driver's console (Ray 2.60's train/v2/_internal/execution/context.py names its logger
+    after its file)."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).addFilter(_NoReportLines())
+
+
+def worker_entry(config: dict, ray_checkpoints: bool = False, token: str = "") -> RunResult:
     """What each Ray Train worker runs; rank 0's RunResult is the run's.
 
     `ray_checkpoints`: hand checkpoints to Ray too (a nested Tune trial; distributed/reporting.py).
+    `token`: the driver's mark in RUN_DIR (mark_run_dir); a run directory this node cannot see
+    is a refusal returned as a status, which Ray does not retry.
     """
     import ray
     import ray.train.torch
@@ -37,6 +90,11 @@ def worker_entry(config: dict, ray_checkpoints: bool = False) -> RunResult:
     from began_dist.distributed import comm
     from began_dist.distributed.reporting import RayTrainReporter
     from began_dist.train.loop import Trainer, run_trainer
+
+    quiet_report_lines()
+    refusal = run_dir_refusal(config["run"]["dir"], token) if token else ""
+    if refusal:
+        return RunResult(Status.refused, run_dir=config["run"]["dir"], message=refusal)
 
     trainer = Trainer(config, RayTrainReporter(ray_checkpoints), device=ray.train.torch.get_device())
     # A non-finite loss is returned as a status, not raised: Ray retries every exception,
@@ -289,7 +347,7 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
         resources = worker_bundle(run)
         ray_path, ray_fs = ray_storage(run.dir)
         trainer = TorchTrainer(
-            functools.partial(worker_entry, ray_checkpoints=bool(callbacks)),
+            functools.partial(worker_entry, ray_checkpoints=bool(callbacks), token=mark_run_dir(run.dir)),
             train_loop_config=to_container(cfg),
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             scaling_config=ScalingConfig(

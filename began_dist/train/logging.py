@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -69,6 +70,7 @@ class RunLogger:
         self.run_dir, self.enabled = run_dir, enabled
         self.keys, self.tags, self.shown = stats_keys(scalars), {**scalars, **COMMON_SCALARS}, shown
         self.bar = None
+        self.start_step, self.total_steps, self.started = start_step, total_steps, time.monotonic()
         if not enabled:
             return
         storage.makedirs(storage.join(run_dir, "samples"))
@@ -107,8 +109,17 @@ class RunLogger:
             self.tb.add_scalar(tag, record[key], record["step"])
         if self.bar is not None:
             self.bar.set_postfix({key: f"{record[key]:.4f}" for key in self.shown[:-1]}, refresh=False)
-        else:
-            self.info(f"step {record['step']}: " + " ".join(f"{key} {record[key]:.4f}" for key in self.shown))
+        else:  # no bar (a Ray Train worker: its stdout goes to the driver's console): one line per log step
+            shown = " ".join(f"{key} {record[key]:.4f}" for key in self.shown)
+            self.info(f"step {record['step']}/{self.total_steps}: {shown} "
+                      f"{record['images_per_s']:.1f} images/s ETA {self._eta(record['step'])}")
+
+    def _eta(self, step: int) -> str:
+        done = step - self.start_step
+        if done <= 0:
+            return "?"
+        left = (time.monotonic() - self.started) / done * (self.total_steps - step)
+        return time.strftime("%H:%M:%S", time.gmtime(left)) if left < 86400 else f"{left / 3600:.0f} h"
 
     def images(self, step: int, panels: dict[str, torch.Tensor], sample_name: str = "G_fixed") -> None:
         """TensorBoard images/<name> for each panel; samples/step-XXXXXXXX.png of G(z_fixed)."""
