@@ -15,16 +15,18 @@ always did here; the semantics a run needs, per operation:
 - `append_text` (log.txt, stats.jsonl, metric-*.jsonl): locally an O_APPEND write
   per call, as a FileHandler does. Object stores cannot append: there it reads the
   object and writes it back whole (atomic, O(size) per call). That is correct but
-  slow for a long log; the object-storage backend is expected to replace it with a
-  local spool uploaded on `flush` (rewrite-on-flush), which is why callers that
-  append often hold an `Appender` and call `flush()` at their natural sync points
-  (a checkpoint, the end of the run) rather than relying on every append landing.
+  slow for a long log, so callers that append often hold an `Appender`, which on an
+  object store keeps the content in memory and uploads it whole on `flush()` (called
+  at a checkpoint and at the end of the run) and at most every 30 s.
+- `BackgroundWriter`: a checkpoint's upload runs beside training (the bytes are
+  serialised first, in the training thread), so a slow store does not stall steps.
 - `load_torch`: `torch.load(..., weights_only=True)` on the CPU; no code runs from a
   checkpoint file.
 
-TensorBoard's SummaryWriter writes its event files itself, so `local_dir` hands it a
-local path. (torch's SummaryWriter goes through tensorboard's gfile, which takes
-`s3://` only with boto3 installed and S3_ENDPOINT set, and, having no append for S3,
+TensorBoard's SummaryWriter writes its event files itself, so `LocalMirror` hands it a
+local directory and, for a URI run directory, uploads the event files at the run's sync
+points. (torch's SummaryWriter could write to s3:// itself through tensorboard's gfile,
+but only with boto3 installed and S3_ENDPOINT set, and, having no append for S3, it
 rewrites the whole event file on every flush; there is no gs://.)
 
 This module imports only began_dist.uris (the supported schemes): it sits in the lowest
@@ -42,6 +44,8 @@ import posixpath
 import re
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from typing import IO, Any, Optional
 
@@ -67,19 +71,36 @@ def resolve(path: str) -> str:
     return str(path) if is_uri(path) else os.path.abspath(os.path.expanduser(str(path)))
 
 
+def _split_query(uri: str) -> tuple[str, str]:
+    """('s3://bucket/x', '?endpoint_override=...') of a URI; the query carries the store's options."""
+    head, mark, query = str(uri).partition("?")
+    return head.rstrip("/"), mark + query
+
+
 def join(base: str, *parts: str) -> str:
-    """Path joining for local paths (os.path.join) and URIs (forward slashes)."""
+    """Path joining for local paths (os.path.join) and URIs (forward slashes, before the `?query`)."""
     if is_uri(base):
-        return posixpath.join(str(base), *parts)
+        head, query = _split_query(base)
+        return posixpath.join(head, *parts) + query
     return os.path.join(base, *parts)
 
 
 def basename(path: str) -> str:
-    return posixpath.basename(str(path).rstrip("/")) if is_uri(path) else os.path.basename(os.path.normpath(path))
+    if is_uri(path):
+        return posixpath.basename(_split_query(path)[0])
+    return os.path.basename(os.path.normpath(path))
 
 
 def dirname(path: str) -> str:
-    return posixpath.dirname(str(path).rstrip("/")) if is_uri(path) else os.path.dirname(os.path.abspath(path))
+    if is_uri(path):
+        head, query = _split_query(path)
+        return posixpath.dirname(head) + query
+    return os.path.dirname(os.path.abspath(path))
+
+
+def display(path: str) -> str:
+    """`path` without a URI's `?query` (endpoint and options), for messages."""
+    return _split_query(path)[0] if is_uri(path) else str(path)
 
 
 def _local_path(path: str) -> str:
@@ -268,29 +289,125 @@ def append_text(path: str, text: str) -> None:
 
 
 class Appender:
-    """Appends to one file (log.txt, stats.jsonl): the seam a spooling object-store backend fills.
+    """Appends to one file (log.txt, stats.jsonl).
 
-    Locally every `write` lands at once (as before: a crash loses nothing written);
-    `flush` is where a backend that cannot append uploads what it has gathered.
+    Locally every `write` lands at once (as before: a crash loses nothing written). An object
+    store cannot append, so there the content is held here (the object's content when this
+    Appender was made, plus what was written since) and uploaded whole, atomically, on
+    `flush` and at most every `upload_every_s` seconds from `write`; a crash loses what was
+    written since the last upload (the run's checkpoints flush it, so a resume cuts back to
+    the checkpoint's step anyway).
+    """
+
+    def __init__(self, path: str, upload_every_s: float = 30.0):
+        self.path = path
+        self.remote = not is_local(path)
+        self.upload_every_s = upload_every_s
+        self._lock = threading.Lock()
+        if self.remote:
+            self._content = bytearray(read_bytes(path) if exists(path) else b"")
+            self._dirty, self._uploaded_at = False, time.monotonic()
+
+    def write(self, text: str) -> None:
+        if not self.remote:
+            append_text(self.path, text)
+            return
+        with self._lock:
+            self._content += text.encode("utf-8")
+            self._dirty = True
+        if time.monotonic() - self._uploaded_at >= self.upload_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Make every write durable at `path` (a no-op locally: writes are not buffered)."""
+        if not self.remote:
+            return
+        with self._lock:
+            if not self._dirty:
+                return
+            data, self._dirty = bytes(self._content), False
+        write_bytes(self.path, data)
+        self._uploaded_at = time.monotonic()
+
+
+class LocalMirror:
+    """A local directory for a tool that writes its own files (TensorBoard's SummaryWriter).
+
+    For a local `path` it is `path` itself. For a URI it is a node-local temporary directory
+    whose files `sync()` uploads to `path` (each file whole and atomic, only those that changed
+    since the last sync), so `tensorboard --logdir` on a copy, or on the URI where TensorBoard
+    reads the store, follows the run at the caller's sync points.
     """
 
     def __init__(self, path: str):
         self.path = path
+        if is_local(path):
+            self.local = local_dir(path)
+            self._temp = None
+        else:
+            self._temp = tempfile.TemporaryDirectory(prefix="began-mirror-")
+            self.local = self._temp.name
+        self._sizes: dict[str, int] = {}
 
-    def write(self, text: str) -> None:
-        append_text(self.path, text)
+    def sync(self) -> None:
+        if self._temp is None:
+            return
+        for root, _, files in os.walk(self.local):
+            for name in files:
+                local = os.path.join(root, name)
+                size = os.path.getsize(local)
+                if self._sizes.get(local) == size:
+                    continue
+                relative = os.path.relpath(local, self.local).replace(os.sep, "/")
+                with open(local, "rb") as handle:
+                    write_bytes(join(self.path, relative), handle.read())
+                self._sizes[local] = size
 
-    def flush(self) -> None:
-        """Make every write durable at `path` (a no-op locally: writes are not buffered)."""
+    def close(self) -> None:
+        self.sync()
+        if self._temp is not None:
+            self._temp.cleanup()
+
+
+class BackgroundWriter:
+    """Whole-file writes done by one background thread, one at a time, in order.
+
+    The caller hands over bytes already serialised (the consistent snapshot), so training goes
+    on while the upload runs; `submit` waits only for the previous write to finish (at most one
+    in flight), and `wait` re-raises a write's error in the caller. Each write is atomic
+    (`write_bytes`), so a reader sees the old set of files or the new one.
+    """
+
+    def __init__(self):
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
+
+    def submit(self, work) -> None:
+        """Run `work()` (writes through this module) in the background after the previous one."""
+        self.wait()
+
+        def run() -> None:
+            try:
+                work()
+            except BaseException as error:  # re-raised by wait() in the training thread
+                self._error = error
+
+        self._thread = threading.Thread(target=run, name="began-upload", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def local_dir(path: str) -> str:
-    """A local directory for a tool that writes files itself (TensorBoard's SummaryWriter).
-
-    Local paths only for now: an object-store run directory has no local twin yet.
-    """
+    """A local directory (made if missing) for a tool that writes files itself; URIs: use LocalMirror."""
     if not is_local(path):
-        raise ValueError(f"{path}: a tool writing its own files needs a local directory")
+        raise ValueError(f"{path}: a tool writing its own files needs a local directory (LocalMirror)")
     local = os.path.abspath(_local_path(path))
     os.makedirs(local, exist_ok=True)
     return local

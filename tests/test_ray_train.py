@@ -62,7 +62,9 @@ def test_two_nodes_identical_replicas_equivalent_to_one_worker_and_resume_with_o
     assert code == 0
     assert [line["step"] for line in stats_steps(tmp_path / "ray")] == [1, 2, 3, 4, 5, 6]
     with open(tmp_path / "ray" / "log.txt") as handle:
-        assert "resumed from Ray checkpoint" in handle.read()  # Ray Train's own copy, via get_checkpoint()
+        assert f"resumed from {tmp_path / 'ray' / 'checkpoints' / 'step-00000004.pt'}" in handle.read()
+    # A checkpoint is stored once: RUN_DIR/checkpoints, no copy of it in Ray's storage (RUN_DIR/ray).
+    assert not list((tmp_path / "ray" / "ray").rglob("*.pt"))
     position = ckpt.load_checkpoint(ckpt.latest_checkpoint(str(tmp_path / "ray")))["data"]
     assert (position["epoch"], position["offset"]) == (1, 2 * 16)  # 64 glyphs = 4 batches an epoch; 6 steps
 

@@ -2,13 +2,16 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
 
 import pytest
+import torch
 from conftest import TINY
 from testbed_support import ROOT
 
@@ -96,20 +99,76 @@ def test_store_from_every_host(testbed):
     assert seen.stdout.strip() == str([(f"host{i}", 6 * 2**20) for i in range(3)])
 
 
-def test_two_workers_across_hosts_fail_at_the_first_checkpoint(testbed):
-    """Known gap (run directories on object storage come later): with a run.dir local to each
-    host, Ray Train's storage check fails on the worker host at the first checkpoint; the rank-0
-    files land on its own disk. This records today's behaviour; it will change."""
+def test_two_workers_on_two_hosts_with_run_dir_on_the_store(testbed, tmp_path):
+    """`ray job submit` from the machine to host0's job API, workers on host1 and host2, run.dir on
+    the store: the run finishes and its final checkpoint is bitwise the one of the same two-worker run
+    on a one-host cluster (CPU, gloo). Then sample, eval and report read the s3:// run from the machine."""
+    from began_dist import storage
+    from began_dist.train import state as ckpt
+
+    env = testbed.client_env()
+    run_dir = storage.join(env["BEGAN_TESTBED_STORE"], f"runs/two-{uuid.uuid4().hex[:8]}")
+    common = ["--workers", "2", *TINY, "train.steps=8"]
+    job = subprocess.run(
+        ["ray", "job", "submit", "--", "began-dist", "train", *common, "run.worker_resources.train_slot=1",
+         f"run.dir={run_dir}"],
+        env=env, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    out = job.stdout + job.stderr
+    assert job.returncode == 0, out[-4000:]
+    assert "ip=198.18.0.11" in out and "ip=198.18.0.12" in out  # the workers ran on host1 and host2
+
+    # the same run on a one-host cluster: a local Ray cluster on 127.0.0.1 of its own (its own
+    # RAY_TMPDIR, short for Ray's socket paths, so it joins no other local Ray instance)
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    local_env = {key: value for key, value in testbed.env.items() if key != "RAY_ADDRESS"}
+    local_dir = tmp_path / "one-host"
+    try:
+        local = subprocess.run(
+            [os.path.join(os.path.dirname(testbed.env["PYTHON"]), "began-dist"), "train", *common,
+             f"run.dir={local_dir}"], env={**local_env, "RAY_TMPDIR": ray_tmp}, capture_output=True, text=True,
+            timeout=400,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert local.returncode == 0, (local.stdout + local.stderr)[-4000:]
+
+    store_env = {key: env[key] for key in env if key.startswith("AWS_")}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in store_env.items():
+            patch.setenv(key, value)
+        assert [step for step, _ in ckpt.list_checkpoints(run_dir)] == [4, 8]
+        remote = ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir))
+        mine = ckpt.load_checkpoint(ckpt.latest_checkpoint(str(local_dir)))
+        for net in ("G", "D"):
+            for name, tensor in mine[net].items():
+                assert torch.equal(tensor, remote[net][name]), (net, name)
+        assert torch.equal(torch.as_tensor(remote["k_t"]), torch.as_tensor(mine["k_t"]))
+        for name in ("config.yaml", "log.txt", "stats.jsonl", "samples/step-00000008.png"):
+            assert storage.isfile(storage.join(run_dir, name)), name
+        assert not any(".pt" in name for name in storage.listdir(storage.join(run_dir, "ray")))
+    # the commands that read a run directory, from the machine, outside every host
+    for command in (["sample", run_dir, "--n", "4", "--out", str(tmp_path / "s")],
+                    ["eval", run_dir, "--metrics", "swd", "--n", "16"], ["report", run_dir]):
+        done = subprocess.run([os.path.join(os.path.dirname(testbed.env["PYTHON"]), "began-dist"), *command],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (command[0], done.stderr[-3000:])
+
+
+def test_run_dir_a_worker_cannot_see_is_refused(testbed):
+    """run.dir under the driver host's private /tmp: every worker checks it before any step; the run
+    stops with exit 2 naming run.dir and the nodes, and Ray does not retry it."""
     job = subprocess.run(
         ["ray", "job", "submit", "--", "began-dist", "train", "--workers", "2", *TINY, "train.steps=4",
-         "run.dir=/mnt/runs/x", "run.worker_resources.train_slot=1", "run.max_failures=0"],
+         "run.dir=/tmp/runs/private", "run.worker_resources.train_slot=1", "run.max_failures=2"],
         env=testbed.client_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     out = job.stdout + job.stderr
-    assert job.returncode != 0
-    assert "Unable to set up cluster storage" in out
-    # The first steps ran on the two worker hosts (metrics-only reports never touch storage).
-    assert "'step': 2" in out and "ip=198.18.0.11" in out and "ip=198.18.0.12" in out
+    assert job.returncode != 0, out[-3000:]
+    assert "run.dir=/tmp/runs/private: not visible from node 198.18.0.11" in out, out[-3000:]
+    assert "198.18.0.12" in out.split("not visible from", 1)[1].splitlines()[0]
+    assert "exit code 2" in out or "exited with code 2" in out or "code 2" in out, out[-3000:]
+    assert "'step': 2" not in out and "step 2/" not in out  # no training step ran
 
 
 def test_partition_blocks_then_restores(testbed):

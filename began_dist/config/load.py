@@ -14,8 +14,10 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from began_dist import storage
 from began_dist.config.schema import Config, ConfigError
 from began_dist.config.validate import family_rules, validate
+from began_dist.uris import uri_scheme
 
 
 def _one_line(error: OmegaConfBaseException) -> str:
@@ -27,12 +29,13 @@ def _one_line(error: OmegaConfBaseException) -> str:
 
 def _read_yaml(path: str) -> DictConfig:
     """A config file as written (a user's, or a run's config.yaml, older runs' unset keys dropped)."""
-    return OmegaConf.create(_without_unset(OmegaConf.to_container(OmegaConf.load(path))))
+    # through the storage layer: a run's config.yaml may sit on an object store (`--resume s3://...`)
+    return OmegaConf.create(_without_unset(OmegaConf.to_container(OmegaConf.create(storage.read_text(path)))))
 
 
 def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> DictConfig:
     """Defaults <- the family's defaults <- YAML file <- dotted overrides, type-checked and validated."""
-    if path and not os.path.isfile(path):
+    if path and not storage.isfile(path):
         raise ConfigError(f"--config: no such file {path!r}")
     try:
         given = OmegaConf.merge(_read_yaml(path) if path else OmegaConf.create(), parse_overrides(overrides))
@@ -128,10 +131,17 @@ def refuse_relative_in_ray_job(path: str, name: str, environ=os.environ) -> None
 
 
 def resolve_run_dir(cfg: DictConfig) -> str:
-    """Fill in the default run directory and make it absolute (before anything goes to Ray)."""
+    """Fill in the default run directory and make a local one absolute (before anything goes to Ray).
+
+    A URI (s3://, gs://, file://) stays as given: every node reaches it through pyarrow.fs;
+    other schemes are refused naming run.dir.
+    """
     refuse_relative_in_ray_job(cfg.run.dir, "run.dir")
     run_dir = cfg.run.dir or os.path.join("runs", f"{cfg.model.family}-{time.strftime('%Y%m%d-%H%M%S')}")
-    cfg.run.dir = os.path.abspath(os.path.expanduser(run_dir))
+    if uri_scheme(str(run_dir), "run.dir", ConfigError):
+        cfg.run.dir = str(run_dir)
+    else:
+        cfg.run.dir = os.path.abspath(os.path.expanduser(run_dir))
     return cfg.run.dir
 
 

@@ -5,15 +5,19 @@
 Each worker runs `began_dist.train.loop.Trainer` unchanged; G and D each get their
 own DDP (gloo on CPU, NCCL on GPU); the global batch is split by the Contract's
 rule. Without `run.address` a local Ray cluster is started on 127.0.0.1 and
-stopped afterwards. Ray's own storage (its checkpoint copies, run state) is
-RUN_DIR/ray, so `--resume RUN_DIR` (any worker count) and worker-failure restarts
-continue from the newest checkpoint.
+stopped afterwards. Checkpoints live once, in RUN_DIR/checkpoints (on a shared
+filesystem or an object store every node reaches), so `--resume RUN_DIR` (any worker
+count) and worker-failure restarts continue from the newest one. Ray's own storage
+(its run state) is RUN_DIR/ray, a URI when the run directory is one.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import os
+import secrets
 import sys
 import time
 
@@ -24,14 +28,73 @@ from began_dist.train.result import RunResult, Status
 RAY_RUN_NAME = "train"  # fixed, so fitting again with the same storage path resumes
 
 
-def worker_entry(config: dict) -> RunResult:
-    """What each Ray Train worker runs; rank 0's RunResult is the run's."""
+RUN_DIR_MARKER = ".began-dist-driver"  # RUN_DIR/<this>: a token the driver writes, each worker reads
+
+
+def mark_run_dir(run_dir: str) -> str:
+    """Write a fresh token into RUN_DIR for the workers to find (driver side); returns it."""
+    token = secrets.token_hex(8)
+    storage.write_text(storage.join(run_dir, RUN_DIR_MARKER), token)
+    return token
+
+
+def run_dir_refusal(run_dir: str, token: str) -> str:
+    """'' when this node sees the driver's RUN_DIR (its token), else why not, naming run.dir and the node.
+
+    Every worker of every worker group checks it when it starts (nodes may join later), and
+    the workers agree before any training step, so they stop together.
+    """
+    import ray
+
+    from began_dist.distributed import comm
+
+    try:
+        seen = storage.read_text(storage.join(run_dir, RUN_DIR_MARKER)) == token
+    except OSError:
+        seen = False
+    context = ray.get_runtime_context()
+    here = "" if seen else f"node {ray.util.get_node_ip_address()} ({context.get_node_id()[:12]})"
+    blind = [node for node in comm.gather_objects(here) if node]
+    if not blind:
+        return ""
+    return (
+        f"run.dir={storage.display(run_dir)}: not visible from {', '.join(sorted(set(blind)))}; a run directory "
+        "on a cluster must be storage every node sees (a shared filesystem, or s3:// / gs://)"
+    )
+
+
+class _NoReportLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Reporting training result")
+
+
+def quiet_report_lines() -> None:
+    """Drop Ray Train's INFO line per report per worker, which buries the run's own progress lines
+    on the driver's console (Ray 2.60's train/v2/_internal/execution/context.py names its logger
+    after its file)."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).addFilter(_NoReportLines())
+
+
+def worker_entry(config: dict, ray_checkpoints: bool = False, token: str = "") -> RunResult:
+    """What each Ray Train worker runs; rank 0's RunResult is the run's.
+
+    `ray_checkpoints`: hand checkpoints to Ray too (a nested Tune trial; distributed/reporting.py).
+    `token`: the driver's mark in RUN_DIR (mark_run_dir); a run directory this node cannot see
+    is a refusal returned as a status, which Ray does not retry.
+    """
     import ray
     import ray.train.torch
 
     from began_dist.distributed import comm
     from began_dist.distributed.reporting import RayTrainReporter
     from began_dist.train.loop import Trainer, run_trainer
+
+    quiet_report_lines()
+    refusal = run_dir_refusal(config["run"]["dir"], token) if token else ""
+    if refusal:
+        return RunResult(Status.refused, run_dir=config["run"]["dir"], message=refusal)
 
     device = ray.train.torch.get_device()
     if device.type == "cuda":  # each rank its own GPU: NCCL cannot run two ranks on one device
@@ -42,7 +105,7 @@ def worker_entry(config: dict) -> RunResult:
         if len(set(where)) < len(where):
             return RunResult(Status.refused, run_dir=config["run"]["dir"],
                              message=f"run.gpus_per_worker: ranks share a CUDA device (node, GPU per rank): {where}")
-    trainer = Trainer(config, RayTrainReporter(), device=device)
+    trainer = Trainer(config, RayTrainReporter(ray_checkpoints), device=device)
     # A non-finite loss is returned as a status, not raised: Ray retries every exception,
     # and a NaN run would only NaN again.
     result = run_trainer(trainer, progress=False)
@@ -259,6 +322,19 @@ def check_placement(run, wait_s: float = AUTOSCALER_WAIT_S) -> None:
         )
 
 
+def ray_storage(run_dir: str):
+    """(storage_path, storage_filesystem) of Ray's run state, RUN_DIR/ray.
+
+    For a URI the filesystem is built here from the whole URI, `?query` included (the store's
+    endpoint and options), and Ray gets the path inside it.
+    """
+    path = storage.join(run_dir, "ray")
+    if storage.is_local(path):
+        return path, None
+    fs, inner = storage.filesystem(path)
+    return inner, fs
+
+
 def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
     """Train `cfg` with `cfg.run.workers` Ray Train workers; returns rank 0's RunResult
     (status failed when Ray gives up: workers failed more than run.max_failures times).
@@ -278,8 +354,9 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
     try:
         check_placement(run)
         resources = worker_bundle(run)
+        ray_path, ray_fs = ray_storage(run.dir)
         trainer = TorchTrainer(
-            worker_entry,
+            functools.partial(worker_entry, ray_checkpoints=bool(callbacks), token=mark_run_dir(run.dir)),
             train_loop_config=to_container(cfg),
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             scaling_config=ScalingConfig(
@@ -290,7 +367,8 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
             ),
             run_config=RunConfig(
                 name=RAY_RUN_NAME,
-                storage_path=storage.join(run.dir, "ray"),
+                storage_path=ray_path,
+                storage_filesystem=ray_fs,
                 failure_config=FailureConfig(
                     max_failures=run.max_failures, controller_failure_limit=run.controller_failure_limit
                 ),

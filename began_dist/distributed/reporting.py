@@ -1,8 +1,11 @@
 """The loop's reporter under Ray Train, and the checkpoint hand-over Ray and Tune share.
 
-`RayTrainReporter` hands each checkpoint to `ray.train.report` (Ray keeps its copies
-under RUN_DIR/ray) and restores from `ray.train.get_checkpoint()` after a worker
-failure. Every rank calls `report` equally often (it is a barrier).
+`RayTrainReporter` reports metrics to `ray.train.report`; every rank calls it equally
+often (it is a barrier). A checkpoint is stored once, in RUN_DIR/checkpoints, which every
+worker's node reaches (a shared filesystem or an object store: the run directory check
+refuses anything else), so after a worker failure the new group restores from RUN_DIR.
+Only a nested Tune trial (`with_checkpoints`) also hands its checkpoints to Ray, since
+Tune's PBT and trial restore go through them; those copies live under RUN_DIR/ray.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from began_dist.train.reporting import Reporter
 
 
 class RayTrainReporter(Reporter):
+    def __init__(self, with_checkpoints: bool = False):
+        self.with_checkpoints = with_checkpoints
+
     def load_latest(self, run_dir: str) -> tuple[Optional[dict], Optional[str]]:
         """The newest of Ray's copy and RUN_DIR's checkpoints that verifies (a run may have gone on
         in local mode); Ray's wins a tie. Called on rank 0 only: the loop broadcasts its choice."""
@@ -30,7 +36,7 @@ class RayTrainReporter(Reporter):
         return state, label
 
     def report(self, metrics: dict, checkpoint_path: Optional[str] = None) -> None:
-        if checkpoint_path is None:
+        if checkpoint_path is None or not self.with_checkpoints:
             ray.train.report(metrics)
             return
         with staged(checkpoint_path) as (directory, name):

@@ -47,7 +47,8 @@ def checkpoint_steps(run_dir: str, checkpoint: Union[str, int, None]) -> list[in
 def record(run_dir: str, results: list[dict], writer: Optional[SummaryWriter] = None) -> None:
     """Append each result to its metric-<name>.jsonl and write its values to TensorBoard."""
     own_writer = writer is None
-    writer = writer or SummaryWriter(storage.local_dir(storage.join(run_dir, "tb")))
+    mirror = storage.LocalMirror(storage.join(run_dir, "tb")) if own_writer else None
+    writer = writer or SummaryWriter(mirror.local)
     try:
         for result in results:
             storage.append_text(metric_path(run_dir, result["metric"]), json.dumps(result) + "\n")
@@ -58,6 +59,7 @@ def record(run_dir: str, results: list[dict], writer: Optional[SummaryWriter] = 
     finally:
         if own_writer:
             writer.close()
+            mirror.close()  # an object-store run directory: the event file goes up to RUN_DIR/tb
 
 
 def evaluate_family(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from typing import Optional
 
 import torch
@@ -80,15 +81,17 @@ class RunLogger:
         self.run_dir, self.enabled = run_dir, enabled
         self.keys, self.tags, self.shown = stats_keys(scalars), {**scalars, **COMMON_SCALARS}, shown
         self.bar = None
+        self.start_step, self.total_steps, self.started = start_step, total_steps, time.monotonic()
         if not enabled:
             return
         storage.makedirs(storage.join(run_dir, "samples"))
         self.stats_path = storage.join(run_dir, "stats.jsonl")
         truncate_stats(self.stats_path, start_step)
         self.stats = storage.Appender(self.stats_path)
-        # TensorBoard writes its own event files: a local directory (began_dist/storage.py says why).
-        tb_dir = storage.local_dir(storage.join(run_dir, "tb"))
-        self.tb = SummaryWriter(tb_dir, purge_step=start_step + 1 if start_step else None)
+        # TensorBoard writes its own event files: a local directory, uploaded to RUN_DIR/tb on each
+        # flush when the run directory is on an object store (began_dist/storage.py says why).
+        self.tb_mirror = storage.LocalMirror(storage.join(run_dir, "tb"))
+        self.tb = SummaryWriter(self.tb_mirror.local, purge_step=start_step + 1 if start_step else None)
         self.log = logging.getLogger(f"began_dist.run.{id(self)}")
         self.log.setLevel(logging.INFO)
         self.log.propagate = False
@@ -123,8 +126,17 @@ class RunLogger:
             self.tb.add_scalar(tag, record[key], record["step"])
         if self.bar is not None:
             self.bar.set_postfix({key: f"{record[key]:.4f}" for key in self.shown[:-1]}, refresh=False)
-        else:
-            self.info(f"step {record['step']}: " + " ".join(f"{key} {record[key]:.4f}" for key in self.shown))
+        else:  # no bar (a Ray Train worker: its stdout goes to the driver's console): one line per log step
+            shown = " ".join(f"{key} {record[key]:.4f}" for key in self.shown)
+            self.info(f"step {record['step']}/{self.total_steps}: {shown} "
+                      f"{record['images_per_s']:.1f} images/s ETA {self._eta(record['step'])}")
+
+    def _eta(self, step: int) -> str:
+        done = step - self.start_step
+        if done <= 0:
+            return "?"
+        left = (time.monotonic() - self.started) / done * (self.total_steps - step)
+        return time.strftime("%H:%M:%S", time.gmtime(left)) if left < 86400 else f"{left / 3600:.0f} h"
 
     def images(self, step: int, panels: dict[str, torch.Tensor], sample_name: str = "G_fixed") -> None:
         """TensorBoard images/<name> for each panel; samples/step-XXXXXXXX.png of G(z_fixed)."""
@@ -135,19 +147,22 @@ class RunLogger:
         save_grid(panels[sample_name], storage.join(self.run_dir, "samples", f"step-{step:08d}.png"))
 
     def flush(self) -> None:
-        """Make stats.jsonl and log.txt durable (the point an object-store backend uploads at)."""
+        """Make stats.jsonl, log.txt and tb/ durable (where an object-store run directory uploads them)."""
         if self.enabled:
             self.stats.flush()
             for handler in self.log.handlers:
                 handler.flush()
+            self.tb.flush()
+            self.tb_mirror.sync()
 
     def close(self) -> None:
         if not self.enabled:
             return
         if self.bar is not None:
             self.bar.close()
-        self.flush()
         self.tb.close()
+        self.flush()
+        self.tb_mirror.close()
         for handler in list(self.log.handlers):
             handler.close()
             self.log.removeHandler(handler)

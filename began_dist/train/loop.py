@@ -136,6 +136,8 @@ class Trainer:
         self.last_stats: dict = {}
         self.last_checkpoint: Optional[str] = None
         self.storage_failure: Optional[str] = None  # rank 0's first failed write, until the next storage check
+        # An object-store run directory receives checkpoints in the background (rank 0 only writes).
+        self.uploads = None if storage.is_local(self.run_dir) else storage.BackgroundWriter()
         self.eval_cache: dict = {}  # real-side metric work, shared by the evaluations of this run
         self.eval_latest: dict = {}  # headline value of each metric's latest evaluation, reported beside M
 
@@ -176,7 +178,9 @@ class Trainer:
         if self.rank == 0:
             keep = self.cfg.run.checkpoints_to_keep
             with self._writes():
-                path = self.last_checkpoint = ckpt.save_checkpoint(self.state_dict(), self.run_dir, self.step, keep)
+                path = self.last_checkpoint = ckpt.save_checkpoint(
+                    self.state_dict(), self.run_dir, self.step, keep, self.uploads
+                )
         self._check_storage()  # before Ray or Tune is handed a checkpoint that was not written
         self.reporter.report({**(metrics or {"step": self.step}), **self.eval_latest}, path)
 
@@ -275,6 +279,7 @@ class Trainer:
                     if done % t.checkpoint_every == 0 or done == t.steps:
                         self.save(record if record and record["step"] == done else None)
                         log.info(f"step {done}: checkpoint {self.last_checkpoint}")
+                        log.flush()
                     if stop.is_set():
                         self.save()
                         log.info(f"interrupted at step {done}: checkpoint {self.last_checkpoint}")
@@ -284,7 +289,11 @@ class Trainer:
             raise
         finally:
             self.prefetch.close()
-            log.close()
+            try:
+                if self.uploads is not None:
+                    self.uploads.wait()  # the last checkpoint is in RUN_DIR before the run says so
+            finally:
+                log.close()
         digests = self._replica_digests()
         log.info(f"done: {self.step} steps in {self.run_dir}")
         self._check_storage(log)  # log.txt's last lines

@@ -18,6 +18,7 @@ one-line warning. So `checkpoints/` holds only checkpoints, their sidecars and `
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 import sys
 from collections.abc import Callable
@@ -83,7 +84,8 @@ class _HashingWriter:
 
 
 def sidecar_path(path: str) -> str:
-    return path + SIDECAR
+    """step-XXXXXXXX.pt.sha256 beside `path` (a URI's ?query stays at the end)."""
+    return storage.join(storage.dirname(path), storage.basename(path) + SIDECAR)
 
 
 def file_sha256(path: str) -> str:
@@ -106,14 +108,20 @@ def write_checkpoint(state: dict, path: str) -> str:
                 if writer.error is not None:
                     raise writer.error from None
                 raise
+    write_sidecar(path, writer.digest.hexdigest())
+    return path
+
+
+def write_sidecar(path: str, sha256: str) -> None:
+    """`path`'s sha256 sidecar, written after it; if that fails the checkpoint goes too (a checkpoint
+    is written with its checksum or not at all)."""
     sidecar = sidecar_path(path)
     try:
         with storage.writing(sidecar):
-            storage.write_text(sidecar, f"{writer.digest.hexdigest()}  {storage.basename(path)}\n")
+            storage.write_text(sidecar, f"{sha256}  {storage.basename(path)}\n")
     except BaseException:
-        storage.delete(path)  # a checkpoint is written with its checksum or not at all
+        storage.delete(path)
         raise
-    return path
 
 
 class BadCheckpoint(ConfigError):
@@ -196,19 +204,41 @@ def warn_stderr(message: str) -> None:
     print(f"began-dist: warning: {message}", file=sys.stderr, flush=True)
 
 
-def save_checkpoint(state: dict, run_dir: str, step: int, keep: int) -> str:
+def save_checkpoint(state: dict, run_dir: str, step: int, keep: int,
+                    writer: Optional[storage.BackgroundWriter] = None) -> str:
     """Write `state` atomically as step-XXXXXXXX.pt with its sidecar, then keep only the newest `keep`.
 
     Checkpoints of later steps than `step` are dropped first: they belong to a history the run
     went back from (a PBT exploit restores the donor's earlier step into a trial that had gone
     further), and counting them as newer would delete the checkpoint just written.
+
+    With a `writer`, `state` is serialised here (the snapshot of this step) and the upload and
+    the pruning run in its background thread: training goes on while an object store receives it.
     """
-    final = write_checkpoint(state, checkpoint_path(run_dir, step))
+    final = checkpoint_path(run_dir, step)
+    if writer is None:
+        write_checkpoint(state, final)
+        _prune(run_dir, step, keep)
+        return final
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+
+    def upload() -> None:
+        with storage.writing(final):
+            storage.write_bytes(final, data)
+        write_sidecar(final, hashlib.sha256(data).hexdigest())
+        _prune(run_dir, step, keep)
+
+    writer.submit(upload)
+    return final
+
+
+def _prune(run_dir: str, step: int, keep: int) -> None:
     found = list_checkpoints(run_dir)
     for _, old in [item for item in found if item[0] > step] + [item for item in found if item[0] <= step][:-keep]:
         storage.delete(old)
         storage.delete(sidecar_path(old))
-    return final
 
 
 def load_checkpoint(path: str) -> dict:
