@@ -7,7 +7,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["began_dist", "began_dist.*"]),
-    package_data={"began_dist.eval": ["triples_default.txt"]},  # `began-dist arithmetic`'s default triples
+    # `began-dist arithmetic`'s default triples; the KID feature net (docs/evaluation.md)
+    package_data={"began_dist.eval": ["triples_default.txt", "glyphnet.pt", "glyphnet.pt.json"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",  # wide on purpose: users bring their own CUDA build

@@ -1,17 +1,19 @@
-"""Quality per CPU-minute: our BEGAN against the plain reference step, for the same wall time, on 32 px glyphs.
+"""Quality per CPU-minute: the demo recipe, the recipe before it and the plain reference step, on 32 px glyphs.
 
     python benchmarks/quality_budget.py                      # 10 minutes of training each (the headline figure)
     python benchmarks/quality_budget.py --minutes 2.5 --n 1024
-    python benchmarks/quality_budget.py --config configs/demo_glyphs32.yaml train.gamma=0.7
+    python benchmarks/quality_budget.py --recipe configs/demo_glyphs32.yaml --config configs/glyphs32_before.yaml
 
-Both trainers start from the same initial weights, data order and latents (train.seed):
-"ours" is the training loop's own step (`Trainer`: our BEGAN step, lr control, the
-non-finite guard); "reference" is `benchmarks/reference_step.py` (a plain port, constant
-lr). They train in alternating slices of a few seconds until each has had the budget,
-so both see the same machine load. Then both generators are scored on the same real
-sample: SWD x1e3 (with the real-vs-real floor) and MS-SSIM, next to M (mean over the
-last 100 steps) and the steps each managed. The load average is printed: on a shared
-machine the steps done, not the wall time, are what moved.
+Three trainers: "before, ours" is the training loop's own step (`Trainer`: our BEGAN step, lr
+control, the non-finite guard) on `--config` (the demo recipe before issue 22's sweep);
+"before, reference" is `benchmarks/reference_step.py` (a plain port, constant lr) on the same
+config, from the same initial weights, data order and latents (train.seed); "recipe, ours" is
+the training loop's step on `--recipe` (today's demo recipe), from the same seed. They train in
+alternating slices of a few seconds until each has had the budget, so all see the same machine
+load. Then every generator, and each config's initial weights, is scored on the same real
+sample: SWD x1e3 (with the real-vs-real floor), KID on the shipped GlyphNet's features (with
+real-vs-real) and MS-SSIM, next to M (mean over the last 100 steps) and the steps each managed.
+The load average is printed: on a shared machine the steps done, not the wall time, are what moved.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class Timed:
         self.seconds += time.perf_counter() - started
 
 
-def ours(config: dict) -> tuple[Timed, object]:
+def ours(config: dict, name: str) -> tuple[Timed, object]:
     """The training loop's step, and the dataset it built (shared with the reference and the metrics)."""
     trainer = Trainer(config, device=torch.device("cpu"))
     trainer.lr_control.apply(*trainer.family.optimizers)
@@ -64,7 +66,7 @@ def ours(config: dict) -> tuple[Timed, object]:
     def step() -> dict:
         return dict(zip(LOGGED_LOSSES, trainer._one_step()))
 
-    return Timed("ours (Trainer step)", trainer.family, step), trainer.dataset
+    return Timed(name, trainer.family, step), trainer.dataset
 
 
 def reference(cfg, dataset) -> Timed:
@@ -83,12 +85,12 @@ def reference(cfg, dataset) -> Timed:
         k_t = out["k_t"]
         return {"M": convergence(out["L_x"], out["L_Gz"], t.gamma)}
 
-    return Timed("reference step", family, step)
+    return Timed("before, reference step", family, step)
 
 
-def initial(cfg) -> Timed:
+def initial(cfg, name: str) -> Timed:
     torch.manual_seed(cfg.train.seed)
-    return Timed("initial weights", get_family(cfg.model.family)(cfg, torch.device("cpu")), None)
+    return Timed(f"{name}, initial weights", get_family(cfg.model.family)(cfg, torch.device("cpu")), None)
 
 
 def train_interleaved(trainers: list[Timed], budget_s: float) -> None:
@@ -100,26 +102,35 @@ def train_interleaved(trainers: list[Timed], budget_s: float) -> None:
 
 def score(cfg, dataset, timed: Timed, n: int, cache: dict) -> dict:
     ctx = MetricContext(cfg, timed.family, dataset, timed.steps, n, cache=cache)
-    return {**compute("swd", ctx), **compute("msssim", ctx)}
+    return {**compute("swd", ctx), **compute("kid", ctx), **compute("msssim", ctx)}
 
 
-def table(cfg, rows: list[tuple[Timed, dict]], budget_s: float, loads: list[tuple[float, ...]]) -> str:
-    m = cfg.model
-    lines = [
-        f"{m.image_size} px glyphs, n={m.filters}, nz={m.nz}, nh={m.nh}, batch {cfg.train.batch_size}, "
-        f"gamma {cfg.train.gamma}; {budget_s / 60:g} min of training each on {torch.get_num_threads()} threads; "
+def describe(cfg) -> str:
+    m, t = cfg.model, cfg.train
+    return (
+        f"{m.image_size} px, {cfg.data.glyphs} glyphs, {m.arch}, n={m.filters}, r={m.convs_per_scale}, nz={m.nz}, "
+        f"nh={m.nh}, vanishing residual {m.vanishing_residual}, batch {t.batch_size}, lr {t.lr:g}, "
+        f"gamma {t.gamma}, lambda_k {t.lambda_k}"
+    )
+
+
+def table(configs: dict, rows: list[tuple[Timed, dict]], budget_s: float, loads: list[tuple[float, ...]]) -> str:
+    lines = [f"{name}: {describe(cfg)}" for name, cfg in configs.items()]
+    lines += [
+        f"{budget_s / 60:g} min of training each on {torch.get_num_threads()} threads; "
         f"load average (1/5/15 min) before {loads[0][0]:.1f}/{loads[0][1]:.1f}/{loads[0][2]:.1f}, "
-        f"after {loads[1][0]:.1f}/{loads[1][1]:.1f}/{loads[1][2]:.1f}; metrics on n={rows[0][1]['n']} images",
+        f"after {loads[1][0]:.1f}/{loads[1][1]:.1f}/{loads[1][2]:.1f}; metrics on n={rows[0][1]['n']} images "
+        f"of the before config's glyphs; KID net sha256 {rows[0][1]['kid_net_sha256'][:12]}",
         "",
-        "| trainer | steps | steps/s | M (last 100) | SWD x1e3 | SWD floor | MS-SSIM (real) |",
-        "|---|---|---|---|---|---|---|",
+        "| trainer | steps | steps/s | M (last 100) | SWD x1e3 | SWD floor | KID | KID real | MS-SSIM (real) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for timed, result in rows:
         rate = f"{timed.steps / timed.seconds:.2f}" if timed.seconds else "-"
         m_mean = f"{sum(timed.m_values) / len(timed.m_values):.4f}" if timed.m_values else "-"
         lines.append(
             f"| {timed.name} | {timed.steps} | {rate} | {m_mean} | {result['swd']:.1f} | {result['swd_floor']:.1f} "
-            f"| {result['msssim']:.3f} ({result['msssim_real']:.3f}) |"
+            f"| {result['kid']:.4g} | {result['kid_real']:.3g} | {result['msssim']:.3f} ({result['msssim_real']:.3f}) |"
         )
     return "\n".join(lines)
 
@@ -127,20 +138,25 @@ def table(cfg, rows: list[tuple[Timed, dict]], budget_s: float, loads: list[tupl
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
-    parser.add_argument("--config", default="configs/demo_glyphs32.yaml", help="run config (32 px glyphs)")
+    parser.add_argument("--config", default="configs/glyphs32_before.yaml", help="the recipe before (32 px glyphs)")
+    parser.add_argument("--recipe", default="configs/demo_glyphs32.yaml", help="the recipe to compare (same size)")
     parser.add_argument("--minutes", type=float, default=10.0, help="wall minutes of training for each trainer")
     parser.add_argument("--n", type=int, default=2048, help="images per set for the metrics")
     args = parser.parse_args(argv)
     loads = [os.getloadavg()]
     with tempfile.TemporaryDirectory() as run_dir:  # the Trainer wants a run directory; nothing is kept
-        cfg = load_config(args.config, [*args.overrides, "train.steps=100000000", f"run.dir={run_dir}"])
-        ours_timed, dataset = ours(to_container(cfg))
-        trainers = [ours_timed, reference(cfg, dataset)]
+        overrides = [*args.overrides, "train.steps=100000000"]
+        cfg = load_config(args.config, [*overrides, f"run.dir={run_dir}/before"])
+        new = load_config(args.recipe, [*overrides, f"run.dir={run_dir}/recipe"])
+        before_timed, dataset = ours(to_container(cfg), "before, ours (Trainer step)")
+        recipe_timed, _ = ours(to_container(new), "recipe, ours (Trainer step)")
+        trainers = [before_timed, reference(cfg, dataset), recipe_timed]
         train_interleaved(trainers, args.minutes * 60)
         loads.append(os.getloadavg())
-        cache: dict = {}
-        rows = [(timed, score(cfg, dataset, timed, args.n, cache)) for timed in [initial(cfg), *trainers]]
-    print(table(cfg, rows, args.minutes * 60, loads))
+        cache: dict = {}  # one real sample (the before config's glyphs) scores every generator
+        scored = [initial(cfg, "before"), *trainers[:2], initial(new, "recipe"), recipe_timed]
+        rows = [(timed, score(cfg, dataset, timed, args.n, cache)) for timed in scored]
+    print(table({"before": cfg, "recipe": new}, rows, args.minutes * 60, loads))
     return 0
 
 

@@ -171,7 +171,9 @@ def connect(address: str) -> bool:
             flush=True,
         )
     try:
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1")
+        # "local": a new cluster even when another one's address is in /tmp/ray/ray_current_cluster
+        # (`ray start` writes it); with no address ray.init() would join that cluster instead.
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1")
     finally:
         if job_api:
             os.environ["RAY_ADDRESS"] = job_api

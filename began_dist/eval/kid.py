@@ -6,8 +6,11 @@ JP, KR, TC and HK faces (regular and mono) with random affine jitter, holds out 
 faces that the glyph data is drawn in, prints the held-out accuracy and stores it with
 the weights and their sha256:
 
-    python -m began_dist.eval.kid                       # -> ~/.cache/began-dist/glyphnet.pt (+ .json)
+    python -m began_dist.eval.kid                       # rebuilds the shipped began_dist/eval/glyphnet.pt (+ .json)
     BEGAN_DIST_KID_NET=/path/glyphnet.pt began-dist eval RUN_DIR --metrics kid
+
+The package ships one such net (began_dist/eval/glyphnet.pt, its sha256 and held-out accuracy in
+glyphnet.pt.json and docs/evaluation.md), so KID works on a fresh clone without the training run.
 
 KID is the unbiased MMD^2 with the cubic kernel k(x, y) = (x.y / d + 1)^3 over 100 random
 subsets of up to 1000 (stylegan2-ada's formula); `kid_real` is the same between two real
@@ -38,8 +41,11 @@ MIN_ACCURACY = 0.8  # held-out accuracy below which the net is refused as a feat
 SUBSETS, MAX_SUBSET = 100, 1000
 
 
+SHIPPED_NET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "glyphnet.pt")  # setup.py package_data
+
+
 def default_path() -> str:
-    return os.environ.get("BEGAN_DIST_KID_NET") or os.path.expanduser("~/.cache/began-dist/glyphnet.pt")
+    return os.environ.get("BEGAN_DIST_KID_NET") or SHIPPED_NET
 
 
 class GlyphNet(nn.Module):
@@ -193,7 +199,7 @@ def kid_metric(ctx: MetricContext) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="train the KID feature net (glyph identity across font faces)")
-    parser.add_argument("--out", default=default_path(), help="weights file; PATH.json gets accuracy and sha256")
+    parser.add_argument("--out", default=SHIPPED_NET, help="weights file; PATH.json gets accuracy and sha256")
     parser.add_argument("--classes", type=int, default=1000, help="ideographs to tell apart")
     parser.add_argument("--steps", type=int, default=1500, help="Adam steps")
     parser.add_argument("--seed", type=int, default=0)

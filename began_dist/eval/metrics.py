@@ -6,7 +6,7 @@ from began_dist.config import ConfigError
 from began_dist.eval import inception, kid, msssim, ndb, recon, swd  # noqa: F401  (each registers itself)
 from began_dist.eval.registry import REGISTRY, MetricContext, check_prerequisites, compute
 
-DEFAULT_METRICS = ("swd", "msssim", "ndb", "recon")  # kid needs its feature net trained first (eval/kid.py)
+DEFAULT_METRICS = ("swd", "msssim", "ndb", "recon")  # not kid: its shipped feature net knows glyphs only
 
 __all__ = [
     "DEFAULT_METRICS",
