@@ -149,3 +149,33 @@ def test_powersgd_really_compresses_and_its_state_survives_a_resume(results):
 def test_bad_compression_options_are_refused(override, key):
     with pytest.raises(ConfigError, match=key):
         load_config(None, [override])
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_powersgd_under_ray_train_checkpoints_every_rank_and_resumes(ray_cluster, tmp_path):
+    """The loop's side: 2 Ray Train workers compress, the checkpoint holds both ranks' error feedback, and
+    `--resume` on 2 workers restores it (no reset line in log.txt)."""
+    from conftest import TINY
+
+    from began_dist.cli import main
+    from began_dist.config import resolve_run_dir
+    from began_dist.distributed.ray_train import run_on_ray
+    from began_dist.train import state as ckpt
+
+    run_dir = tmp_path / "run"
+    cfg = load_config(None, [
+        *TINY, "run.workers=2", "run.worker_resources.train_slot=1", "run.controller_failure_limit=1",
+        "run.grad_compression=powersgd", "run.powersgd_start_step=2", "train.steps=4", f"run.dir={run_dir}",
+    ])
+    resolve_run_dir(cfg)
+    assert run_on_ray(cfg).step == 4
+    saved = ckpt.load_checkpoint(ckpt.latest_checkpoint(str(run_dir)))["powersgd"]  # weights_only=True
+    assert saved["world_size"] == 2 and set(saved) == {"world_size", "G", "D"}
+    for name in ("G", "D"):
+        assert saved[name]["iter"] == 4  # one backward pass of each network per step, compressed from the third
+        errors = saved[name]["error"]
+        assert len(errors) == 2 and errors[0] and not all(torch.equal(errors[0][k], errors[1][k]) for k in errors[0])
+    assert main(["train", "--resume", str(run_dir), "train.steps=6"]) == 0
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(str(run_dir)))["powersgd"]["D"]["iter"] == 6
+    assert "reset to zero" not in (run_dir / "log.txt").read_text()
