@@ -56,3 +56,14 @@ def test_unknown_memory_format_is_refused():
 
     with pytest.raises(ConfigError, match="train.memory_format"):
         load_config(None, ["train.memory_format=nhwc"])
+
+
+def test_vaegan_records_contiguous_and_refuses_channels_last(tmp_path):
+    from began_dist.config import ConfigError
+
+    tiny = [item for item in TINY if not item.startswith("model.nh=")]  # vaegan has no Nh
+    cfg = load_config(None, [*tiny, "model.family=vaegan", f"run.dir={tmp_path}", "train.device=cpu"])
+    trainer = loop.Trainer(to_container(cfg))
+    assert trainer.cfg.train.memory_format == "contiguous"  # what its NCHW networks really use
+    with pytest.raises(ConfigError, match="train.memory_format"):
+        load_config(None, ["model.family=vaegan", "train.memory_format=channels_last"])

@@ -51,6 +51,7 @@ class Family:
     progress_keys: tuple[str, ...] = BEGAN_SHOWN  # the stats the progress bar shows
     lr_monitor: str = "M"  # the stat train.lr_control=m_stall watches
     replicated_networks: tuple[str, ...] = ("G", "D")  # checkpoint entries whose weights agree across ranks
+    honours_memory_format: bool = True  # builds its networks in train.memory_format (else NCHW, recorded so)
     optimizers: tuple[torch.optim.Optimizer, ...]  # the optimisers the lr controller drives
 
     def __init_subclass__(cls, **kwargs):

@@ -251,6 +251,8 @@ class Trainer:
         choice = self.cfg.train.memory_format
         if choice != "auto":
             return choice
+        if not get_family(self.cfg.model.family).honours_memory_format:
+            return "contiguous"
         recorded = (self.resume_state or {}).get("config", {}).get("train", {}).get("memory_format", "auto")
         decided = recorded if recorded != "auto" else auto_memory_format(self.device)
         return comm.broadcast_object(decided)
