@@ -112,9 +112,9 @@ def test_channels_last_matches_plain_nchw(order):
 
 
 def test_memory_format_is_channels_last_where_measured_faster():
-    assert began.memory_format_for(torch.device("cuda")) == torch.channels_last
+    assert began.memory_format_for(torch.device("cuda"), "auto") == torch.channels_last
     expected = torch.channels_last if torch.backends.mkldnn.is_available() else torch.contiguous_format
-    assert began.memory_format_for(torch.device("cpu")) == expected
+    assert began.memory_format_for(torch.device("cpu"), "auto") == expected
 
 
 @pytest.mark.skipif(not torch._dynamo.is_dynamo_supported(), reason="torch.compile is not supported here")

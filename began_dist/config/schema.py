@@ -107,6 +107,9 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision; on a CPU bf16 only, with avx512_bf16 or AMX)
     device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda
     deterministic: bool = False  # cuDNN/cuBLAS determinism switches, so a GPU resume is bitwise (slower)
+    # layout of weights and activations: auto (rank 0 decides once per run; the decision replaces auto in
+    # config.yaml and checkpoints, so resumes reuse it) | channels_last | contiguous (NCHW)
+    memory_format: str = "auto"
     vaegan: VaeganTrainConfig = field(default_factory=VaeganTrainConfig)  # model.family=vaegan only
     multigen: MultigenTrainConfig = field(default_factory=MultigenTrainConfig)  # model.family=multigen only
 
@@ -123,6 +126,12 @@ class RunConfig:
     placement_strategy: str = "PACK"  # Ray: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD (one worker per node)
     worker_resources: dict[str, float] = field(default_factory=dict)  # Ray: extra custom resources per worker
     checkpoints_to_keep: int = 3  # most recent checkpoints kept on disk
+    # Gradient all-reduce (Ray Train, workers > 1; nothing in local mode), PyTorch's DDP communication hooks:
+    grad_compression: str = "none"  # none | fp16 | bf16 (buckets cast for the all-reduce) | powersgd (low rank)
+    powersgd_rank: int = 1  # powersgd: rank of each layer's gradient approximation
+    powersgd_start_step: int = 1000  # powersgd: plain all-reduces before compressing (PyTorch's default; >= 2)
+    powersgd_min_compression_rate: float = 2.0  # powersgd: layers that would shrink less are sent uncompressed
+    bucket_cap_mb: float = 25.0  # DDP's gradient bucket size, MB (DDP's default)
 
 
 @dataclass
@@ -142,6 +151,8 @@ CHOICES = {
     "train.update_order": ("alternating", "simultaneous"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.memory_format": ("auto", "channels_last", "contiguous"),
+    "run.grad_compression": ("none", "fp16", "bf16", "powersgd"),
     "run.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
 }
 IMAGE_SIZES = (16, 32, 64, 128, 256)

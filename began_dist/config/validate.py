@@ -94,6 +94,14 @@ def validate(cfg: DictConfig) -> None:
         )
     if r.max_failures < 0 or r.controller_failure_limit < 0:
         raise ConfigError("run.max_failures and run.controller_failure_limit must be >= 0")
+    if r.powersgd_rank < 1:
+        raise ConfigError(f"run.powersgd_rank={r.powersgd_rank}: must be >= 1")
+    if r.powersgd_start_step < 2:
+        # PowerSGD's error feedback and warm start need DDP's buckets, which are rebuilt after the first pass
+        raise ConfigError(f"run.powersgd_start_step={r.powersgd_start_step}: must be >= 2")
+    if not r.powersgd_min_compression_rate >= 0:
+        raise ConfigError(f"run.powersgd_min_compression_rate={r.powersgd_min_compression_rate}: must be >= 0")
+    positive(cfg, "run.bucket_cap_mb")
     if d.source in ("folder", "shards") and not d.path:
         raise ConfigError(f"data.path: required with data.source={d.source}")
     if d.limit < 0 or d.glyphs <= 0:

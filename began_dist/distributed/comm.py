@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 import os
 
 import torch
@@ -63,10 +64,11 @@ def all_reduce_sum_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     return all_reduce(tensor)
 
 
-def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def wrap_ddp(module: torch.nn.Module, device: torch.device, bucket_cap_mb: float = 25.0) -> torch.nn.Module:
     """`module` in its own DistributedDataParallel when there are several ranks, else itself.
 
     Buffers are not broadcast: the only buffer (the residual carry) follows the step on every rank.
+    `bucket_cap_mb` is DDP's gradient bucket size (run.bucket_cap_mb; DDP's default 25).
     """
     if not (_initialized() and dist.get_world_size() > 1):
         return module
@@ -77,7 +79,204 @@ def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
         else {"broadcast_buffers": False}
     )
-    return ddp(module, device_ids=device_ids, **no_buffer_sync)
+    return ddp(module, device_ids=device_ids, bucket_cap_mb=bucket_cap_mb, **no_buffer_sync)
+
+
+class GradientSync:
+    """The DDP wrappers of one run with their communication hooks (run.grad_compression), and what they sent.
+
+    One DDP per network, each with its own hook state (PyTorch's DDP communication hooks,
+    torch.distributed.algorithms.ddp_comm_hooks): `none` all-reduces fp32 buckets (DDP's own
+    path), `fp16`/`bf16` cast each bucket for the all-reduce and back (default_hooks), `powersgd`
+    sends a rank-`powersgd_rank` factorisation of each layer's gradient after `powersgd_start_step`
+    backward passes, with error feedback (powerSGD_hook; Vogels et al. 2019). At world size 1
+    nothing is wrapped and the options do nothing. `bytes_sent` counts what each rank handed to
+    the all-reduces of a hook, from the bucket sizes (PowerSGD: its own count of the elements it
+    sends); `none` registers no hook (DDP's built-in all-reduce) and counts nothing.
+    """
+
+    def __init__(self, device: torch.device, compression: str = "none", bucket_cap_mb: float = 25.0,
+                 powersgd_rank: int = 1, powersgd_start_step: int = 1000, powersgd_min_rate: float = 2.0):
+        self.device, self.compression, self.bucket_cap_mb = device, compression, bucket_cap_mb
+        self.powersgd = dict(
+            matrix_approximation_rank=powersgd_rank,
+            start_powerSGD_iter=powersgd_start_step,
+            min_compression_rate=powersgd_min_rate,
+        )
+        self.states: dict = {}  # network name -> PowerSGDState
+        self.layouts: dict = {}  # network name -> _BucketLayout (PowerSGD's state per parameter)
+        self.bytes_sent = 0
+
+    def wrap(self, module: torch.nn.Module, name: str) -> torch.nn.Module:
+        wrapped = wrap_ddp(module, self.device, self.bucket_cap_mb)
+        if wrapped is module or self.compression == "none":  # none: DDP's own all-reduce, untouched
+            return wrapped
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+
+        if self.compression == "powersgd":
+            state = self.states[name] = powerSGD_hook.PowerSGDState(process_group=None, **self.powersgd)
+            self.layouts[name] = _BucketLayout(module, state)
+            hook = self.layouts[name].wrap(powerSGD_hook.powerSGD_hook)
+        else:
+            state = None
+            casts = {"fp16": default_hooks.fp16_compress_hook, "bf16": default_hooks.bf16_compress_hook}
+            hook = casts[self.compression]
+        wrapped.register_comm_hook(state, self._counting(hook))
+        return wrapped
+
+    def _counting(self, hook):
+        element = {"fp16": 2, "bf16": 2}.get(self.compression, 4)
+
+        def counted(state, bucket):
+            if state is None or state.iter < state.start_powerSGD_iter:
+                self.bytes_sent += bucket.buffer().numel() * element
+                return hook(state, bucket)
+            before = state.total_numel_after_compression
+            future = hook(state, bucket)
+            self.bytes_sent += (state.total_numel_after_compression - before) * element
+            return future
+
+        return counted
+
+    # -- PowerSGD's state in checkpoints: tensors and numbers only (weights_only=True) ------------------
+    def state_dict(self) -> dict:
+        """Collective (every rank calls it): PowerSGD's state of every network, {} without PowerSGD.
+
+        Stored per parameter name, not per DDP bucket: a new process starts with one bucket and
+        rebuilds them after its first pass, so bucket indices do not survive a resume. P and Q are
+        the same on every rank (they are all-reduced); the error feedback is each rank's own, so it
+        is gathered, in rank order.
+        """
+        saved: dict = {}
+        for name, state in self.states.items():
+            pieces = self.layouts[name].pieces()
+            _, keys, pos, has_gauss, cached = state.rng.get_state()
+            saved[name] = {
+                "iter": state.iter,
+                "p": pieces["p"],
+                "q": pieces["q"],
+                "error": gather_objects(pieces["error"]),
+                "rng": {"keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+                        "has_gauss": int(has_gauss), "cached": float(cached)},
+            }
+        return {"world_size": world_size(), **saved} if saved else {}
+
+    def load_state_dict(self, saved: dict) -> list[str]:
+        """Restore what `state_dict` wrote; returns log lines (e.g. error feedback reset on a new worker count)."""
+        notes = []
+        for name, state in self.states.items():
+            if name not in saved:
+                if saved:
+                    notes.append(f"run.grad_compression=powersgd: no saved state for {name}; it starts afresh")
+                continue
+            entry = saved[name]
+            state.iter = int(entry["iter"])
+            rng = entry["rng"]
+            state.rng.set_state(("MT19937", rng["keys"].numpy().astype("uint32"), rng["pos"], rng["has_gauss"],
+                                 rng["cached"]))
+            error = {}
+            if int(saved["world_size"]) == world_size():
+                error = entry["error"][rank()]
+            else:
+                notes.append(
+                    f"run.grad_compression=powersgd: {name}'s error feedback was saved by {saved['world_size']} "
+                    f"workers, this run has {world_size()}: reset to zero (P, Q and the step count kept)"
+                )
+            self.layouts[name].restore({"p": entry["p"], "q": entry["q"], "error": error})
+        return notes
+
+
+class _BucketLayout:
+    """PowerSGD's per-bucket state of one network, kept valid when DDP's buckets change.
+
+    powerSGD_hook keys its error feedback and P/Q memories by bucket index, each a flat
+    tensor over the bucket's parameters (P and Q only for the layers it compresses, grouped
+    by shape). DDP starts every process with one bucket and rebuilds them after the first
+    pass, so after a resume the same index holds other parameters. Before each compressed
+    call this splits the state into per-parameter pieces whenever a bucket's parameters
+    differ from those its state was built for, and reassembles it for the current bucket.
+    """
+
+    def __init__(self, module: torch.nn.Module, state):
+        self.state, self.device = state, next(module.parameters()).device
+        self.names = {id(p): name for name, p in module.named_parameters()}
+        self.shapes = {name: p.shape for name, p in module.named_parameters()}
+        self.built: dict[int, list[str]] = {}  # bucket index -> the parameters its state was built for
+        self.loose: dict = {"p": {}, "q": {}, "error": {}}  # per-parameter pieces not in any bucket's state
+
+    def wrap(self, hook):
+        def laid_out(state, bucket):
+            if state.iter >= state.start_powerSGD_iter:
+                self._lay_out(bucket.index(), [self.names[id(p)] for p in bucket.parameters()])
+            return hook(state, bucket)
+
+        return laid_out
+
+    def _rank(self, name: str) -> tuple[int, int, int]:
+        """(n, m, r) of a parameter's matrix view, r = 0 when PowerSGD sends it uncompressed."""
+        shape = self.shapes[name]
+        n = shape[0] if len(shape) else 1
+        m = max(1, math.prod(shape) // max(n, 1))
+        r = min(n, m, self.state.matrix_approximation_rank)
+        worth = n * m > (n + m) * r * self.state.min_compression_rate
+        return n, m, r if worth else 0
+
+    def _compressed(self, names: list[str]) -> list[str]:
+        """The compressed parameters in the order of their P and Q pieces: grouped by matrix shape."""
+        groups: dict = {}
+        for name in names:
+            n, m, r = self._rank(name)
+            if r:
+                groups.setdefault((n, m), []).append(name)
+        return [name for group in groups.values() for name in group]
+
+    def _split(self) -> None:
+        """Every bucket's state into per-parameter pieces (`loose`)."""
+        s = self.state
+        for index, names in self.built.items():
+            flat = {"error": s.error_dict.pop(index, None), "p": s.p_memory_dict.pop(index, None),
+                    "q": s.q_memory_dict.pop(index, None)}
+            sizes = {"error": [(n, math.prod(self.shapes[n])) for n in names]}
+            compressed = self._compressed(names)
+            sizes["p"] = [(n, self._rank(n)[0] * self._rank(n)[2]) for n in compressed]
+            sizes["q"] = [(n, self._rank(n)[1] * self._rank(n)[2]) for n in compressed]
+            for kind, tensor in flat.items():
+                if tensor is not None:
+                    pieces = tensor.split([size for _, size in sizes[kind]])
+                    self.loose[kind].update((n, piece.clone()) for (n, _), piece in zip(sizes[kind], pieces))
+        self.built.clear()
+
+    def _lay_out(self, index: int, names: list[str]) -> None:
+        if self.built.get(index) == names:
+            return
+        if index in self.built:  # DDP rebuilt its buckets: everything goes back to pieces first
+            self._split()
+        s, compressed = self.state, self._compressed(names)
+        for kind, members, target in (("error", names, s.error_dict), ("p", compressed, s.p_memory_dict),
+                                      ("q", compressed, s.q_memory_dict)):
+            if members and all(n in self.loose[kind] for n in members):
+                target[index] = torch.cat([self.loose[kind].pop(n).flatten() for n in members])
+        self.built[index] = names
+
+    def pieces(self) -> dict:
+        """The state per parameter name, on the CPU (for a checkpoint); the buckets' state stays as it is."""
+        built, loose = dict(self.built), {kind: dict(pieces) for kind, pieces in self.loose.items()}
+        saved = {"error": dict(self.state.error_dict), "p": dict(self.state.p_memory_dict),
+                 "q": dict(self.state.q_memory_dict)}
+        self._split()
+        result = {kind: {n: t.cpu() for n, t in pieces.items()} for kind, pieces in self.loose.items()}
+        self.built, self.loose = built, loose
+        self.state.error_dict, self.state.p_memory_dict, self.state.q_memory_dict = (
+            saved["error"], saved["p"], saved["q"])
+        return result
+
+    def restore(self, pieces: dict) -> None:
+        """Per-parameter state from a checkpoint; each bucket takes its share on its next compressed call."""
+        s = self.state
+        s.error_dict, s.p_memory_dict, s.q_memory_dict = {}, {}, {}
+        self.built.clear()
+        self.loose = {kind: {n: t.to(self.device) for n, t in pieces.get(kind, {}).items()}
+                      for kind in ("p", "q", "error")}
 
 
 def replica_digests(tensors: list[torch.Tensor]) -> list[str]:
@@ -88,6 +287,15 @@ def replica_digests(tensors: list[torch.Tensor]) -> list[str]:
     return gather_objects(digest.hexdigest())
 
 
+def broadcast_object(value):
+    """Rank 0's `value` on every rank (`value` itself at world size 1)."""
+    if not (_initialized() and dist.get_world_size() > 1):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def gather_objects(value) -> list:
     """`value` from every rank, in rank order (a one-item list at world size 1)."""
     if not (_initialized() and dist.get_world_size() > 1):
@@ -96,11 +304,3 @@ def gather_objects(value) -> list:
     dist.all_gather_object(gathered, value)
     return gathered
 
-
-def broadcast_object(value):
-    """Rank 0's `value` on every rank (`value` itself at world size 1): one decision for all ranks."""
-    if not (_initialized() and dist.get_world_size() > 1):
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

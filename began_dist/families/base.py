@@ -51,6 +51,7 @@ class Family:
     progress_keys: tuple[str, ...] = BEGAN_SHOWN  # the stats the progress bar shows
     lr_monitor: str = "M"  # the stat train.lr_control=m_stall watches
     replicated_networks: tuple[str, ...] = ("G", "D")  # checkpoint entries whose weights agree across ranks
+    honours_memory_format: bool = True  # builds its networks in train.memory_format (else NCHW, recorded so)
     optimizers: tuple[torch.optim.Optimizer, ...]  # the optimisers the lr controller drives
 
     def __init_subclass__(cls, **kwargs):
@@ -143,14 +144,23 @@ def adam_for(train: DictConfig, *networks: torch.nn.Module) -> tuple[torch.optim
     return tuple(torch.optim.Adam(net.parameters(), lr=train.lr, betas=(train.beta1, train.beta2)) for net in networks)
 
 
-def memory_format_for(device: torch.device) -> torch.memory_format:
-    """The layout of weights and activations on `device`.
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+
+def auto_memory_format(device: torch.device) -> str:
+    """`train.memory_format=auto`'s rule: the layout of weights and activations on `device`.
 
     channels_last on both devices: cuDNN runs NHWC convs on tensor cores without
     transposes, and on the CPU oneDNN's NCHW path reorders every activation to a blocked
-    layout and back, so channels_last measured 1.4-3x faster per 3x3 conv (n = 64, 16 to
-    64 px, 2 cores; docs/performance.md). A device without either backend gets NCHW.
+    layout and back, so channels_last measured 1.4-3x faster per 3x3 conv on an AVX2 CPU
+    (n = 64, 16 to 64 px, 2 cores) and 3-16 % faster per step on an AVX-512 one
+    (docs/performance.md). A device without either backend gets NCHW.
     """
     if device.type == "cuda" or (device.type == "cpu" and torch.backends.mkldnn.is_available()):
-        return torch.channels_last
-    return torch.contiguous_format
+        return "channels_last"
+    return "contiguous"
+
+
+def memory_format_for(device: torch.device, choice: str = "auto") -> torch.memory_format:
+    """The torch layout of `train.memory_format=choice`; `auto` (not yet decided by the loop) applies the rule."""
+    return MEMORY_FORMATS[auto_memory_format(device) if choice == "auto" else choice]

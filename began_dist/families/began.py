@@ -116,7 +116,7 @@ class BeganFamily(Family):
         self.order = cfg.train.update_order
         self.latents_per_step = self.latents_per_step_by_order[self.order]
         self.latent_size = cfg.model.nz
-        self.memory_format = memory_format_for(device)
+        self.memory_format = memory_format_for(device, cfg.train.memory_format)
         self.compile = bool(cfg.train.compile)
         self.G, self.D = (net.to(device, memory_format=self.memory_format) for net in build_networks(cfg.model))
         # The modules each phase trains through: G and D themselves, or their DDP wrappers

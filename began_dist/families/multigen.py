@@ -171,7 +171,7 @@ class MultigenFamily(Family):
             self.gamma = torch.tensor(list(gammas), dtype=torch.float32, device=device)
             components = {f"k_{index}": f"equilibrium/k_{index}" for index in range(len(self.z_sizes))}
             self.scalar_tags = {**BEGAN_SCALARS, **components}
-        self.memory_format = memory_format_for(device)
+        self.memory_format = memory_format_for(device, cfg.train.memory_format)
         self.G, self.D = (net.to(device, memory_format=self.memory_format) for net in build_multigen(cfg.model))
         self.G_train, self.D_train = self.G, self.D  # or their DDP wrappers (`distribute`)
         self.opt_G, self.opt_D = adam_for(cfg.train, self.G, self.D)

@@ -60,6 +60,8 @@ def validate_vaegan(cfg) -> None:
         if not 0.0 <= value < math.inf:
             raise ConfigError(f"train.vaegan.{key}={value}: must be >= 0 and finite")
     positive(cfg, "train.vaegan.g_steps")
+    if cfg.train.memory_format == "channels_last":
+        raise ConfigError("train.memory_format=channels_last: vaegan's networks run in NCHW (auto or contiguous)")
 
 
 class VaeganFamily(Family):
@@ -89,6 +91,7 @@ class VaeganFamily(Family):
     progress_keys = ("L_pix", "L_kl", "L_D")
     lr_monitor = "L_pix"  # what train.lr_control=m_stall watches
     replicated_networks = ("E", "G", "D")
+    honours_memory_format = False  # NCHW networks: `auto` records contiguous, channels_last is refused
 
     def __init__(self, cfg, device: torch.device):
         super().__init__(cfg, device)

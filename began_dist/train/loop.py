@@ -34,6 +34,7 @@ from began_dist.distributed import comm
 from began_dist.eval.evaluate import evaluate_family, summary, truncate_metrics
 from began_dist.eval.metrics import parse_metrics
 from began_dist.families import get_family
+from began_dist.families.base import auto_memory_format
 from began_dist.families.equilibrium import LrControl
 from began_dist.train import state as ckpt
 from began_dist.train.logging import RunLogger
@@ -120,8 +121,16 @@ class Trainer:
         if cfg.train.deterministic:
             set_deterministic()
         torch.manual_seed(seed)  # same initial weights on every rank
+        # Read before the networks are built: an `auto` run's checkpoint holds the layout it decided.
+        self.resume_state, self.resume_source, self.resume_error = self._choose_checkpoint()
+        cfg.train.memory_format = self._decide_memory_format()
         self.family = get_family(cfg.model.family)(cfg, self.device)
-        self.family.distribute(lambda network: comm.wrap_ddp(network, self.device))
+        r = cfg.run
+        self.sync = comm.GradientSync(self.device, r.grad_compression, r.bucket_cap_mb, r.powersgd_rank,
+                                      r.powersgd_start_step, r.powersgd_min_compression_rate)
+        self.family.distribute(lambda network: self.sync.wrap(network, self._network_name(network)))
+        self.comm_state: dict = {}  # PowerSGD's state for the next checkpoint (gathered by every rank)
+        self.comm_notes: list[str] = []  # what resuming the comm hooks' state had to say (log.txt)
         self.dataset = build_dataset(cfg)
         self.sampler = GlobalBatchSampler(len(self.dataset), batch, seed, self.rank, self.world)
         self.latents = LatentSource(seed, self.family.latent_size, batch, self.rank, self.world)
@@ -153,6 +162,8 @@ class Trainer:
             config=to_container(self.cfg),
             elapsed_s=self.elapsed_s,
         )
+        if self.comm_state:
+            state["powersgd"] = self.comm_state
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -171,10 +182,12 @@ class Trainer:
         self.latents.load_state_dict(state["rng"]["latent"])
         self.sampler.load_state_dict(state["data"])
         self.fixed_z = state["fixed_z"]
+        self.comm_notes = self.sync.load_state_dict(state.get("powersgd", {}))
 
     def save(self, metrics: Optional[dict] = None) -> None:
         self.guard.check()  # never save a state that went through a non-finite step
         path = None
+        self.comm_state = self.sync.state_dict()  # collective: each rank's PowerSGD error feedback
         if self.rank == 0:
             keep = self.cfg.run.checkpoints_to_keep
             with self._writes():
@@ -184,9 +197,10 @@ class Trainer:
         self._check_storage()  # before Ray or Tune is handed a checkpoint that was not written
         self.reporter.report({**(metrics or {"step": self.step}), **self.eval_latest}, path)
 
-    def restore_latest(self) -> Optional[str]:
-        """Rank 0 picks the newest checkpoint that verifies, and every rank restores that state: ranks
-        that each chose on their own could load different steps (e.g. RUN_DIR differs between nodes)."""
+    def _choose_checkpoint(self) -> tuple[Optional[dict], Optional[str], str]:
+        """Rank 0 picks the newest checkpoint that verifies, and every rank gets that state: ranks
+        that each chose on their own could load different steps (e.g. RUN_DIR differs between nodes).
+        (state, where from, '') or, when checkpoints exist but none verifies, (None, None, why)."""
         choice = None
         if self.rank == 0:
             try:
@@ -195,8 +209,14 @@ class Trainer:
                 choice = str(error)
         choice = comm.broadcast_object(choice)
         if isinstance(choice, str):
-            raise ckpt.NoGoodCheckpoint(choice)
-        state, source = choice
+            return None, None, choice
+        return (*choice, "")
+
+    def restore_latest(self) -> Optional[str]:
+        if self.resume_error:
+            raise ckpt.NoGoodCheckpoint(self.resume_error)
+        state, source = self.resume_state, self.resume_source  # chosen in __init__
+        self.resume_state = None
         if state is not None:
             self.load_state_dict(state)
             self.last_checkpoint = source
@@ -247,6 +267,8 @@ class Trainer:
             log.close()
             raise
         log.info(self._banner(resumed_from))
+        for note in self.comm_notes:
+            log.info(note)
         snapshot = torch.arange(min(FIXED_SAMPLES, len(self.dataset)))
         snapshot_real = to_model_range(self.dataset.batch(snapshot), self.device)
         totals = torch.zeros(len(self.logged), device=self.device)
@@ -302,6 +324,27 @@ class Trainer:
     def result(self, status: Status, message: str = "", metrics: Optional[dict] = None, **debug) -> RunResult:
         """Where this worker stands, as a RunResult; `debug` holds test diagnostics (replica_digests, ...)."""
         return RunResult(status, self.step, metrics or {}, self.last_checkpoint, self.run_dir, message, debug)
+
+    def _network_name(self, network) -> str:
+        """The checkpoint entry of `network` (its state under `powersgd`)."""
+        names = [name for name in self.family.replicated_networks if getattr(self.family, name, None) is network]
+        return names[0] if names else str(len(self.sync.states))
+
+    def _decide_memory_format(self) -> str:
+        """train.memory_format, with `auto` decided once per run: the value the resumed checkpoint recorded, else
+        rank 0's rule (families.base.auto_memory_format), broadcast so every rank trains in the same layout.
+
+        The decision replaces `auto` in the config, so config.yaml and every checkpoint record it, and resumes
+        and worker-group restarts reuse it (the same layout keeps a resume bitwise; docs/performance.md).
+        """
+        choice = self.cfg.train.memory_format
+        if choice != "auto":
+            return choice
+        if not get_family(self.cfg.model.family).honours_memory_format:
+            return "contiguous"
+        recorded = (self.resume_state or {}).get("config", {}).get("train", {}).get("memory_format", "auto")
+        decided = recorded if recorded != "auto" else auto_memory_format(self.device)
+        return comm.broadcast_object(decided)
 
     def _replica_digests(self) -> list[str]:
         """Each rank's digest of its networks (and k_t); replicas that drifted apart would differ."""
