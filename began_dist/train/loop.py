@@ -29,8 +29,8 @@ from began_dist.data import build_dataset
 from began_dist.data.dataset import to_model_range
 from began_dist.data.sampler import GlobalBatchSampler, LatentSource, fixed_latents
 from began_dist.distributed import comm
-from began_dist.eval.evaluate import evaluate_family, summary, truncate_metrics
 from began_dist.eval.metrics import parse_metrics
+from began_dist.eval.metrics.evaluate import evaluate_family, summary, truncate_metrics
 from began_dist.families import get_family
 from began_dist.families.equilibrium import LrControl
 from began_dist.train import state as ckpt
