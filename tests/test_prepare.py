@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from began_dist.cli import main
-from began_dist.data import DataError, ShardedDataset, sources
+from began_dist.data import DataError, ShardedDataset, plans, sources
 from began_dist.data import prepare as prep
 
 FORMATS = ["arrow", "hdf5"]
@@ -127,10 +127,10 @@ def test_a_crash_leaves_no_manifest_and_an_existing_dataset_is_kept(tmp_path, ca
         calls.append(1)
         if len(calls) == 3:  # 1st call: the label dry run; then shard 0 is written; shard 1 crashes
             raise RuntimeError("disk full")
-        return prep.load_image_files(items, **kwargs)
+        return plans.load_image_files(items, **kwargs)
 
-    real_plan = prep._plan_folder
-    monkeypatch.setattr(prep, "_plan_folder", lambda *a: prep.Plan(**{**real_plan(*a).__dict__,
+    real_plan = plans._plan_folder
+    monkeypatch.setattr(plans, "_plan_folder", lambda *a: prep.Plan(**{**real_plan(*a).__dict__,
                                                                       "loader": crash_on_second_shard}))
     with pytest.raises(RuntimeError, match="disk full"):
         prep.prepare(str(tmp_path / "src"), str(tmp_path / "out"), prep.PrepareOptions(size=8, shards=3, jobs=1))
