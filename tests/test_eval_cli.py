@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from began_dist.cli import main

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 from PIL import Image
 
 from began_dist.cli import main

@@ -3,7 +3,7 @@
 import os
 import re
 
-from conftest import TINY
+from helpers import TINY
 
 from began_dist.cli import main
 from began_dist.eval.reports.run import load

@@ -7,8 +7,6 @@ against the plain fp32 step from the same weights and batch. Smallest models onl
 
 import copy
 import logging
-import os
-import sys
 
 import pytest
 import torch
@@ -18,9 +16,7 @@ from began_dist.config import Config, ConfigError, load_config
 from began_dist.families import began
 from began_dist.families.began import BeganFamily, ScaleGrad
 from began_dist.train.preflight import train_config
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/ is not installed
-from benchmarks.reference_step import reference_step  # noqa: E402
+from benchmarks.reference_step import reference_step  # the repo root is on pytest's pythonpath (pyproject.toml)
 
 LOSSES = ("L_x", "L_Gz", "L_D", "L_G", "k_t")
 BATCH, NZ, SIZE = 4, 8, 16

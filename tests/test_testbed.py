@@ -9,7 +9,7 @@ import time
 import uuid
 
 import pytest
-from conftest import TINY
+from helpers import TINY
 from testbed_support import ROOT
 
 pytestmark = pytest.mark.testbed

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 from test_loop import assert_bitwise_equal, final_state, stats_lines
 
 from began_dist.cli import main

@@ -89,10 +89,3 @@ def resolve_run_dir(cfg: DictConfig) -> str:
     run_dir = cfg.run.dir or os.path.join("runs", f"{cfg.model.family}-{time.strftime('%Y%m%d-%H%M%S')}")
     cfg.run.dir = os.path.abspath(os.path.expanduser(run_dir))
     return cfg.run.dir
-
-
-def save_yaml(cfg: DictConfig, path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as handle:
-        handle.write(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, path)

@@ -36,7 +36,6 @@ from began_dist.data.sources.folder import (  # noqa: F401
     CROPS,
     IMAGE_EXTENSIONS,
     MAX_PIXELS,
-    centre_crop_resize,
     crop_resize,
     folder_classes,
     image_folder,

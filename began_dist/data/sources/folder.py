@@ -82,10 +82,6 @@ def crop_resize(image: Image.Image, size: int, crop: str = "center") -> Image.Im
     return image.resize((size, size), Image.LANCZOS)
 
 
-def centre_crop_resize(image: Image.Image, size: int) -> Image.Image:
-    return crop_resize(image, size, "center")
-
-
 @contextlib.contextmanager
 def pixel_limit(max_pixels: int):
     """Pillow's own decompression-bomb check, at `max_pixels`: Pillow checks the declared size at
