@@ -63,7 +63,7 @@ PREPARE_HELP = {  # flag help of `prepare`; the flags and their defaults come fr
     "jobs": ("worker processes (0: auto)", None),
     "limit": ("keep only the first N items (0 = all)", None),
 }
-WORKER_ALIASES = {  # flag -> config key (Contract: aliases of run.*)
+WORKER_ALIASES = {  # flag -> config key (aliases of run.*, docs/design.md)
     "workers": "run.workers",
     "gpus_per_worker": "run.gpus_per_worker",
     "cpus_per_worker": "run.cpus_per_worker",

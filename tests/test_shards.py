@@ -244,7 +244,7 @@ def test_uri_scheme_names_the_key():
             uris.uri_scheme(bad, "run.dir", DataError)
 
 
-# -- the sampler (Contract: data parallelism) --------------------------------------------------
+# -- the sampler (docs/design.md: the data-parallel rule) -------------------------------------
 def epoch_batches(sampler, count):
     return [sampler.next_indices() for _ in range(count)]
 

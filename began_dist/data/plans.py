@@ -17,7 +17,7 @@ from began_dist.data.dataset import DataError
 
 KINDS = ("folder", "celeba", "cifar10", "hdf5-flat", "glyphs", "cns", "fashion-mnist", "shapes", "shapes4")
 GRAY_KINDS = ("glyphs", "cns", "fashion-mnist", "shapes", "shapes4")  # sources that are one-channel by nature
-SHAPES_SPLITS = {"train": ["square+cross", "square"], "heldout": ["cross"]}  # SPEC 2: cross alone is held out
+SHAPES_SPLITS = {"train": ["square+cross", "square"], "heldout": ["cross"]}  # docs/multigen.md: cross alone is held out
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Local mode runs `Trainer` in this process (began_dist.launch); Ray
 Train runs the same loop in each worker. Rank and world size come from the environment, the
-global batch and its latents are sliced per rank (Contract: data parallelism),
+global batch and its latents are sliced per rank (docs/design.md, the data-parallel rule),
 and every logged value is an all-reduced mean, so rank 0 speaks for all.
 
     for each step:

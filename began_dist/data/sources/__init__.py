@@ -3,10 +3,10 @@
 - glyphs: CJK characters rendered with Pillow from one or more fonts (by default the
   bundled Noto Sans CJK of the `noto-cjk-sans-otc` package), white ink on black;
   characters a font lacks (its .notdef box, or no ink) are detected and skipped.
-- shapes: the CRS toy data of SPEC 2 (square, cross, square+cross) with per-component masks.
-- folder / celeba: an image folder, recursive, cropped (SPEC 1 presets) and resized.
+- shapes: the CRS toy data of docs/multigen.md (square, cross, square+cross) with per-component masks.
+- folder / celeba: an image folder, recursive, cropped (the known CelebA presets) and resized.
 - cifar10: the CIFAR-10 python archive, read with a restricted unpickler.
-- hdf5-flat: seed 001's single HDF5 file of flattened uint8 rows.
+- hdf5-flat: artcg/BEGAN's single HDF5 file (seed 001, docs/design.md) of flattened uint8 rows.
 - cns: the CNS 11643 glyph bitmaps of Debian's fonts-cns11643-pixmaps (planes 1-3).
 - fashion-mnist: the IDX files of Debian's dataset-fashion-mnist.
 

@@ -90,7 +90,7 @@ def read_cifar10(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.ascontiguousarray(images), labels, split
 
 
-# -- seed 001's flat HDF5 ------------------------------------------------------------------
+# -- artcg/BEGAN's flat HDF5 (seed 001, docs/design.md) -----------------------------------
 def hdf5_flat_shape(path: str, source_size: int) -> tuple[int, int, int]:
     """(count, H, C) of a file with dataset `images` of N x H*W*C flattened uint8 rows."""
     try:

@@ -61,7 +61,7 @@ def list_images(root: str) -> list[str]:
     return sorted(paths)
 
 
-CROPS = {  # SPEC 1: the known CelebA recipes, as (x, y, side) of the crop or a rule
+CROPS = {  # the known CelebA recipes of public BEGAN ports, as (x, y, side) of the crop or a rule
     "carpedm20": (25, 50, 128),  # carpedm20's BEGAN ports: 128x128 at (y=50, x=25) of the 178x218 image
     "center160": (None, None, 160),  # a centred 160x160 square
     "center": (None, None, None),  # the largest centred square

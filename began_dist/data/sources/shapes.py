@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from began_dist.data.dataset import DataError
 from began_dist.data.sources.folder import resize_image
 
-# -- CRS shapes (SPEC 2) -----------------------------------------------------------------
+# -- CRS shapes (docs/multigen.md) --------------------------------------------------------
 CRS_SIZE = 64  # CRS images are defined at 64x64 and resized for other sizes
 CRS_CENTRES = range(29, 36)
 CRS_HALF_SIZES = (21, 18, 16)

@@ -1,4 +1,4 @@
-"""`began-dist arithmetic RUN_DIR --triples FILE`: "A - B + C" in latent space (seed 002's figure).
+"""`began-dist arithmetic RUN_DIR --triples FILE`: "A - B + C" in latent space (tf-vaegan's figure, docs/design.md).
 
 Each line of FILE is three characters ("酪鉻鉸", rendered as the run's glyphs) or three
 whitespace-separated image paths; blank lines and lines starting with # are skipped.

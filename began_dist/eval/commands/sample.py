@@ -6,7 +6,7 @@ Writes into OUT (default RUN_DIR/samples/step-XXXXXXXX/):
   mirror.png         a real image and its horizontal flip, each inverted to z_r
                      (Adam on |x - G(z_r)|), slerped; real images at the ends
                      (`began-dist interpolate` does this through an encoder too)
-  g_vs_decoder.png   seed 004's Fig. 4: G(z) (left) next to D's decoder fed the
+  g_vs_decoder.png   Heumi/BEGAN-tensorflow's Fig. 4 (docs/design.md): G(z) (left) next to D's decoder fed the
                      same z (right); only when Nz = Nh
 """
 
