@@ -23,7 +23,7 @@ demo: install
 	$(BIN)/began-dist train --config configs/demo_glyphs32.yaml run.dir=$(DEMO_DIR)
 	$(BIN)/began-dist sample $(DEMO_DIR) --out $(DEMO_DIR)/samples/final
 	$(BIN)/began-dist eval $(DEMO_DIR) --metrics swd,msssim,ndb,recon,kid --checkpoint all --n 512
-	$(BIN)/python -m began_dist.eval.versus_initial $(DEMO_DIR) --n 512 > $(DEMO_DIR)/versus_initial.txt
+	$(BIN)/python -m began_dist.eval.commands.versus_initial $(DEMO_DIR) --n 512 > $(DEMO_DIR)/versus_initial.txt
 	$(BIN)/began-dist report $(DEMO_DIR)
 	@cat $(DEMO_DIR)/versus_initial.txt
 	@echo "sample grids:  $(DEMO_DIR)/samples/ (final: $(DEMO_DIR)/samples/final/grid.png)"

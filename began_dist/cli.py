@@ -63,7 +63,7 @@ PREPARE_HELP = {  # flag help of `prepare`; the flags and their defaults come fr
     "jobs": ("worker processes (0: auto)", None),
     "limit": ("keep only the first N items (0 = all)", None),
 }
-WORKER_ALIASES = {  # flag -> config key (Contract: aliases of run.*)
+WORKER_ALIASES = {  # flag -> config key (aliases of run.*, docs/design.md)
     "workers": "run.workers",
     "gpus_per_worker": "run.gpus_per_worker",
     "cpus_per_worker": "run.cpus_per_worker",
@@ -181,7 +181,7 @@ def run_train(args) -> int:
 
 
 def run_sample(args) -> int:
-    from began_dist.eval.sample import write_samples
+    from began_dist.eval.commands.sample import write_samples
 
     try:
         paths = write_samples(args.run_dir, args.out, args.n, args.seed, step=args.checkpoint)
@@ -193,8 +193,8 @@ def run_sample(args) -> int:
 
 
 def run_eval(args) -> int:
-    from began_dist.eval.evaluate import evaluate_run, summary
     from began_dist.eval.metrics import DEFAULT_METRICS
+    from began_dist.eval.metrics.evaluate import evaluate_run, summary
     from began_dist.train.preflight import check_metrics
 
     if args.n < 2:
@@ -210,7 +210,7 @@ def run_eval(args) -> int:
 
 
 def run_interpolate(args) -> int:
-    from began_dist.eval.interpolate import write_interpolation
+    from began_dist.eval.commands.interpolate import write_interpolation
 
     if args.steps < 2:
         raise ConfigError(f"--steps {args.steps}: must be at least 2")
@@ -220,7 +220,7 @@ def run_interpolate(args) -> int:
 
 
 def run_arithmetic(args) -> int:
-    from began_dist.eval.arithmetic import DEFAULT_TRIPLES, write_arithmetic
+    from began_dist.eval.commands.arithmetic import DEFAULT_TRIPLES, write_arithmetic
 
     _check_invert_steps(args)
     return _print_paths(write_arithmetic, args.run_dir, args.triples or DEFAULT_TRIPLES, args.latent, args.out,
@@ -239,7 +239,7 @@ def _print_paths(write, *args) -> int:
 
 
 def run_report(args) -> int:
-    from began_dist.eval.report import write_report
+    from began_dist.eval.reports.run import write_report
 
     try:
         print(write_report(args.run_dirs, args.out))
@@ -249,7 +249,7 @@ def run_report(args) -> int:
 
 
 def run_decompose(args) -> int:
-    from began_dist.eval.decompose import decompose
+    from began_dist.eval.commands.decompose import decompose
 
     try:
         paths = decompose(args.run_dir, args.out, args.checkpoint, args.seed)

@@ -45,11 +45,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from began_dist.data import sources  # noqa: E402
 from began_dist.data.prepare import PrepareOptions, prepare  # noqa: E402
-from began_dist.eval.recon import reconstruction_l1  # noqa: E402
-from began_dist.eval.sample import load_run  # noqa: E402
-from began_dist.eval.swd import swd  # noqa: E402
+from began_dist.eval.metrics.recon import reconstruction_l1  # noqa: E402
+from began_dist.eval.metrics.swd import swd  # noqa: E402
 from began_dist.images import save_grid, to_uint8  # noqa: E402
 from began_dist.train import state as ckpt  # noqa: E402
+from began_dist.train.runs import load_run  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "seed002_vaegan_glyphs.yaml")

@@ -29,14 +29,14 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from began_dist.data import sources  # noqa: E402
-from began_dist.eval.decompose import (  # noqa: E402
+from began_dist.eval.commands.decompose import (  # noqa: E402
     component_iou,
     heldout_crosses,
     heldout_statistics,
     write_overview,
 )
-from began_dist.eval.sample import load_run  # noqa: E402
-from began_dist.eval.swd import swd  # noqa: E402
+from began_dist.eval.metrics.swd import swd  # noqa: E402
+from began_dist.train.runs import load_run  # noqa: E402
 
 CROSS = 0  # CRS labels are y = [cross, square]
 COLUMNS = {  # result key -> table header

@@ -5,22 +5,9 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers import TINY  # noqa: E402
 
 from began_dist.cli import main  # noqa: E402
-
-# Tiny runs: 16 px, a few filters, few glyphs. Steps are what each test sets.
-TINY = [
-    "model.image_size=16",
-    "model.filters=8",
-    "model.nz=8",
-    "model.nh=8",
-    "model.convs_per_scale=1",
-    "data.glyphs=64",
-    "train.batch_size=4",
-    "train.log_every=2",
-    "train.sample_every=4",
-    "train.checkpoint_every=4",
-]
 
 
 def pytest_configure(config):

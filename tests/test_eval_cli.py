@@ -5,14 +5,14 @@ import os
 
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from began_dist.cli import main
 from began_dist.data import build_dataset
 from began_dist.eval.metrics import MetricContext, compute
-from began_dist.eval.sample import load_run
 from began_dist.families import get_family
+from began_dist.train.runs import load_run
 
 EVAL = ["train.eval_every=4", "train.eval_n=32", "train.steps=8"]
 

@@ -156,7 +156,7 @@ def test_bad_compression_options_are_refused(override, key):
 def test_powersgd_under_ray_train_checkpoints_every_rank_and_resumes(ray_cluster, tmp_path):
     """The loop's side: 2 Ray Train workers compress, the checkpoint holds both ranks' error feedback, and
     `--resume` on 2 workers restores it (no reset line in log.txt)."""
-    from conftest import TINY
+    from helpers import TINY
 
     from began_dist.cli import main
     from began_dist.config import resolve_run_dir

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 from PIL import Image
 
 from began_dist.cli import main
-from began_dist.eval.arithmetic import COEFFICIENTS, DEFAULT_TRIPLES, read_triples
-from began_dist.eval.latent import load_inputs
-from began_dist.eval.sample import load_run
+from began_dist.eval.commands.arithmetic import COEFFICIENTS, DEFAULT_TRIPLES, read_triples
+from began_dist.eval.commands.latent import load_inputs
 from began_dist.images import to_uint8
+from began_dist.train.runs import load_run
 
 FAMILIES = {"vaegan": ["model.nh=64", "model.family=vaegan"], "began": []}
 SIZE, PAD, SCALE = 16, 2, 2  # TINY's image size; save_grid's padding; the commands' scale

@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from conftest import TINY
+from helpers import TINY
 
 from began_dist.cli import EXIT_CODES, build_parser
 from began_dist.data.prepare import PrepareOptions

@@ -197,3 +197,48 @@ def test_a_planted_import_is_caught(tmp_path, where, source, expected):
         assert any(expected in problem for problem in found), found
     else:
         assert not [p for p in found if "families.base" in p], found
+
+
+MAX_FUNCTION_LINES = 60  # docs/design.md, "Sizes"
+MAX_MODULE_LINES = 400
+
+
+def oversized(package: str = PACKAGE) -> list[str]:
+    """Every function (def line to last line, nested ones too) and module of began_dist over its limit."""
+    problems = []
+    for path in sorted(modules(package).values()):
+        source = open(path, encoding="utf-8").read()
+        where = os.path.relpath(path, os.path.dirname(package))
+        if len(source.splitlines()) > MAX_MODULE_LINES:
+            problems.append(f"{where}: {len(source.splitlines())} lines (limit {MAX_MODULE_LINES})")
+        for node in ast.walk(ast.parse(source, path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    limit = f"(limit {MAX_FUNCTION_LINES})"
+                    problems.append(f"{where}:{node.lineno}: {node.name} is {length} lines {limit}")
+    return problems
+
+
+def test_no_function_over_60_lines_and_no_module_over_400():
+    problems = oversized()
+    assert not problems, "split these (docs/design.md, Sizes):\n" + "\n".join(problems)
+
+
+def test_an_oversized_function_or_module_is_caught(tmp_path):
+    """The size check itself can fail: a 61-line function and a 401-line module in a copy of the package."""
+    import shutil
+
+    copy = tmp_path / "began_dist"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+
+    def function(name: str, lines: int) -> str:  # `def` line plus lines - 1 body lines
+        return f"\n\ndef {name}():\n" + "".join(f"    x{i} = {i}\n" for i in range(lines - 1))
+
+    planted = function("at_limit", MAX_FUNCTION_LINES) + function("over_limit", MAX_FUNCTION_LINES + 1)
+    (copy / "images.py").write_text((copy / "images.py").read_text() + planted)
+    (copy / "planted.py").write_text("x = 1\n" * (MAX_MODULE_LINES + 1))
+    found = oversized(str(copy))
+    in_images = [p for p in found if "images.py" in p]  # the 60-line one passes, the 61-line one does not
+    assert len(in_images) == 1 and "over_limit is 61 lines (limit 60)" in in_images[0], found
+    assert any(p.startswith(os.path.join("began_dist", "planted.py")) and "401 lines" in p for p in found), found

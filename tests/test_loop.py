@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from began_dist.families.base import BEGAN_SCALARS

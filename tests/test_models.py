@@ -22,7 +22,7 @@ def test_output_shapes(size, arch, channels):
 
 
 def spec_parameter_count(size, channels, n, nz, nh, r):
-    """SPEC 1's layer list, counted by hand: 3x3 convs with bias, FCs with bias."""
+    """The paper's layer list (section 3.5), counted by hand: 3x3 convs with bias, FCs with bias."""
     conv = lambda cin, cout: 9 * cin * cout + cout  # noqa: E731
     scales = num_scales(size)
     encoder = conv(channels, n)

@@ -6,12 +6,12 @@ import os
 
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 from test_loop import assert_bitwise_equal
 
 from began_dist.cli import main
 from began_dist.config import load_config, resolve_run_dir
-from began_dist.eval.decompose import real_parts
+from began_dist.eval.commands.decompose import real_parts
 from began_dist.families.multigen import (
     MultigenFamily,
     code_moments,

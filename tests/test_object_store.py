@@ -14,7 +14,7 @@ import time
 import pyarrow.fs as pafs
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 
 from began_dist import uris
 from began_dist.cli import main

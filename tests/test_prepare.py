@@ -1,7 +1,7 @@
 """`began-dist prepare`: every source round-trips through both shard formats.
 
 Inputs are synthesised here in their real formats (a CIFAR-10 python archive, a CelebA
-folder, seed 001's flat HDF5, IDX files, a CNS pixmap tree); the Debian packages are
+folder, artcg/BEGAN's flat HDF5, IDX files, a CNS pixmap tree); the Debian packages are
 only used when installed.
 """
 
@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from began_dist.cli import main
-from began_dist.data import DataError, ShardedDataset, sources
+from began_dist.data import DataError, ShardedDataset, plans, sources
 from began_dist.data import prepare as prep
 
 FORMATS = ["arrow", "hdf5"]
@@ -127,10 +127,10 @@ def test_a_crash_leaves_no_manifest_and_an_existing_dataset_is_kept(tmp_path, ca
         calls.append(1)
         if len(calls) == 3:  # 1st call: the label dry run; then shard 0 is written; shard 1 crashes
             raise RuntimeError("disk full")
-        return prep.load_image_files(items, **kwargs)
+        return plans.load_image_files(items, **kwargs)
 
-    real_plan = prep._plan_folder
-    monkeypatch.setattr(prep, "_plan_folder", lambda *a: prep.Plan(**{**real_plan(*a).__dict__,
+    real_plan = plans._plan_folder
+    monkeypatch.setattr(plans, "_plan_folder", lambda *a: prep.Plan(**{**real_plan(*a).__dict__,
                                                                       "loader": crash_on_second_shard}))
     with pytest.raises(RuntimeError, match="disk full"):
         prep.prepare(str(tmp_path / "src"), str(tmp_path / "out"), prep.PrepareOptions(size=8, shards=3, jobs=1))
@@ -201,7 +201,7 @@ def test_hostile_pickle_in_a_cifar_archive_is_refused_and_not_run(tmp_path, caps
     assert not os.path.exists(tmp_path / "pwned") and not os.path.exists(tmp_path / "out" / "manifest.json")
 
 
-# -- seed 001's flat HDF5 ----------------------------------------------------------------------
+# -- artcg/BEGAN's flat HDF5 (seed 001, docs/design.md) ---------------------------------------
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_hdf5_flat_round_trip(tmp_path, capsys, fmt):
     rows = np.random.default_rng(8).integers(0, 255, (150, 12 * 12 * 3), dtype=np.uint8)  # 2 shards, 2 chunks each
@@ -376,7 +376,7 @@ def atime_works(tmp_path):
 
 
 def hostile_hdf5(path, trick, other):
-    """Seed 001's layout whose `images` reach outside the file: `other` holds the bytes (or an HDF5 file)."""
+    """artcg/BEGAN's layout whose `images` reach outside the file: `other` holds the bytes (or an HDF5 file)."""
     rows = np.random.default_rng(12).integers(0, 255, (8, 4 * 4 * 3), dtype=np.uint8)
     with h5py.File(path, "w") as handle:
         if trick == "external storage":  # the /etc/passwd case: the dataset's bytes live in another file

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 
 from began_dist.cli import main
 from began_dist.config import load_config, resolve_run_dir

@@ -3,10 +3,10 @@
 import os
 import re
 
-from conftest import TINY
+from helpers import TINY
 
 from began_dist.cli import main
-from began_dist.eval.report import load
+from began_dist.eval.reports.run import load
 
 
 def html_of(path):

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 
 from began_dist import storage
 from began_dist.cli import main

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 
 from began_dist.cli import main
 from began_dist.train import state as ckpt

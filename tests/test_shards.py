@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 
 from began_dist import uris
 from began_dist.cli import main
@@ -230,7 +230,7 @@ def test_uri_scheme_names_the_key():
             uris.uri_scheme(bad, "run.dir", DataError)
 
 
-# -- the sampler (Contract: data parallelism) --------------------------------------------------
+# -- the sampler (docs/design.md: the data-parallel rule) -------------------------------------
 def epoch_batches(sampler, count):
     return [sampler.next_indices() for _ in range(count)]
 

@@ -11,7 +11,6 @@ BEGAN_TEST_DEVICE=cuda runs the fp32, channels_last and compile checks on a GPU 
 import copy
 import logging
 import os
-import sys
 
 import pytest
 import torch
@@ -21,9 +20,7 @@ from began_dist.config import Config, ConfigError, load_config
 from began_dist.families import began
 from began_dist.families.began import BeganFamily, ScaleGrad
 from began_dist.train.preflight import train_config
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/ is not installed
-from benchmarks.reference_step import reference_step  # noqa: E402
+from benchmarks.reference_step import reference_step  # the repo root is on pytest's pythonpath (pyproject.toml)
 
 LOSSES = ("L_x", "L_Gz", "L_D", "L_G", "k_t")
 BATCH, NZ, SIZE = 4, 8, 16

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 from testbed_support import ROOT
 
 pytestmark = pytest.mark.testbed

@@ -1,7 +1,7 @@
 import json
 import os
 
-from conftest import TINY
+from helpers import TINY
 
 
 def test_short_glyph_run_lowers_reconstruction_loss_and_m(train_cli):

@@ -105,7 +105,7 @@ def test_smoke_sweep_with_asha_stops_a_trial_early_and_writes_the_table(ray_clus
         assert float(row["swd"]) > 0 and 0 <= float(row["k_t"]) <= 1  # SWD and k_t beside M
         assert row["checkpoint"].endswith(f"step-{steps:08d}.pt") and os.path.isfile(row["checkpoint"])
         trial = sweep_dir / "trials" / row["trial"]
-        assert stats_lines(trial)[-1]["step"] == steps  # the trial's own Contract-layout run dir
+        assert stats_lines(trial)[-1]["step"] == steps  # the trial's own run dir (docs/design.md's layout)
         assert os.path.isfile(trial / "metric-swd.jsonl")
     done_m = [float(row["M"]) for row in rows if row["status"] == "done"]
     assert [float(row["M"]) for row in rows] == sorted(float(row["M"]) for row in rows)  # best first

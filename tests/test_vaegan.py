@@ -5,18 +5,18 @@ import os
 
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 from test_loop import assert_bitwise_equal, final_state, stats_lines
 
 from began_dist.cli import main
 from began_dist.config import ConfigError, load_config
 from began_dist.data import load_examples
 from began_dist.data.dataset import to_model_range
-from began_dist.eval.recon import reconstruction_l1
-from began_dist.eval.sample import load_run
+from began_dist.eval.metrics.recon import reconstruction_l1
 from began_dist.families.vaegan import feature_loss, kl_loss, uniform_to_normal
 from began_dist.models.vaegan import build_vaegan
 from began_dist.train import state as ckpt
+from began_dist.train.runs import load_run
 
 # TINY, with BEGAN's D bottleneck back at its default (model.nh means nothing for vaegan and is refused).
 VAEGAN = [*TINY, "model.nh=64", "model.family=vaegan"]

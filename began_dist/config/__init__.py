@@ -10,7 +10,6 @@ from began_dist.config.load import (
     load_config,
     parse_overrides,
     resolve_run_dir,
-    save_yaml,
     to_container,
 )
 from began_dist.config.schema import (
@@ -50,7 +49,6 @@ __all__ = [
     "parse_overrides",
     "register_family_rules",
     "resolve_run_dir",
-    "save_yaml",
     "to_container",
     "validate",
 ]

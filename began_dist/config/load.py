@@ -143,10 +143,3 @@ def resolve_run_dir(cfg: DictConfig) -> str:
     else:
         cfg.run.dir = os.path.abspath(os.path.expanduser(run_dir))
     return cfg.run.dir
-
-
-def save_yaml(cfg: DictConfig, path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as handle:
-        handle.write(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, path)

@@ -15,7 +15,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class MultigenConfig:
-    """model.multigen.*: the multi-generator family (SPEC 2; docs/multigen.md). Defaults are seed 000's recipe."""
+    """model.multigen.*: the multi-generator family (docs/multigen.md).
+
+    Defaults are hope-yao's recipe (seed 000, docs/design.md).
+    """
 
     z_sizes: list[int] = field(default_factory=lambda: [4, 16])  # latent size of each G_k (K = len); D's code alike
     composition: str = "sum"  # image from parts: sum (seed: 2 sum_k y_k G_k - 1) | max (2 max over on parts - 1)
@@ -31,7 +34,7 @@ class MultigenConfig:
 
 @dataclass
 class VaeganModelConfig:
-    tanh_z: bool = False  # tanh on z: latents in [-1, 1], prior U(-1, 1) (seed 002's option); else N(0, I)
+    tanh_z: bool = False  # tanh on z: latents in [-1, 1], prior U(-1, 1) (tf-vaegan's option); else N(0, I)
 
 
 @dataclass
@@ -63,12 +66,12 @@ class DataConfig:
     cache_dir: str = ""  # node-local cache: verified-shard records, fetched remote shards ("" = ~/.cache/began-dist)
     cache_gb: float = 50.0  # size bound of the node-local shard cache, GB (least recently used shards go first)
     fetch_ahead: int = 8  # remote shards fetched into the node cache ahead of use, in the sampler's order
-    shapes: str = "square+cross,square"  # shapes: CRS classes to train on (SPEC 2), or `four` (the harder set)
+    shapes: str = "square+cross,square"  # shapes: CRS classes (docs/multigen.md), or `four` (the harder set)
 
 
 @dataclass
 class VaeganTrainConfig:
-    feature_weight: float = 0.1  # w: G's weight on the Dis_l feature reconstruction (style/content; seed 0.1)
+    feature_weight: float = 0.1  # w: G's weight on the Dis_l feature reconstruction (style/content; tf-vaegan: 0.1)
     kl_weight: float = 1.0  # E's weight on KL(q(z|x) || p(z)) (Larsen: 1)
     g_steps: int = 2  # G steps per step (the seed: one D step, two G steps, one E step)
 
@@ -90,7 +93,7 @@ class TrainConfig:
     lr: float = 1.0e-4  # base Adam learning rate (G and D); live lr = lr x lr_state multiplier
     beta1: float = 0.5  # Adam beta1
     beta2: float = 0.999  # Adam beta2
-    lr_control: str = "m_stall"  # m_stall (paper) | decay (seed 004) | step (carpedm20) | none
+    lr_control: str = "m_stall"  # m_stall (paper) | decay (Heumi, docs/design.md) | step (carpedm20) | none
     lr_min: float = 2.0e-5  # floor of the live lr
     lr_decay_factor: Optional[float] = None  # lr multiplier per decision; None: 0.5 (m_stall, step), 0.95 (decay)
     lr_decay_every: Optional[int] = None  # steps between decay/step decisions; None: 2000 (decay), 100000 (step)

@@ -52,5 +52,5 @@ class InMemoryDataset(ImageDataset):
 
 
 def to_model_range(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1] on `device` (images centred on zero, SPEC 1)."""
+    """uint8 [0, 255] -> float32 [-1, 1] on `device` (images centred on zero, as the BEGAN paper trains)."""
     return images.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)

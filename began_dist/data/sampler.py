@@ -1,4 +1,4 @@
-"""The Contract's data-parallelism rule, with a position that survives resume.
+"""The data-parallel rule of docs/design.md, with a position that survives resume.
 
 Global batch b of an epoch is perm[b*B:(b+1)*B] of that epoch's permutation (B the
 global batch; an incomplete last batch is dropped); rank r of W takes slice r of

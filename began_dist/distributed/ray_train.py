@@ -3,7 +3,7 @@
     began-dist train --config C.yaml --workers 4 [--gpus-per-worker 1] [--address ray://...]
 
 Each worker runs `began_dist.train.loop.Trainer` unchanged; G and D each get their
-own DDP (gloo on CPU, NCCL on GPU); the global batch is split by the Contract's
+own DDP (gloo on CPU, NCCL on GPU); the global batch is split by docs/design.md's
 rule. Without `run.address` a local Ray cluster is started on 127.0.0.1 and
 stopped afterwards. Checkpoints live once, in RUN_DIR/checkpoints (on a shared
 filesystem or an object store every node reaches), so `--resume RUN_DIR` (any worker

@@ -1,2 +1,3 @@
-"""Evaluation: sampling and latent tools, the metric registry (metrics.py, one module per metric),
-`began-dist eval` (evaluate.py) and the HTML run report (report.py)."""
+"""Evaluation: the metric registry and one module per metric (metrics/; kid.py, whose feature net
+ships beside it, is also `python -m began_dist.eval.kid`), the picture commands (commands/) and the
+HTML reports (reports/)."""

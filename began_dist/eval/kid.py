@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from began_dist.data import sources
-from began_dist.eval.registry import MetricContext, register
+from began_dist.eval.metrics.registry import MetricContext, register
 
 INPUT_PX = 32  # the net sees 32 px grayscale; other sizes are resized
 TRAIN_FACES = (0, 1, 3, 4, 5, 6, 8, 9)  # Noto Sans CJK: JP, KR, TC, HK, and their Mono variants

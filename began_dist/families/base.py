@@ -109,7 +109,7 @@ class Family:
         m = self.cfg.model
         return f"{m.family} {m.image_size}px {m.arch} n={m.filters} nz={self.latent_size}"
 
-    # -- checkpoints: the Contract's entries G, D, opt_G, opt_D, k_t ----------------------------------------
+    # -- checkpoints: the entries G, D, opt_G, opt_D, k_t of docs/design.md -----------------------------------
     def state_dict(self) -> dict:
         return {
             "G": self.G.state_dict(),

@@ -1,6 +1,6 @@
 """The BEGAN family: networks, optimisers, k_t, and one training step.
 
-The step does the work the math needs and no more (SPEC 1; benchmarks/step_speed.py):
+The step does the work the math needs and no more (the paper's section 3.4; benchmarks/step_speed.py):
   alternating   (1) D step on one D forward over cat(real, G(z_D)), G under no_grad;
                 (2) G step with a fresh z through D with D's weights frozen.
                 4 f_G + 8 f_D per image, against 4 f_G + 9 f_D for a plain port.

@@ -47,7 +47,7 @@ class LrControl:
 
     m_stall (paper): every `m_stall_window` steps compare the window's mean M with
     the previous window's; unless it fell by more than `m_stall_eps` (a mean that did
-    not fall is a stall), multiply by the factor (0.5). decay (seed 004): x0.95 every
+    not fall is a stall), multiply by the factor (0.5). decay (Heumi/BEGAN-tensorflow, docs/design.md): x0.95 every
     2000 steps. step (carpedm20): x0.5 every 100k steps. A floor of `lr_min` holds for all of them.
     """
 

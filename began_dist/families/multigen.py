@@ -1,4 +1,4 @@
-"""The multi-generator BEGAN family (SPEC 2, seed 000): K generators, one gated auto-encoder D.
+"""The multi-generator BEGAN family (docs/multigen.md; seed 000, docs/design.md): K generators, one gated D.
 
 Per step, with y the batch's component labels (the fakes take the real images' labels):
   (1) D step: minimise L_D = T(x_r) - k_t T_D(x_f),   x_f = compose(G(z_D), y) detached

@@ -1,4 +1,4 @@
-"""The VAE-GAN family (Larsen et al. 2016; seed 002): E, G, D, their optimisers and one step.
+"""The VAE-GAN family (Larsen et al. 2016; tf-vaegan, docs/design.md): E, G, D, their optimisers and one step.
 
 Per step (the seed's schedule), from x, reparameterisation noise eps and prior draws z_p:
     z~ = mu(x) + sigma(x) eps                            (tanh(.) with model.vaegan.tanh_z)
@@ -66,7 +66,7 @@ def validate_vaegan(cfg) -> None:
 
 class VaeganFamily(Family):
     name = "vaegan"
-    # Seed 002's recipe (Adam 2e-4, beta1 0.5, batch 64, Nz 100), applied under the user's values
+    # tf-vaegan's recipe (docs/design.md) (Adam 2e-4, beta1 0.5, batch 64, Nz 100), applied under the user's values
     # so a run's config.yaml states them.
     config_defaults = {
         "model": {"nz": 100, "output": "tanh"},

@@ -1,4 +1,4 @@
-"""BEGAN networks (Berthelot, Schumm & Metz 2017), as SPEC section 1 lays them out.
+"""BEGAN networks (Berthelot, Schumm & Metz 2017), as the paper's section 3.5 lays them out.
 
 Every conv is 3x3 + ELU, no normalisation, no transposed convs, an 8x8
 bottleneck, so a size H has log2(H / 8) + 1 scales.
@@ -9,7 +9,7 @@ bottleneck, so a size H has log2(H / 8) + 1 scales.
     Decoder: FC -> 8x8xn (= h0); per scale: r x conv(n), then (s < S) nearest x2 upsample; conv -> C
 
 `arch="skip"` concatenates h0, upsampled, to the input of every decoder scale after
-the first (the paper's skip connections; seed 003's skip_repeat). The optional
+the first (the paper's skip connections; 1Konny/BEGAN-pytorch's skip_repeat, docs/design.md). The optional
 vanishing residual mixes each same-shape conv as carry * in + (1 - carry) * out,
 carry falling from 1 to 0 over the first `residual_steps` steps (`set_carry`).
 """

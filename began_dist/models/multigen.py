@@ -1,4 +1,4 @@
-"""Multi-generator BEGAN networks (SPEC 2, seed 000): one BEGAN decoder per component.
+"""Multi-generator BEGAN networks (docs/multigen.md, seed 000 in docs/design.md): one BEGAN decoder per component.
 
     G(z)     = [G_k(z_s, z_k)]_k, image compose(G(z), y)   z = cat(z_s, z_1 .. z_K), z_k of size z_sizes[k]
     D(x, y)  = compose([Dec_k(c_s, c_k)]_k, y), c = E(x) = cat(c_s, c_1 .. c_K), c_k of size z_sizes[k]

@@ -2,7 +2,7 @@
 
 Local mode runs `Trainer` in this process (began_dist.launch); Ray
 Train runs the same loop in each worker. Rank and world size come from the environment, the
-global batch and its latents are sliced per rank (Contract: data parallelism),
+global batch and its latents are sliced per rank (docs/design.md, the data-parallel rule),
 and every logged value is an all-reduced mean, so rank 0 speaks for all.
 
     for each step:
@@ -31,8 +31,8 @@ from began_dist.data.dataset import to_model_range
 from began_dist.data.prefetch import Prefetcher
 from began_dist.data.sampler import GlobalBatchSampler, LatentSource, batch_digest, fixed_latents
 from began_dist.distributed import comm
-from began_dist.eval.evaluate import evaluate_family, summary, truncate_metrics
 from began_dist.eval.metrics import parse_metrics
+from began_dist.eval.metrics.evaluate import evaluate_family, summary, truncate_metrics
 from began_dist.families import get_family
 from began_dist.families.base import auto_memory_format
 from began_dist.families.equilibrium import LrControl

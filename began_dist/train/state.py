@@ -1,6 +1,6 @@
 """Checkpoints: state_dicts and tensors only, written atomically, loaded with weights_only=True.
 
-`RUN_DIR/checkpoints/step-XXXXXXXX.pt` holds the Contract's keys: G, D, opt_G,
+`RUN_DIR/checkpoints/step-XXXXXXXX.pt` holds the keys of docs/design.md: G, D, opt_G,
 opt_D, k_t, step, lr_state, rng, data, fixed_z, config (families add theirs).
 A write goes to a temporary file in the same directory, is fsynced, then renamed
 over the final name, so a crash leaves either the old set of checkpoints or the

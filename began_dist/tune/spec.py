@@ -82,10 +82,6 @@ class SweepSpec:
     def scheduler_type(self) -> str:
         return self.scheduler.get("type", "none")
 
-    def searched_keys(self) -> list[str]:
-        """The config keys the space varies, tied groups split: ['train.gamma', 'model.nz', 'model.nh']."""
-        return [key for group in self.space for key in split_keys(group)]
-
     def to_dict(self) -> dict:
         return asdict(self)
 

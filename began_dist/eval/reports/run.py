@@ -11,49 +11,28 @@ Several runs share each plot, one colour per run.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-import matplotlib
+import torch
+from omegaconf import OmegaConf
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from PIL import Image  # noqa: E402
+from began_dist import storage
+from began_dist.data import load_examples
+from began_dist.data.dataset import to_model_range
+from began_dist.eval.metrics.recon import heldout_images
+from began_dist.eval.reports.embed import figure_html, gif_uri, grid_figure, open_image, png_uri, shown_width
+from began_dist.eval.reports.plots import METRICS, metric_names, run_plots
+from began_dist.images import grid_image
+from began_dist.train import state as ckpt
+from began_dist.train.runs import load_run
 
-from began_dist import storage  # noqa: E402
-from began_dist.data import load_examples  # noqa: E402
-from began_dist.eval.recon import heldout_images  # noqa: E402
-from began_dist.eval.sample import load_run  # noqa: E402
-from began_dist.images import grid_image  # noqa: E402
-from began_dist.train import state as ckpt  # noqa: E402
-
-CURVES = (  # (panel title, [(stats.jsonl key, label)], log-scale y)
-    ("Reconstruction losses", [("L_x", "L(x)"), ("L_Gz", "L(G(z))")], False),
-    ("Convergence measure M", [("M", "M")], False),
-    ("Equilibrium term k_t", [("k_t", "k_t")], False),
-    ("Learning rate", [("lr_G", "lr")], True),
-    ("VAE-GAN: pixel L1 of G(z~)", [("L_pix", "L_pix")], False),  # vaegan's keys: BEGAN runs have none
-    ("VAE-GAN: KL and feature losses", [("L_kl", "KL"), ("L_feat", "L_feat")], True),
-)
-METRICS = {  # metric -> (panel title, headline key, reference key, what the reference is)
-    "swd": ("SWD x1e3 (lower is better)", "swd", "swd_floor", "real vs real floor"),
-    "msssim": ("MS-SSIM of pairs (lower = more diverse)", "msssim", "msssim_real", "real pairs"),
-    "ndb": ("NDB / K: share of different bins (lower is better)", "ndb", "ndb_real", "second real sample"),
-    "recon": ("L1 reconstruction of held-out images", "recon", "recon_train", "training images"),
-    "kid": ("KID on GlyphNet features (lower is better)", "kid", "kid_real", "real vs real"),
-}
 PROGRESSION_STEPS = 6  # fixed-z grids shown as stills
-GIF_FRAMES = 40
 RECON_IMAGES = 16
-COLOURS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 _STEP_PNG = re.compile(r"step-(\d+)\.png$")
 
 
@@ -107,125 +86,6 @@ def load(run_dir: str) -> Run:
     return run
 
 
-# -- embedded pictures ----------------------------------------------------------------------
-def _data_uri(data: bytes, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-def _shown_width(image: Image.Image) -> int:
-    """An integer multiple of the grid's width near 300 px, so pixels stay square and sharp."""
-    return image.width * max(1, round(300 / image.width))
-
-
-def _grid_figure(path: str, caption: str) -> str:
-    image = _open_image(path)
-    return _img(_png(image), caption, width_px=_shown_width(image))
-
-
-def _open_image(path: str) -> Image.Image:
-    """A PNG of the run directory, read through the storage layer."""
-    return Image.open(io.BytesIO(storage.read_bytes(path)))
-
-
-def _png(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return _data_uri(buffer.getvalue(), "image/png")
-
-
-def _figure(figure) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    return _data_uri(buffer.getvalue(), "image/png")
-
-
-def _gif(paths: list[str]) -> Optional[str]:
-    if len(paths) < 2:
-        return None
-    picked = [paths[round(i * (len(paths) - 1) / (GIF_FRAMES - 1))] for i in range(GIF_FRAMES)]
-    frames = [_open_image(path).convert("L") for path in dict.fromkeys(picked)]
-    buffer = io.BytesIO()
-    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=350, loop=0)
-    return _data_uri(buffer.getvalue(), "image/gif")
-
-
-def _img(uri: str, caption: str, css: str = "pixel", width_px: int = 0) -> str:
-    size = f' style="width: {width_px}px"' if width_px else ""
-    image = f'<img class="{css}" src="{uri}" alt="{html.escape(caption)}"{size}>'
-    return f"<figure>{image}<figcaption>{caption}</figcaption></figure>"
-
-
-# -- plots ----------------------------------------------------------------------------------
-def _panel(title: str, runs: list[Run], series, log_y: bool = False) -> Optional[str]:
-    """One plot; `series(run)` yields (steps, values, label, line style) for a run. None when nothing to plot."""
-    figure, axes = plt.subplots(figsize=(4.6, 3.0))
-    plotted = False
-    for i, run in enumerate(runs):
-        colour = COLOURS[i % len(COLOURS)] if len(runs) > 1 else None  # one colour per run
-        for steps, values, label, style in series(run):
-            if not steps:
-                continue
-            name = f"{run.name}: {label}" if len(runs) > 1 else label
-            marker = "o" if len(steps) < 12 else None
-            axes.plot(steps, values, style, color=colour, marker=marker, markersize=3, linewidth=1.3, label=name)
-            plotted = True
-    if not plotted:
-        plt.close(figure)
-        return None
-    axes.set_title(title, fontsize=10)
-    axes.set_xlabel("step", fontsize=9)
-    axes.tick_params(labelsize=8)
-    axes.grid(alpha=0.3)
-    if log_y:
-        axes.set_yscale("log")
-    else:
-        axes.ticklabel_format(axis="y", useOffset=False)
-    axes.legend(fontsize=7, frameon=False)
-    return _figure(figure)
-
-
-def _curve(key: str, label: str, style: str):
-    def series(run: Run):
-        rows = [row for row in run.stats if key in row]
-        yield [row["step"] for row in rows], [row[key] for row in rows], label, style
-
-    return series
-
-
-def _metric_series(name: str):
-    _, headline, reference, reference_label = METRICS.get(name, (name, name, "", ""))
-
-    def series(run: Run):
-        rows = run.metrics.get(name, [])
-        for key, label, style in ((headline, name, "-"), (reference, reference_label, "--")):
-            kept = [row for row in rows if key in row]
-            yield [row["step"] for row in kept], [row[key] for row in kept], label, style
-
-    return series
-
-
-def _plots(runs: list[Run]) -> tuple[list[str], list[str]]:
-    curves = []
-    for title, keys, log_y in CURVES:
-
-        def series(run: Run, keys=keys):
-            for (key, label), style in zip(keys, ("-", ":")):
-                yield from _curve(key, label, style)(run)
-
-        curves.append(_panel(title, runs, series, log_y))
-    names = _metric_names(runs)
-    metrics = [_panel(METRICS.get(name, (name,))[0], runs, _metric_series(name)) for name in names]
-    return [c for c in curves if c], [m for m in metrics if m]
-
-
-def _metric_names(runs: list[Run]) -> list[str]:
-    """Metrics any run has: the built-in ones in their order, then others by name."""
-    order = list(METRICS)
-    found = {name for run in runs for name in run.metrics}
-    return sorted(found, key=lambda name: (order.index(name) if name in order else len(order), name))
-
-
 # -- sections -------------------------------------------------------------------------------
 def _last(rows: list[dict], key: str) -> str:
     for row in reversed(rows):
@@ -236,8 +96,8 @@ def _last(rows: list[dict], key: str) -> str:
 
 def _summary(runs: list[Run]) -> str:
     head = ["run", "family", "size", "gamma", "steps", "M", "k_t", "images/s", "train time"]
-    metric_names = _metric_names(runs)
-    head += [f"{name} ({METRICS[name][3]})" if name in METRICS else name for name in metric_names]
+    names = metric_names(runs)
+    head += [f"{name} ({METRICS[name][3]})" if name in METRICS else name for name in names]
     rows = []
     for run in runs:
         model, train = run.config.get("model", {}), run.config.get("train", {})
@@ -253,7 +113,7 @@ def _summary(runs: list[Run]) -> str:
             _last(run.stats, "images_per_s"),
             f"{last.get('time_s', 0) / 60:.1f} min",
         ]
-        for name in metric_names:
+        for name in names:
             rows_of = run.metrics.get(name, [])
             _, headline, reference, _ = METRICS.get(name, (name, name, "", ""))
             cells.append(
@@ -264,17 +124,17 @@ def _summary(runs: list[Run]) -> str:
     return f"<table class='summary'>{header}{''.join(rows)}</table>"
 
 
-def _progression(run: Run) -> str:
+def progression(run: Run) -> str:
     if not run.samples:
         return "<p class='note'>No sample grids yet (samples/step-XXXXXXXX.png, written every train.sample_every).</p>"
     count = len(run.samples)
     shown = min(PROGRESSION_STEPS, count)
     picks = sorted({round(i * (count - 1) / max(1, shown - 1)) for i in range(shown)})
-    stills = [_grid_figure(run.samples[i][1], f"step {run.samples[i][0]}") for i in picks]
-    gif = _gif([path for _, path in run.samples])
+    stills = [grid_figure(run.samples[i][1], f"step {run.samples[i][0]}") for i in picks]
+    gif = gif_uri([path for _, path in run.samples])
     if gif:
-        width = _shown_width(_open_image(run.samples[-1][1]))
-        stills.append(_img(gif, f"animation, {count} grids", width_px=width))
+        width = shown_width(open_image(run.samples[-1][1]))
+        stills.append(figure_html(gif, f"animation, {count} grids", width_px=width))
     return "<div class='row'>" + "".join(stills) + "</div>"
 
 
@@ -286,11 +146,11 @@ def _reconstructions(run: Run) -> str:
     which = "held-out"
     if images is None:
         images, which = load_examples(cfg, RECON_IMAGES), "training"
-    x = images.float() / 127.5 - 1
+    x = to_model_range(images, family.device)
     with torch.no_grad():
-        pairs = torch.cat([x, family.reconstruct(x.to(family.device)).cpu()])
+        pairs = torch.cat([x, family.reconstruct(x)]).cpu()
     picture = grid_image(pairs, columns=RECON_IMAGES, scale=3 if cfg.model.image_size <= 32 else 2)
-    return _img(_png(picture), f"step {step}: {which} images (top) and their reconstructions D(x) (bottom)")
+    return figure_html(png_uri(picture), f"step {step}: {which} images (top) and their reconstructions D(x) (bottom)")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -342,7 +202,7 @@ details { margin: 6px 0; }
 
 
 def render(runs: list[Run]) -> str:
-    curves, metrics = _plots(runs)
+    curves, metrics = run_plots(runs)
     title = "BEGAN run report: " + ", ".join(run.name for run in runs)
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
@@ -365,14 +225,14 @@ def render(runs: list[Run]) -> str:
         )
     if len(runs) > 1:
         latest = [
-            _grid_figure(run.samples[-1][1], f"{html.escape(run.name)}, step {run.samples[-1][0]}")
+            grid_figure(run.samples[-1][1], f"{html.escape(run.name)}, step {run.samples[-1][0]}")
             for run in runs
             if run.samples
         ]
         parts.append("<h2>Latest fixed-z samples, side by side</h2><div class='row'>" + "".join(latest) + "</div>")
     for run in runs:
         label = f" &middot; {html.escape(run.name)}" if len(runs) > 1 else ""
-        parts.append(f"<h2>Fixed-z samples over training{label}</h2>{_progression(run)}")
+        parts.append(f"<h2>Fixed-z samples over training{label}</h2>{progression(run)}")
         parts.append(f"<h2>Reconstructions{label}</h2>{_reconstructions(run).replace('pixel', 'recon')}")
     parts.append(f"<h2>Config</h2>{_config(runs)}</body></html>")
     return "\n".join(parts)
@@ -380,7 +240,7 @@ def render(runs: list[Run]) -> str:
 
 def write_report(run_dirs: list[str], out: Optional[str] = None) -> str:
     """Write the report of one or several runs, or of a sweep; returns its path (default: the first's report.html)."""
-    from began_dist.eval.sweep_report import is_sweep, write_sweep_report
+    from began_dist.eval.reports.sweep import is_sweep, write_sweep_report
 
     if len(run_dirs) == 1 and is_sweep(run_dirs[0]):
         return write_sweep_report(run_dirs[0], out or "")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from began_dist.eval.registry import MetricContext, register
+from began_dist.eval.metrics.registry import MetricContext, register
 
 MAX_BINS = 100
 IMAGES_PER_BIN = 20  # fewer bins for small samples, so each bin can be tested

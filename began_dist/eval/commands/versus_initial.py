@@ -1,6 +1,6 @@
 """A run's latest checkpoint against its own initial weights, on the same metrics: `make demo`'s last lines.
 
-    python -m began_dist.eval.versus_initial RUN_DIR [--metrics kid,swd] [--n 512]
+    python -m began_dist.eval.commands.versus_initial RUN_DIR [--metrics kid,swd] [--n 512]
 
 Rebuilds the initial weights from the run's seed (as training did: the same seed before
 the networks are built), scores them and the latest checkpoint on the same real sample and
@@ -21,10 +21,10 @@ from typing import Optional
 import torch
 
 from began_dist.data import build_dataset
-from began_dist.eval.evaluate import evaluate_family, metric_path
 from began_dist.eval.metrics import check_prerequisites, parse_metrics
-from began_dist.eval.sample import load_run
+from began_dist.eval.metrics.evaluate import evaluate_family, metric_path
 from began_dist.families import get_family
+from began_dist.train.runs import load_run
 
 
 def initial_family(cfg):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from began_dist.eval.registry import MetricContext, as_float, register
+from began_dist.eval.metrics.registry import MetricContext, as_float, register
 
 NHOOD = 7  # patch side, pixels
 PATCHES_PER_IMAGE = 128

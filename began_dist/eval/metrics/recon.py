@@ -12,7 +12,7 @@ import torch
 
 from began_dist.data import sources
 from began_dist.data.dataset import to_model_range
-from began_dist.eval.registry import MetricContext, register
+from began_dist.eval.metrics.registry import MetricContext, register
 
 BATCH = 256
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Optional
 
 from began_dist import storage
-from began_dist.eval.latent import INVERT_STEPS, framed_interpolation, latent_codec, load_inputs
-from began_dist.eval.sample import load_run
+from began_dist.eval.commands.latent import INVERT_STEPS, framed_interpolation, latent_codec, load_inputs
 from began_dist.images import save_grid
+from began_dist.train.runs import load_run
 
 
 def write_interpolation(
@@ -22,7 +22,7 @@ def write_interpolation(
     a: str,
     b: str,
     steps: int = 10,  # decodes between (and including) the two reconstructions
-    latent: str = "encoder",  # encoder | invert (eval/latent.py)
+    latent: str = "encoder",  # encoder | invert (eval/commands/latent.py)
     out: Optional[str] = None,  # output directory; default RUN_DIR/latent
     step: Optional[int] = None,  # checkpoint step; default the latest
     invert_steps: int = INVERT_STEPS,  # Adam steps per inversion (--latent invert)

@@ -23,10 +23,10 @@ import torch
 from began_dist import storage
 from began_dist.data import build_dataset, sources
 from began_dist.data.dataset import to_model_range
-from began_dist.eval.sample import load_run
-from began_dist.eval.swd import swd
+from began_dist.eval.metrics.swd import swd
 from began_dist.images import save_grid, to_uint8
 from began_dist.models.multigen import label_combinations, part_images
+from began_dist.train.runs import load_run
 
 ROWS = 8  # samples per figure
 INK = 0.5  # a pixel belongs to a part when its ink exceeds this

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from began_dist.eval.registry import MetricContext, register
+from began_dist.eval.metrics.registry import MetricContext, register
 
 WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 MAX_VAL, FILTER_SIZE, FILTER_SIGMA, K1, K2 = 255.0, 11, 1.5, 0.01, 0.03

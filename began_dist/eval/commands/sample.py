@@ -6,7 +6,7 @@ Writes into OUT (default RUN_DIR/samples/step-XXXXXXXX/):
   mirror.png         a real image and its horizontal flip, each inverted to z_r
                      (Adam on |x - G(z_r)|), slerped; real images at the ends
                      (`began-dist interpolate` does this through an encoder too)
-  g_vs_decoder.png   seed 004's Fig. 4: G(z) (left) next to D's decoder fed the
+  g_vs_decoder.png   Heumi/BEGAN-tensorflow's Fig. 4 (docs/design.md): G(z) (left) next to D's decoder fed the
                      same z (right); only when Nz = Nh
 """
 
@@ -17,31 +17,14 @@ from typing import Optional
 import torch
 
 from began_dist import storage
-from began_dist.config import ConfigError, from_container
+from began_dist.config import ConfigError
 from began_dist.data import load_examples
 from began_dist.data.dataset import to_model_range
-from began_dist.eval.latent import framed_interpolation, interpolation_rows, latent_codec
-from began_dist.families import get_family
+from began_dist.eval.commands.latent import framed_interpolation, interpolation_rows, latent_codec
 from began_dist.images import save_grid
-from began_dist.train import state as ckpt
+from began_dist.train.runs import load_run
 
 STEPS = 10  # images per interpolation row
-
-
-def load_run(run_dir: str, step: Optional[int] = None, device: str = "cpu"):
-    """(config, family with the checkpoint's weights, step) of a run directory."""
-    found = dict(ckpt.list_checkpoints(run_dir))
-    if not found:
-        raise FileNotFoundError(f"{run_dir}: no checkpoints to sample from")
-    if step is not None and step not in found:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint at step {step} (have {sorted(found)})")
-    step = max(found) if step is None else step
-    state = ckpt.load_checkpoint(found[step])
-    cfg = from_container(state["config"])
-    family = get_family(cfg.model.family)(cfg, torch.device(device))
-    family.load_state_dict(state)
-    family.set_step(step)
-    return cfg, family, step
 
 
 def write_samples(

@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt
 import yaml
 
 from began_dist import storage
-from began_dist.eval import report as run_report
+from began_dist.eval.reports import run as run_report
+from began_dist.eval.reports.plots import figure_uri, run_plots
 from began_dist.tune.spec import read_saved_spec
 
 STATUS_MARKERS = {"done": "o", "stopped early": "x", "non-finite": "s"}
@@ -58,7 +59,7 @@ def _against(group: str, rows: list[dict], metric: str) -> str:
     axes.set_title(f"{metric} against {group}", fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
-    return run_report._figure(figure)
+    return figure_uri(figure)
 
 
 def _table(rows: list[dict]) -> str:
@@ -86,7 +87,7 @@ def render(sweep_dir: str) -> str:
     ]
     plotted = dict.fromkeys((spec.metric, "M", "swd"))
     plots = [_against(group, rows, metric) for group in spec.space for metric in plotted]
-    curves, metrics = run_report._plots(trials)
+    curves, metrics = run_plots(trials)
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         f"<style>{run_report.STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
@@ -107,7 +108,7 @@ def render(sweep_dir: str) -> str:
         best = next((run for run in trials if run.name == rows[0]["trial"]), trials[0])
         checkpoint = html.escape(rows[0].get("checkpoint") or "-")
         parts.append(f"<h2>Best trial {html.escape(best.name)}: fixed-z samples over training</h2>")
-        parts.append(f"<p class='meta'>checkpoint {checkpoint}</p>{run_report._progression(best)}")
+        parts.append(f"<p class='meta'>checkpoint {checkpoint}</p>{run_report.progression(best)}")
     spec_text = yaml.safe_dump(spec.to_dict(), sort_keys=False, allow_unicode=True)
     parts.append(f"<h2>Spec</h2><pre>{html.escape(spec_text)}</pre></body></html>")
     return "\n".join(parts)

@@ -16,9 +16,9 @@ from began_dist import storage
 from began_dist.config import ConfigError
 from began_dist.data import build_dataset
 from began_dist.eval.metrics import DEFAULT_METRICS, MetricContext, compute, parse_metrics
-from began_dist.eval.sample import load_run
 from began_dist.train import state as ckpt
 from began_dist.train.logging import truncate_stats
+from began_dist.train.runs import load_run
 
 RECORD_KEYS = ("metric", "step", "n", "time_s")  # bookkeeping, not plotted
 

@@ -1,4 +1,4 @@
-"""`began-dist arithmetic RUN_DIR --triples FILE`: "A - B + C" in latent space (seed 002's figure).
+"""`began-dist arithmetic RUN_DIR --triples FILE`: "A - B + C" in latent space (tf-vaegan's figure, docs/design.md).
 
 Each line of FILE is three characters ("酪鉻鉸", rendered as the run's glyphs) or three
 whitespace-separated image paths; blank lines and lines starting with # are skipped.
@@ -22,9 +22,9 @@ import torch
 
 from began_dist import storage
 from began_dist.config import ConfigError
-from began_dist.eval.latent import INVERT_STEPS, LatentCodec, latent_codec, load_inputs
-from began_dist.eval.sample import load_run
+from began_dist.eval.commands.latent import INVERT_STEPS, LatentCodec, latent_codec, load_inputs
 from began_dist.images import save_grid
+from began_dist.train.runs import load_run
 
 COEFFICIENTS = (0.25, 0.5, 1.0, 2.0, 3.0)  # a in a (z_A - z_B + z_C), the seed's
 DEFAULT_TRIPLES = str(resources.files("began_dist.eval").joinpath("triples_default.txt"))
@@ -68,7 +68,7 @@ def arithmetic_panels(codec: LatentCodec, images: torch.Tensor) -> torch.Tensor:
 def write_arithmetic(
     run_dir: str,
     triples: str = DEFAULT_TRIPLES,  # the triples file
-    latent: str = "encoder",  # encoder | invert (eval/latent.py)
+    latent: str = "encoder",  # encoder | invert (eval/commands/latent.py)
     out: Optional[str] = None,  # output directory; default RUN_DIR/latent
     step: Optional[int] = None,  # checkpoint step; default the latest
     invert_steps: int = INVERT_STEPS,  # Adam steps per inversion (--latent invert)
