@@ -96,8 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("out", nargs="?", help="output dataset directory (shapes, shapes4: OUT/train and OUT/heldout)")
     prepare.add_argument("--verify", metavar="DATASET_DIR", help="recompute the checksums of DATASET_DIR's shards")
     _prepare_options(prepare)
-    prepare.add_argument("--workers", type=int, default=0, help="write shards as N Ray tasks on any host (0: here)")
-    prepare.add_argument("--address", default="", help="with --workers: the Ray cluster (default: a local one)")
 
     evaluate = commands.add_parser("eval", help="sample-quality metrics of checkpoints (metric-<name>.jsonl, tb/)")
     evaluate.add_argument("run_dir")
@@ -136,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _prepare_options(command: argparse.ArgumentParser) -> None:
-    """One flag per PrepareOptions field, with the dataclass's default (the one source of defaults)."""
+    """One flag per PrepareOptions field, with the dataclass's default (the one source of defaults), and
+    --workers/--address for preparing on a Ray cluster."""
     from began_dist.data.prepare import PrepareOptions
 
     for option in dataclasses.fields(PrepareOptions):
@@ -147,6 +146,9 @@ def _prepare_options(command: argparse.ArgumentParser) -> None:
         else:
             command.add_argument(flag, type=type(option.default), default=option.default, choices=choices,
                                  help=help_text)
+    # where the shards are written, not what they hold: not PrepareOptions fields
+    command.add_argument("--workers", type=int, default=0, help="write shards as N Ray tasks on any host (0: here)")
+    command.add_argument("--address", default="", help="with --workers: the Ray cluster (default: a local one)")
 
 
 def _check_invert_steps(args) -> None:

@@ -78,12 +78,20 @@ def validate(cfg: DictConfig) -> None:
     # called by the training preflight): config sits below eval and does not import it.
     if t.eval_every and t.eval_n < 2:
         raise ConfigError(f"train.eval_n={t.eval_n}: must be at least 2")
+    _check_run(r, t.batch_size)
+    _check_data(d)
+    if t.precision == "fp16" and t.device == "cpu":
+        raise ConfigError("train.precision=fp16: needs train.device=cuda or auto (a CPU can use bf16)")
+
+
+def _check_run(r: DictConfig, batch_size: int) -> None:
+    """run.*: where and on how many workers a run trains."""
     uri_scheme(r.dir, "run.dir", ConfigError)  # before pyarrow sees it (began_dist/uris.py says why)
     if r.workers < 0:
         raise ConfigError(f"run.workers={r.workers}: must be >= 0 (0 = local mode)")
-    if r.workers > 0 and t.batch_size % r.workers:
+    if r.workers > 0 and batch_size % r.workers:
         raise ConfigError(
-            f"train.batch_size={t.batch_size}: must be divisible by run.workers={r.workers} (global batch split evenly)"
+            f"train.batch_size={batch_size}: must be divisible by run.workers={r.workers} (global batch split evenly)"
         )
     if r.cpus_per_worker <= 0 or r.gpus_per_worker < 0:
         raise ConfigError("run.cpus_per_worker must be > 0 and run.gpus_per_worker >= 0")
@@ -101,15 +109,18 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"run.powersgd_start_step={r.powersgd_start_step}: must be >= 2")
     if not r.powersgd_min_compression_rate >= 0:
         raise ConfigError(f"run.powersgd_min_compression_rate={r.powersgd_min_compression_rate}: must be >= 0")
-    positive(cfg, "run.bucket_cap_mb")
+    if r.bucket_cap_mb <= 0:
+        raise ConfigError(f"run.bucket_cap_mb={r.bucket_cap_mb}: must be positive")
+
+
+def _check_data(d: DictConfig) -> None:
+    """data.*: where the images come from and how they are read."""
     if d.source in ("folder", "shards") and not d.path:
         raise ConfigError(f"data.path: required with data.source={d.source}")
     if d.limit < 0 or d.glyphs <= 0:
         raise ConfigError("data.limit must be >= 0 and data.glyphs > 0")
     if d.prefetch < 0 or d.fetch_ahead < 0 or d.cache_gb <= 0:
         raise ConfigError("data.prefetch and data.fetch_ahead must be >= 0 and data.cache_gb > 0")
-    if t.precision == "fp16" and t.device == "cpu":
-        raise ConfigError("train.precision=fp16: needs train.device=cuda or auto (a CPU can use bf16)")
 
 
 def _check_family_keys(cfg: DictConfig) -> None:
