@@ -187,20 +187,21 @@ def test_shards_are_fetched_ahead_in_the_order_the_sampler_reads_them(remote, no
     dataset.close()
 
 
-def test_prepare_with_two_ray_workers_writes_the_same_shards_into_the_store(store, tmp_path, monkeypatch):
-    """A local Ray cluster of its own (its own token: ~/.ray/auth_token may be another job's meanwhile)."""
+def test_prepare_with_two_ray_workers_writes_the_same_shards_into_the_store(store, tmp_path):
+    """`prepare --workers 2` as a user runs it: its own process, so its own local Ray cluster (with its own
+    token; ~/.ray/auth_token may be another job's) whose tasks see the store's credentials, not the session
+    cluster this test process may already be connected to."""
     import secrets
-
-    from ray._raylet import Config
 
     token = tmp_path / "ray-token"
     token.write_text(secrets.token_hex(32))
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
-    Config.initialize("")  # re-read the auth settings, as tests/conftest.py's cluster does
     assert prepare(str(tmp_path / "one")) == 0
     out = store("by-ray")
-    assert prepare(out, "--workers", "2") == 0
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    command = [sys.executable, "-m", "began_dist", "prepare", "shapes", out, "--format", "arrow", "--size", "16",
+               "--shards", "3", "--limit", str(COUNT), "--workers", "2"]
+    assert subprocess.run(command, env=env, timeout=300).returncode == 0
     fs, base = pafs.FileSystem.from_uri(uris.join(out, "train"))
     with fs.open_input_stream(f"{base}/manifest.json") as stream:
         by_ray = json.loads(stream.read())
