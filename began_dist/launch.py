@@ -11,7 +11,7 @@ call it, and it is above `train/`, which never imports Ray; it imports Ray (thro
 distributed/ray_train.py) only for workers > 0.
 The config must have passed the preflight (began_dist/train/preflight.py). Nothing
 here produces Status.storage_error yet: the object-storage backend of
-began_dist/storage.py will.
+began_dist/storage/ will.
 """
 
 from __future__ import annotations

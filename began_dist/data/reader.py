@@ -20,22 +20,21 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import logging
 import os
 import threading
 from collections import OrderedDict
 from typing import Optional
 
-import h5py
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import torch
 
 from began_dist import uris
-from began_dist.data import cache, hdf5
+from began_dist.data import cache
 from began_dist.data import format as fmt
+from began_dist.data.blocks import arrow_blocks, arrow_source, hdf5_blocks, hdf5_file
 from began_dist.data.dataset import DataError, ImageDataset
 from began_dist.data.verified import VerifiedRecord, shard_version
 
@@ -136,11 +135,11 @@ def check_shard_schema(store: DatasetDir, entry: dict, path: Optional[str] = Non
     manifest, where = store.manifest, store.name(entry["file"])
     try:
         if manifest["format"] == "arrow":
-            reader = pa.ipc.open_file(_arrow_source(store, entry["file"], path))
+            reader = pa.ipc.open_file(arrow_source(store, entry["file"], path))
             fmt.check_arrow_schema(reader.schema, manifest, where)
             rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
         else:
-            with _hdf5_file(store, entry["file"], path) as handle:
+            with hdf5_file(store, entry["file"], path) as handle:
                 fmt.check_hdf5_layout(handle, manifest, entry["count"], where)
                 rows = handle["images"].shape[0]
     except (pa.ArrowException, OSError, KeyError) as error:
@@ -153,82 +152,6 @@ def verify_shards(path: str) -> list[dict]:
     """Every shard of the manifest with its status after a full checksum (`prepare --verify`: no record used)."""
     store = DatasetDir(path, key="prepare --verify")
     return [{**entry, "status": shard_status(store, entry, checksums=True)} for entry in store.manifest["shards"]]
-
-
-def _local_path(store: DatasetDir, file: str, path: Optional[str]) -> Optional[str]:
-    """Where the shard's bytes are on this node: `path` (a cached copy), the local file, or None (remote)."""
-    return path or (store.location(file) if store.local else None)
-
-
-def _arrow_source(store: DatasetDir, file: str, path: Optional[str] = None):
-    local = _local_path(store, file, path)
-    if local:
-        return pa.memory_map(local, "r")
-    return store.fs.open_input_file(store.location(file))  # prepare --verify of a remote shard: random access
-
-
-def _hdf5_file(store: DatasetDir, file: str, path: Optional[str] = None) -> h5py.File:
-    local = _local_path(store, file, path)
-    return hdf5.open_file(local or io.BytesIO(store.read_bytes(file)), store.name(file))
-
-
-# -- blocks: (rows, ...) numpy views of the shards, by global row ------------------------------------
-def arrow_blocks(store: DatasetDir, file: str, path: Optional[str] = None) -> list[dict[str, np.ndarray]]:
-    """One block per record batch: zero-copy views of the memory-mapped file (`path`: a cached copy)."""
-    m = store.manifest
-    image_shape, shapes = (m["height"], m["width"], m["channels"]), m.get("label_shapes", {})
-    reader = pa.ipc.open_file(_arrow_source(store, file, path))
-    blocks = []
-    for i in range(reader.num_record_batches):
-        batch = reader.get_batch(i)
-        block = {"image": _column_view(batch.column("image"), image_shape)}
-        for name in m["labels"]:
-            block[name] = _column_view(batch.column(name), tuple(shapes.get(name, ())))
-        blocks.append(block)
-    return blocks
-
-
-def _column_view(column: pa.Array, item_shape: tuple) -> np.ndarray:
-    values = column.flatten() if pa.types.is_fixed_size_list(column.type) else column
-    return values.to_numpy(zero_copy_only=True).reshape(len(column), *item_shape)
-
-
-def hdf5_blocks(store: DatasetDir, file: str, path: Optional[str] = None) -> list[dict[str, np.ndarray]]:
-    """One block per HDF5 chunk of images; labels sliced to match (`path`: a cached copy)."""
-    where, local = store.name(file), _local_path(store, file, path)
-    with _hdf5_file(store, file, path) as handle:
-        mapped = np.memmap(local, np.uint8, "r") if local else None
-        images = hdf5.dataset(handle, "images", where, required=True)
-        labels = {name: _hdf5_array(hdf5.dataset(handle, name, where, required=True), mapped)
-                  for name in store.manifest["labels"]}
-        pieces = _hdf5_image_pieces(images, mapped)
-    return [{"image": view, **{n: v[start : start + len(view)] for n, v in labels.items()}} for start, view in pieces]
-
-
-def _hdf5_image_pieces(images: h5py.Dataset, mapped: Optional[np.memmap]) -> list[tuple[int, np.ndarray]]:
-    """(first row, view) per chunk; memory maps when the chunks are stored raw, else one in-memory read."""
-    n, item = images.shape[0], images.shape[1:]
-    item_bytes = int(np.prod(item))
-    if mapped is None or images.compression or images.chunks is None or images.chunks[1:] != item or n == 0:
-        return [(0, _hdf5_array(images, mapped))]
-    pieces = []
-    for i in range(images.id.get_num_chunks()):
-        chunk = images.id.get_chunk_info(i)
-        start = chunk.chunk_offset[0]
-        rows = min(images.chunks[0], n - start)
-        if chunk.filter_mask or chunk.size != images.chunks[0] * item_bytes:
-            return [(0, images[()])]
-        view = mapped[chunk.byte_offset : chunk.byte_offset + rows * item_bytes].reshape(rows, *item)
-        pieces.append((start, view))
-    return sorted(pieces, key=lambda piece: piece[0])
-
-
-def _hdf5_array(dataset: h5py.Dataset, mapped: Optional[np.memmap]) -> np.ndarray:
-    offset = dataset.id.get_offset() if dataset.chunks is None and mapped is not None else None
-    if offset is None:
-        return dataset[()]
-    count = int(np.prod(dataset.shape)) * dataset.dtype.itemsize
-    return mapped[offset : offset + count].view(dataset.dtype).reshape(dataset.shape)
 
 
 # -- the dataset -------------------------------------------------------------------------------

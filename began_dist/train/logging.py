@@ -89,7 +89,7 @@ class RunLogger:
         truncate_stats(self.stats_path, start_step)
         self.stats = storage.Appender(self.stats_path)
         # TensorBoard writes its own event files: a local directory, uploaded to RUN_DIR/tb on each
-        # flush when the run directory is on an object store (began_dist/storage.py says why).
+        # flush when the run directory is on an object store (began_dist/storage/__init__.py says why).
         self.tb_mirror = storage.LocalMirror(storage.join(run_dir, "tb"))
         self.tb = SummaryWriter(self.tb_mirror.local, purge_step=start_step + 1 if start_step else None)
         self.log = logging.getLogger(f"began_dist.run.{id(self)}")

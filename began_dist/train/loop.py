@@ -15,9 +15,6 @@ and every logged value is an all-reduced mean, so rank 0 speaks for all.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import threading
 import time
 from typing import Optional
 
@@ -37,75 +34,19 @@ from began_dist.families import get_family
 from began_dist.families.base import auto_memory_format
 from began_dist.families.equilibrium import LrControl
 from began_dist.train import state as ckpt
+from began_dist.train.guards import (
+    Interrupted,
+    NonFiniteGuard,
+    NonFiniteLoss,
+    StorageFailed,
+    set_deterministic,
+    stop_requests,
+)
 from began_dist.train.logging import RunLogger
 from began_dist.train.reporting import Reporter
 from began_dist.train.result import RunResult, Status
 
 FIXED_SAMPLES = 64  # images in the G(z_fixed) grids
-
-
-class NonFiniteLoss(RuntimeError):
-    """A loss became NaN or inf (exit code 3); the last good checkpoint is kept."""
-
-
-class Interrupted(RuntimeError):
-    """SIGINT or SIGTERM arrived; a checkpoint was saved (exit code 130)."""
-
-
-class StorageFailed(RuntimeError):
-    """Rank 0 could not write the run directory (disk full, file too large): every rank stops (exit code 4)."""
-
-
-class NonFiniteGuard:
-    """Remembers, on the device, the first step whose losses were not finite.
-
-    The host looks only when it logs or saves, so there is no sync per step, and
-    no checkpoint is ever written from a state that went through a bad step.
-    """
-
-    def __init__(self, keys: tuple[str, ...], device: torch.device):
-        self.keys = keys
-        self.first_step = torch.full((), -1, dtype=torch.long, device=device)
-        self.values = torch.zeros(len(keys), device=device)
-
-    def observe(self, step: int, values: torch.Tensor) -> None:
-        """`values`: this step's losses in the order of `keys`, one device vector."""
-        new = ~torch.isfinite(values).all() & (self.first_step < 0)
-        self.first_step = torch.where(new, step, self.first_step)
-        self.values = torch.where(new, values, self.values)
-
-    def check(self) -> None:
-        step = int(self.first_step)
-        if step >= 0:
-            losses = ", ".join(f"{k}={v:g}" for k, v in zip(self.keys, self.values.tolist()))
-            raise NonFiniteLoss(f"non-finite loss at step {step}: {losses}")
-
-
-@contextlib.contextmanager
-def stop_requests():
-    """A flag set by SIGINT/SIGTERM (main thread only), so the loop can save and stop."""
-    requested = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield requested
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in previous:
-        signal.signal(sig, lambda *_: requested.set())
-    try:
-        yield requested
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def set_deterministic() -> None:
-    """train.deterministic: the switches PyTorch's reproducibility notes list for CUDA, so that a
-    resume on a GPU continues bitwise as it does on the CPU (docs/design.md). warn_only: an op with
-    no deterministic kernel warns (naming itself) instead of stopping the run."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS makes its handle
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
 
 
 class Trainer:
@@ -245,9 +186,38 @@ class Trainer:
 
         The feature nets of train.eval_metrics were checked by the preflight (train/preflight.py).
         """
-        cfg, t = self.cfg, self.cfg.train
+        t = self.cfg.train
         resumed_from = self.restore_latest()
         self.lr_control.apply(*self.family.optimizers)
+        log = self._open_log(progress)
+        log.info(self._banner(resumed_from))
+        for note in self.comm_notes:
+            log.info(note)
+        snapshot = torch.arange(min(FIXED_SAMPLES, len(self.dataset)))
+        snapshot_real = to_model_range(self.dataset.batch(snapshot), self.device)
+        self._totals = torch.zeros(len(self.logged), device=self.device)
+        self._interval_steps, self._interval_start, self._last_record = 0, time.perf_counter(), None
+        try:
+            with stop_requests() as stop:
+                while self.step < t.steps:
+                    self._totals += self._one_step()
+                    self._interval_steps += 1
+                    log.advance()
+                    self._after_step(log, stop, snapshot, snapshot_real)
+        except NonFiniteLoss as error:
+            log.info(f"stopped: {error}; last good checkpoint: {self.last_checkpoint}")
+            raise
+        finally:
+            self._close(log)
+        digests = self._replica_digests()
+        log.info(f"done: {self.step} steps in {self.run_dir}")
+        self._check_storage(log)  # log.txt's last lines
+        return self.result(Status.done, metrics=self._last_record or {}, replica_digests=digests)
+
+    def _open_log(self, progress: bool) -> RunLogger:
+        """The run's logger; rank 0 first clears stale temporary files and writes config.yaml (every rank
+        then stops together if that failed)."""
+        cfg, t = self.cfg, self.cfg.train
         tags, shown = self.family.scalar_tags, self.family.progress_keys
         log = None
         if self.rank == 0:
@@ -266,60 +236,52 @@ class Trainer:
         except StorageFailed:
             log.close()
             raise
-        log.info(self._banner(resumed_from))
-        for note in self.comm_notes:
-            log.info(note)
-        snapshot = torch.arange(min(FIXED_SAMPLES, len(self.dataset)))
-        snapshot_real = to_model_range(self.dataset.batch(snapshot), self.device)
-        totals = torch.zeros(len(self.logged), device=self.device)
-        interval_steps, interval_start, record = 0, time.perf_counter(), None
+        return log
+
+    def _after_step(self, log: RunLogger, stop, snapshot: torch.Tensor, snapshot_real: torch.Tensor) -> None:
+        """What the step just taken is due for, in this order: log, images, eval, checkpoint, stop request."""
+        t, done = self.cfg.train, self.step
+        if done % t.log_every == 0 or done == t.steps:
+            self._log_interval(log)
+        if self.rank == 0 and (done % t.sample_every == 0 or done == t.steps):
+            panels = self.family.image_panels(snapshot_real, self.fixed_z, **self._labels(snapshot))
+            with self._writes():
+                log.images(done, panels)
+        if self.rank == 0 and t.eval_every and (done % t.eval_every == 0 or done == t.steps):
+            with self._writes():
+                self._evaluate(log)
+        if done % t.checkpoint_every == 0 or done == t.steps:
+            record = self._last_record
+            self.save(record if record and record["step"] == done else None)
+            log.info(f"step {done}: checkpoint {self.last_checkpoint}")
+            log.flush()
+        if stop.is_set():
+            self.save()
+            log.info(f"interrupted at step {done}: checkpoint {self.last_checkpoint}")
+            raise Interrupted(f"interrupted at step {done}; resume with --resume {self.run_dir}")
+
+    def _log_interval(self, log: RunLogger) -> None:
+        """The means of the interval just ended into the logs (and the reporter, off checkpoint steps)."""
+        t, done, now = self.cfg.train, self.step, time.perf_counter()
+        record = self._record(self._totals / self._interval_steps, self._interval_steps, now - self._interval_start)
+        self._last_record = record
+        with self._writes():
+            log.scalars(record)
+        self._check_storage(log)
+        if done % t.checkpoint_every and done != t.steps:
+            # checkpoint steps report with their checkpoint
+            self.reporter.report({**record, **self.eval_latest})
+        self._totals.zero_()
+        self._interval_steps, self._interval_start = 0, now
+
+    def _close(self, log: RunLogger) -> None:
+        """Stop the prefetcher, wait for the last upload, close the logs (also when the run failed)."""
+        self.prefetch.close()
         try:
-            with stop_requests() as stop:
-                while self.step < t.steps:
-                    totals += self._one_step()
-                    interval_steps += 1
-                    log.advance()
-                    done = self.step
-                    if done % t.log_every == 0 or done == t.steps:
-                        now = time.perf_counter()
-                        record = self._record(totals / interval_steps, interval_steps, now - interval_start)
-                        with self._writes():
-                            log.scalars(record)
-                        self._check_storage(log)
-                        if done % t.checkpoint_every and done != t.steps:
-                            # checkpoint steps report with their checkpoint
-                            self.reporter.report({**record, **self.eval_latest})
-                        totals.zero_()
-                        interval_steps, interval_start = 0, now
-                    if self.rank == 0 and (done % t.sample_every == 0 or done == t.steps):
-                        panels = self.family.image_panels(snapshot_real, self.fixed_z, **self._labels(snapshot))
-                        with self._writes():
-                            log.images(done, panels)
-                    if self.rank == 0 and t.eval_every and (done % t.eval_every == 0 or done == t.steps):
-                        with self._writes():
-                            self._evaluate(log)
-                    if done % t.checkpoint_every == 0 or done == t.steps:
-                        self.save(record if record and record["step"] == done else None)
-                        log.info(f"step {done}: checkpoint {self.last_checkpoint}")
-                        log.flush()
-                    if stop.is_set():
-                        self.save()
-                        log.info(f"interrupted at step {done}: checkpoint {self.last_checkpoint}")
-                        raise Interrupted(f"interrupted at step {done}; resume with --resume {self.run_dir}")
-        except NonFiniteLoss as error:
-            log.info(f"stopped: {error}; last good checkpoint: {self.last_checkpoint}")
-            raise
+            if self.uploads is not None:
+                self.uploads.wait()  # the last checkpoint is in RUN_DIR before the run says so
         finally:
-            self.prefetch.close()
-            try:
-                if self.uploads is not None:
-                    self.uploads.wait()  # the last checkpoint is in RUN_DIR before the run says so
-            finally:
-                log.close()
-        digests = self._replica_digests()
-        log.info(f"done: {self.step} steps in {self.run_dir}")
-        self._check_storage(log)  # log.txt's last lines
-        return self.result(Status.done, metrics=record or {}, replica_digests=digests)
+            log.close()
 
     def result(self, status: Status, message: str = "", metrics: Optional[dict] = None, **debug) -> RunResult:
         """Where this worker stands, as a RunResult; `debug` holds test diagnostics (replica_digests, ...)."""
