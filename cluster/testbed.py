@@ -295,6 +295,18 @@ def create_host(state: dict, index: int) -> None:
     host.update(init_pid=init_pid, init_start=pid_start_time(init_pid), alive=True)
 
 
+def _paths_under_tmp() -> list[str]:
+    """The venv, the checkout and PYTHONPATH entries that lie under /tmp (outermost only)."""
+    candidates = [os.path.dirname(os.path.dirname(os.path.abspath(sys.executable))),  # the venv
+                  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]  # the checkout
+    candidates += [entry for entry in os.environ.get("PYTHONPATH", "").split(":") if entry]
+    found: list[str] = []
+    for path in sorted({os.path.realpath(c) for c in candidates} | {os.path.abspath(c) for c in candidates}):
+        if path.startswith("/tmp/") and os.path.isdir(path) and not any(path.startswith(k + "/") for k in found):
+            found.append(path)
+    return found
+
+
 def host_init(name: str, disk: str, shm_mb: int) -> None:
     """PID 1 of a host: build its filesystem view, then reap orphans (Ray daemonises) forever."""
     import socket
@@ -303,6 +315,16 @@ def host_init(name: str, disk: str, shm_mb: int) -> None:
         subprocess.run(["mount", *args], check=True)
 
     socket.sethostname(name)
+    # The interpreter, its venv and the checkout the hosts run may live under the machine's /tmp
+    # (a fresh clone, a CI workspace): the private /tmp would hide them, so they are bound to a
+    # staging point first and bound back, read-only, at the same path inside the private /tmp.
+    keep = _paths_under_tmp()
+    staged = []
+    for index, path in enumerate(keep):
+        stage = STATE / "keep" / name / str(index)
+        stage.mkdir(parents=True, exist_ok=True)
+        mount("--bind", path, str(stage))
+        staged.append((stage, path))
     own = {"/tmp", "/mnt", "/dev/shm", "/etc/hosts", str(DISKS)}
     # Machine mounts first, read-only like a container image; a bind made later from a
     # read-only mount would inherit the flag, so the private mounts come after.
@@ -315,6 +337,10 @@ def host_init(name: str, disk: str, shm_mb: int) -> None:
         subprocess.run(["mount", "-o", "remount,bind,ro", point], check=False)
     mount("--bind", f"{disk}/tmp", "/tmp")
     mount("-o", "remount,bind,rw", "/tmp")
+    for stage, path in staged:
+        os.makedirs(path, exist_ok=True)
+        mount("--bind", str(stage), path)
+        subprocess.run(["mount", "-o", "remount,bind,ro", path], check=False)
     mount("--bind", f"{disk}/mnt", "/mnt")
     mount("-o", "remount,bind,rw", "/mnt")
     mount("-t", "tmpfs", "-o", f"size={shm_mb}m,mode=1777", "tmpfs", "/dev/shm")
