@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from began_dist.config import load_config, to_container
 from began_dist.families.base import auto_memory_format
-from began_dist.train import loop
+from began_dist.train import loop, resume
 from began_dist.train import state as ckpt
 
 CPU = torch.device("cpu")
@@ -32,7 +32,7 @@ def test_auto_records_its_decision_and_resumes_reuse_it(train_cli, monkeypatch):
     assert ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir))["config"]["train"]["memory_format"] == decided
 
     # The rule would now decide otherwise (another machine, a changed rule): it does for a new run ...
-    monkeypatch.setattr(loop, "auto_memory_format", lambda device: OTHER[decided])
+    monkeypatch.setattr(resume, "auto_memory_format", lambda device: OTHER[decided])
     assert layout_of(trainer_for(f"{run_dir}-new")) == OTHER[decided]
     # ... but a worker-group restart (the launch's config still says auto) takes the checkpoint's decision,
     restarted = trainer_for(run_dir, "train.steps=8")
@@ -46,7 +46,7 @@ def test_auto_records_its_decision_and_resumes_reuse_it(train_cli, monkeypatch):
 
 @pytest.mark.parametrize("choice", ["channels_last", "contiguous"])
 def test_explicit_memory_format_is_honoured(tmp_path, monkeypatch, choice):
-    monkeypatch.setattr(loop, "auto_memory_format", lambda device: OTHER[choice])
+    monkeypatch.setattr(resume, "auto_memory_format", lambda device: OTHER[choice])
     trainer = trainer_for(tmp_path, f"train.memory_format={choice}")
     assert trainer.cfg.train.memory_format == choice and layout_of(trainer) == choice
 

@@ -31,7 +31,6 @@ from began_dist.distributed import comm
 from began_dist.eval.metrics import parse_metrics
 from began_dist.eval.metrics.evaluate import evaluate_family, summary, truncate_metrics
 from began_dist.families import get_family
-from began_dist.families.base import auto_memory_format
 from began_dist.families.equilibrium import LrControl
 from began_dist.train import state as ckpt
 from began_dist.train.guards import (
@@ -45,6 +44,7 @@ from began_dist.train.guards import (
 from began_dist.train.logging import RunLogger
 from began_dist.train.reporting import Reporter
 from began_dist.train.result import RunResult, Status
+from began_dist.train.resume import choose_checkpoint, decide_memory_format
 
 FIXED_SAMPLES = 64  # images in the G(z_fixed) grids
 
@@ -63,8 +63,8 @@ class Trainer:
             set_deterministic()
         torch.manual_seed(seed)  # same initial weights on every rank
         # Read before the networks are built: an `auto` run's checkpoint holds the layout it decided.
-        self.resume_state, self.resume_source, self.resume_error = self._choose_checkpoint()
-        cfg.train.memory_format = self._decide_memory_format()
+        self.resume_state, self.resume_source, self.resume_error = choose_checkpoint(self.reporter, self.run_dir)
+        cfg.train.memory_format = decide_memory_format(cfg, self.resume_state, self.device)
         self.family = get_family(cfg.model.family)(cfg, self.device)
         r = cfg.run
         self.sync = comm.GradientSync(self.device, r.grad_compression, r.bucket_cap_mb, r.powersgd_rank,
@@ -137,21 +137,6 @@ class Trainer:
                 )
         self._check_storage()  # before Ray or Tune is handed a checkpoint that was not written
         self.reporter.report({**(metrics or {"step": self.step}), **self.eval_latest}, path)
-
-    def _choose_checkpoint(self) -> tuple[Optional[dict], Optional[str], str]:
-        """Rank 0 picks the newest checkpoint that verifies, and every rank gets that state: ranks
-        that each chose on their own could load different steps (e.g. RUN_DIR differs between nodes).
-        (state, where from, '') or, when checkpoints exist but none verifies, (None, None, why)."""
-        choice = None
-        if self.rank == 0:
-            try:
-                choice = self.reporter.load_latest(self.run_dir)
-            except ckpt.NoGoodCheckpoint as error:
-                choice = str(error)
-        choice = comm.broadcast_object(choice)
-        if isinstance(choice, str):
-            return None, None, choice
-        return (*choice, "")
 
     def restore_latest(self) -> Optional[str]:
         if self.resume_error:
@@ -291,22 +276,6 @@ class Trainer:
         """The checkpoint entry of `network` (its state under `powersgd`)."""
         names = [name for name in self.family.replicated_networks if getattr(self.family, name, None) is network]
         return names[0] if names else str(len(self.sync.states))
-
-    def _decide_memory_format(self) -> str:
-        """train.memory_format, with `auto` decided once per run: the value the resumed checkpoint recorded, else
-        rank 0's rule (families.base.auto_memory_format), broadcast so every rank trains in the same layout.
-
-        The decision replaces `auto` in the config, so config.yaml and every checkpoint record it, and resumes
-        and worker-group restarts reuse it (the same layout keeps a resume bitwise; docs/performance.md).
-        """
-        choice = self.cfg.train.memory_format
-        if choice != "auto":
-            return choice
-        if not get_family(self.cfg.model.family).honours_memory_format:
-            return "contiguous"
-        recorded = (self.resume_state or {}).get("config", {}).get("train", {}).get("memory_format", "auto")
-        decided = recorded if recorded != "auto" else auto_memory_format(self.device)
-        return comm.broadcast_object(decided)
 
     def _replica_digests(self) -> list[str]:
         """Each rank's digest of its networks (and k_t); replicas that drifted apart would differ."""
