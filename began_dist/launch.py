@@ -9,9 +9,9 @@
 It sits in layer 5 with `distributed/` and `tune/` (docs/design.md): `tune/`'s trials
 call it, and it is above `train/`, which never imports Ray; it imports Ray (through
 distributed/ray_train.py) only for workers > 0.
-The config must have passed the preflight (began_dist/train/preflight.py). Nothing
-here produces Status.storage_error yet: the object-storage backend of
-began_dist/storage/ will.
+The config must have passed the preflight (began_dist/train/preflight.py). A run directory
+that refuses its first write (an object store denying it) ends with Status.storage_error here;
+later refusals end the same way through the loop's storage check (train/writes.py).
 """
 
 from __future__ import annotations
@@ -42,3 +42,6 @@ def launch(cfg: DictConfig, reporter: Optional[Reporter] = None, callbacks: tupl
         return run_trainer(Trainer(to_container(cfg), reporter), progress)
     except (ConfigError, DataError) as error:  # e.g. a placement the cluster can never satisfy
         return RunResult(Status.refused, run_dir=cfg.run.dir, message=str(error))
+    except storage.StorageError as error:
+        return RunResult(Status.storage_error, run_dir=cfg.run.dir,
+                         message=f"run.dir={storage.display(cfg.run.dir)}: {error}")

@@ -53,6 +53,24 @@ def data_cache_dir(tmp_path_factory):
     os.environ.pop("BEGAN_DIST_CACHE_DIR") if saved is None else os.environ.update(BEGAN_DIST_CACHE_DIR=saved)
 
 
+@pytest.fixture(scope="module")
+def s3_store():
+    """A fresh moto S3 server on 127.0.0.1 with a bucket (tests/moto_store.py), stopped afterwards;
+    the AWS credentials it takes are in the environment meanwhile."""
+    from moto_store import CREDENTIALS, MotoStore, moto_available
+
+    if not moto_available():
+        pytest.skip("moto is not installed: pip install -e .[testbed]")
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in CREDENTIALS.items():
+            patch.setenv(key, value)
+        store = MotoStore()
+        try:
+            yield store
+        finally:
+            store.stop()
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
     """One real Ray cluster for the whole session, all on 127.0.0.1, with token auth.

@@ -14,28 +14,11 @@ from began_dist import storage
 from began_dist.cli import main
 from began_dist.train import state as ckpt
 
-moto_server = pytest.importorskip("moto.server")
-boto3 = pytest.importorskip("boto3")
-
 
 @pytest.fixture(scope="module")
-def store():
-    """`s3://bucket?endpoint...` of a fresh bucket on a moto server bound to 127.0.0.1 (stopped afterwards)."""
-    patch = pytest.MonkeyPatch()
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
-        patch.setenv(key, value)
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"{host}:{port}"
-        boto3.client("s3", endpoint_url=f"http://{endpoint}", region_name="us-east-1").create_bucket(Bucket="runs")
-        yield f"s3://runs?endpoint_override={endpoint}&scheme=http&region=us-east-1"
-        # no teardown of objects: the server and its memory go away
-    finally:
-        server.stop()
-        patch.undo()
+def store(s3_store):
+    """`s3://runs?endpoint...` of a bucket on a moto server bound to 127.0.0.1 (conftest.py)."""
+    return s3_store.uri
 
 
 def under(store: str, *parts: str) -> str:

@@ -29,14 +29,13 @@ points. (torch's SummaryWriter could write to s3:// itself through tensorboard's
 but only with boto3 installed and S3_ENDPOINT set, and, having no append for S3, it
 rewrites the whole event file on every flush; there is no gs://.)
 
-This module imports only began_dist.uris (the supported schemes): it sits in the lowest
+This module imports only began_dist.uris (the supported schemes) and its own errors.py: it sits in the lowest
 layer with config (docs/design.md).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fnmatch
 import io
 import os
@@ -49,6 +48,13 @@ from typing import IO, Any, Optional
 
 import pyarrow.fs as pafs
 
+from began_dist.storage.errors import (  # noqa: F401  (re-exported: storage.StorageError etc.)
+    PERMANENT_WRITE_ERRNOS,
+    StorageError,
+    permanent_write_error,
+    store_refusal,
+    writing,
+)
 from began_dist.uris import uri_scheme
 
 
@@ -106,11 +112,29 @@ def _local_path(path: str) -> str:
     return str(path)[len("file://") :] if str(path).lower().startswith("file://") else str(path)
 
 
+# Transient object-store errors (a timeout, a connection refused or reset, a 5xx, throttling) are
+# retried inside the AWS SDK, per request, by its "standard" retry mode: before retry n it waits a
+# random 0-1 s x 2^n, at most 20 s ("full jitter"). pyarrow's default is 3 attempts (about 1.5 s
+# of waiting, often less): one blip of the network. 10 attempts wait 84 s on average and, in 99.9%
+# of cases, at least 40 s (at most 110 s), so a partition of the host shorter than Ray's health
+# check and the collective timeout (docs/distributed.md) is ridden through; a store unreachable
+# for about two minutes fails the write. Refusals (403 AccessDenied, NoSuchBucket) are not retried
+# by the SDK and end the run (`permanent_write_error`). connect_timeout stays at the SDK's 1 s and
+# the read timeout at its 3 s (pyarrow's request_timeout applies on Windows and macOS only).
+S3_MAX_ATTEMPTS = 10
+
+
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    """(pyarrow filesystem, path inside it) for a local path or URI."""
+    """(pyarrow filesystem, path inside it) for a local path or URI; S3 with S3_MAX_ATTEMPTS attempts."""
     if is_local(path):
         return pafs.LocalFileSystem(), os.path.abspath(_local_path(path))
-    return pafs.FileSystem.from_uri(str(path))
+    fs, inner = pafs.FileSystem.from_uri(str(path))
+    if isinstance(fs, pafs.S3FileSystem):
+        # from_uri takes no retry strategy; the options it parsed from the URI are the ones pickling
+        # rebuilds the filesystem from (S3FileSystem.__reduce__), so the same store, with more attempts.
+        options = fs.__reduce__()[1][0]
+        fs = pafs.S3FileSystem(**options, retry_strategy=pafs.AwsStandardS3RetryStrategy(S3_MAX_ATTEMPTS))
+    return fs, inner
 
 
 # -- queries -------------------------------------------------------------------------------
@@ -149,8 +173,9 @@ def makedirs(path: str) -> None:
     if is_local(path):
         os.makedirs(_local_path(path), exist_ok=True)
         return
-    fs, inner = filesystem(path)
-    fs.create_dir(inner, recursive=True)
+    with writing(path):  # an object store may refuse the directory's marker object
+        fs, inner = filesystem(path)
+        fs.create_dir(inner, recursive=True)
 
 
 def delete(path: str) -> None:
@@ -241,9 +266,10 @@ def atomic_writer(path: str) -> Iterator[IO[bytes]]:
         yield spool
         spool.flush()
         spool.seek(0)
-        fs, inner = filesystem(path)
-        with fs.open_output_stream(inner) as stream:
-            shutil.copyfileobj(spool, stream, 8 << 20)
+        with writing(path):  # a store that refuses the write: StorageError naming `path`
+            fs, inner = filesystem(path)
+            with fs.open_output_stream(inner) as stream:
+                shutil.copyfileobj(spool, stream, 8 << 20)
 
 
 def _fsync_dir(directory: str) -> None:
@@ -304,46 +330,6 @@ def truncate_jsonl(path: str, last_step: int) -> Optional[int]:
             continue
     write_text(path, "".join(kept))
     return len(kept)
-
-
-# -- permanent write errors ---------------------------------------------------------------
-# A full disk, a file-size or quota limit, a read-only or forbidden directory: retrying the
-# same write fails the same way, so a run stops with Status.storage_error (exit 4) instead.
-PERMANENT_WRITE_ERRNOS = frozenset(
-    getattr(errno, name) for name in ("ENOSPC", "EFBIG", "EDQUOT", "EROFS", "EACCES", "EPERM") if hasattr(errno, name)
-)
-
-
-class StorageError(RuntimeError):
-    """A write to the run directory failed for good; the message names the path and the error."""
-
-    def __init__(self, path: str, error: OSError):
-        self.path, self.error = path, error
-        super().__init__(f"cannot write {path}: {error.strerror or error} (errno {error.errno})")
-
-
-def permanent_write_error(error: BaseException) -> Optional[OSError]:
-    """`error` (or the OSError it wraps, e.g. inside torch.save's RuntimeError) when it is permanent."""
-    seen = error
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in PERMANENT_WRITE_ERRNOS:
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-@contextlib.contextmanager
-def writing(path: str) -> Iterator[None]:
-    """Turn a permanent write error inside the block into a StorageError naming `path`."""
-    try:
-        yield
-    except StorageError:
-        raise
-    except Exception as error:
-        found = permanent_write_error(error)
-        if found is None:
-            raise
-        raise StorageError(path, found) from error
 
 
 _TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # atomic_writer's mkstemp names: .NAME.XXXXXXXX.tmp

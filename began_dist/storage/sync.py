@@ -93,9 +93,11 @@ class LocalMirror:
                 self._sizes[local] = size
 
     def close(self) -> None:
-        self.sync()
-        if self._temp is not None:
-            self._temp.cleanup()
+        try:
+            self.sync()
+        finally:
+            if self._temp is not None:
+                self._temp.cleanup()
 
 
 class BackgroundWriter:
@@ -103,8 +105,10 @@ class BackgroundWriter:
 
     The caller hands over bytes already serialised (the consistent snapshot), so training goes
     on while the upload runs; `submit` waits only for the previous write to finish (at most one
-    in flight), and `wait` re-raises a write's error in the caller. Each write is atomic
-    (`write_bytes`), so a reader sees the old set of files or the new one.
+    in flight). A write's error is re-raised in the caller by `wait` and `submit`, or, without
+    waiting, by `check` (the training loop's storage check, so a refused upload stops the run where
+    every rank can stop together). Each write is atomic (`write_bytes`), so a reader sees the old
+    set of files or the new one.
     """
 
     def __init__(self):
@@ -123,6 +127,11 @@ class BackgroundWriter:
 
         self._thread = threading.Thread(target=run, name="began-upload", daemon=True)
         self._thread.start()
+
+    def check(self) -> None:
+        """Re-raise the error of a write that has finished; never waits for one in flight."""
+        if self._thread is None or not self._thread.is_alive():
+            self.wait()
 
     def wait(self) -> None:
         if self._thread is not None:

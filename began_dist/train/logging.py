@@ -161,8 +161,10 @@ class RunLogger:
         if self.bar is not None:
             self.bar.close()
         self.tb.close()
-        self.flush()
-        self.tb_mirror.close()
-        for handler in list(self.log.handlers):
-            handler.close()
-            self.log.removeHandler(handler)
+        try:
+            self.flush()  # may raise StorageError: the handlers and the mirror's directory still go
+        finally:
+            for handler in list(self.log.handlers):
+                handler.close()
+                self.log.removeHandler(handler)
+            self.tb_mirror.close()

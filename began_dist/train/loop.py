@@ -14,7 +14,6 @@ and every logged value is an all-reduced mean, so rank 0 speaks for all.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Optional
 
@@ -45,11 +44,12 @@ from began_dist.train.logging import RunLogger
 from began_dist.train.reporting import Reporter
 from began_dist.train.result import RunResult, Status
 from began_dist.train.resume import choose_checkpoint, decide_memory_format
+from began_dist.train.writes import RunDirWrites
 
 FIXED_SAMPLES = 64  # images in the G(z_fixed) grids
 
 
-class Trainer:
+class Trainer(RunDirWrites):
     """The state of one worker's run and the steps that move it forward."""
 
     def __init__(self, config: dict, reporter: Optional[Reporter] = None, device: Optional[torch.device] = None):
@@ -148,23 +148,6 @@ class Trainer:
             self.last_checkpoint = source
         return source
 
-    # -- storage errors -----------------------------------------------------------------
-    @contextlib.contextmanager
-    def _writes(self):
-        """Rank 0's writes to the run directory: a StorageError is kept until the next storage check."""
-        try:
-            yield
-        except storage.StorageError as error:
-            self.storage_failure = self.storage_failure or str(error)
-
-    def _check_storage(self, log: Optional[RunLogger] = None) -> None:
-        """Every rank stops together when rank 0 could not write: alone, the others would wait in the
-        next all-reduce. Called where every rank passes (log steps, checkpoints)."""
-        failure = self.storage_failure or (log.failure if log is not None else None)
-        failure = comm.broadcast_object(failure)
-        if failure:
-            raise StorageFailed(failure)
-
     # -- the loop -----------------------------------------------------------------------
     def run(self, progress: bool = True) -> RunResult:
         """Train to train.steps; raises NonFiniteLoss or Interrupted (`run_trainer` turns them into results).
@@ -239,7 +222,8 @@ class Trainer:
             record = self._last_record
             self.save(record if record and record["step"] == done else None)
             log.info(f"step {done}: checkpoint {self.last_checkpoint}")
-            log.flush()
+            with self._writes():  # an object store receives stats.jsonl, log.txt and tb/ here
+                log.flush()
         if stop.is_set():
             self.save()
             log.info(f"interrupted at step {done}: checkpoint {self.last_checkpoint}")
@@ -263,10 +247,10 @@ class Trainer:
         """Stop the prefetcher, wait for the last upload, close the logs (also when the run failed)."""
         self.prefetch.close()
         try:
-            if self.uploads is not None:
-                self.uploads.wait()  # the last checkpoint is in RUN_DIR before the run says so
+            self._finish_uploads()
         finally:
-            log.close()
+            with self._writes():
+                log.close()
 
     def result(self, status: Status, message: str = "", metrics: Optional[dict] = None, **debug) -> RunResult:
         """Where this worker stands, as a RunResult; `debug` holds test diagnostics (replica_digests, ...)."""
