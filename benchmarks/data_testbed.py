@@ -137,8 +137,8 @@ def host_prepare(source: str, out: str, size: int, workers: int) -> dict:
         from ray.util.state import list_tasks
 
         job = ray.get_runtime_context().get_job_id()
-        nodes = {task.node_id for task in list_tasks(filters=[("func_or_class_name", "=", "write_one")], limit=10000)
-                 if task.job_id == job}
+        nodes = {task.node_id for task in list_tasks(filters=[("job_id", "=", job)], limit=10000)
+                 if "write_one" in task.func_or_class_name}
         ray.shutdown()
     return {"images": len(os.listdir(source)), "seconds": seconds, "hosts": len(nodes) if workers else 1}
 

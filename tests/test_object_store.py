@@ -190,3 +190,26 @@ def test_a_sweep_keeps_an_s3_data_path(remote):
     spec, base = load_spec(os.path.join(os.path.dirname(__file__), "..", "tune", "smoke.yaml"),
                            ["data.source=shards", f"data.path={remote[0]}"])
     assert trial_base(spec, base).data.path == remote[0]
+
+
+def test_a_bad_shard_in_a_ray_worker_is_a_refusal_for_this_launch_only(tmp_path):
+    """distributed/refusals.py without Ray: one worker returns the refusal; with more, it is recorded
+    in RUN_DIR under the launch's token (what a restarted group and the driver read) and raised."""
+    from began_dist.data import DataError
+    from began_dist.distributed import refusals
+    from began_dist.train.result import Status
+
+    def bad():
+        raise DataError("s3://b/d/shard-00001.arrow: checksum mismatch (corrupt)")
+
+    run_dir = str(tmp_path)
+    alone = refusals.run_refusing_bad_data(bad, run_dir, "t1", world=1)
+    assert alone.status is Status.refused and "shard-00001.arrow" in alone.message
+    assert refusals.recorded(run_dir, "t1") == "" and refusals.after_failure(run_dir, "t1") is None
+    with pytest.raises(DataError):
+        refusals.run_refusing_bad_data(bad, run_dir, "t1", world=2)
+    assert "shard-00001.arrow: checksum" in refusals.agreed(run_dir, "t1")  # what a restarted worker reads
+    assert refusals.recorded(run_dir, "t2") == ""  # another launch (a --resume) is not refused by it
+    assert refusals.after_failure(run_dir, "t1").status is Status.refused
+    refusals.clear(run_dir)
+    assert refusals.recorded(run_dir, "t1") == "" and os.listdir(run_dir) == []
