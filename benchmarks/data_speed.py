@@ -42,11 +42,12 @@ cap: the loopback, so this measures the cache's own overhead, not a network.
 one process and as Ray tasks with `--workers` 1 and 2 on a local Ray cluster (started,
 and two workers warmed up, outside the timing).
 
-`testbed` (opt-in; needs cluster/testbed: root, and no other testbed up): `s3://` shards
-in the testbed's store read by host1 through its node cache with its link capped at
-1 Gbit/s and 100 Mbit/s (`cluster/testbed limit`), cold cache and warm: MB/s against the
-link's rate, images/s against what a 12 ms step at batch 64 needs. Brings a 2-host
-testbed up and always down. Not yet: steps/s of a BEGAN there, `prepare` on 1 vs 2 hosts.
+`testbed` (opt-in; needs cluster/testbed: root, and the machine's testbed free; see
+benchmarks/data_testbed.py): on host1 with its link capped at 1 Gbit/s and 100 Mbit/s
+(`cluster/testbed limit`), read throughput (images/s, MB/s against the link, against what a
+12 ms step at batch 64 needs) and steps/s of a small BEGAN with prefetch, from `s3://`
+shards through the node cache cold and warm, local shards and an in-RAM tensor; and
+`prepare` images/s in one process against Ray tasks on one and two hosts at a time.
 """
 
 from __future__ import annotations
@@ -209,6 +210,8 @@ def main() -> None:
     parser.add_argument("--randperm-max", type=float, default=1e8, help="largest N the randperm rows materialise")
     parser.add_argument("--step-ms", type=float, default=12.0, help="simulated step of the prefetch rows (ms)")
     parser.add_argument("--startup-gb", type=float, default=1.5, help="dataset size of the startup rows (GB)")
+    parser.add_argument("--tb-steps", type=int, default=6, help="timed BEGAN steps per source of the testbed rows")
+    parser.add_argument("--prepare-images", type=int, default=1024, help="PNGs of the testbed's prepare rows")
     args = parser.parse_args()
     rows = [row.strip() for row in args.rows.split(",") if row.strip()]
     if set(rows) - set(ROWS):
@@ -452,68 +455,10 @@ def print_remote(args) -> None:
 
 
 # -- testbed ------------------------------------------------------------------------------------
-HOST_READ = """
-import json, os, sys, time
-sys.path.insert(0, {bench!r})
-from data_speed import read_epoch
-from began_dist.data import ShardedDataset, cache
-out = []
-for label in ("cold", "warm"):
-    started = time.perf_counter()
-    dataset = ShardedDataset({uri!r}, cache_dir={cache!r})
-    seconds = read_epoch(dataset, {batch}) + time.perf_counter() - started
-    out.append([label, len(dataset), seconds, cache.FETCHED["bytes"]])
-    dataset.close()
-print(json.dumps(out))
-"""
-
-
 def print_testbed(args) -> None:
-    import json
+    from data_testbed import print_testbed as on_the_testbed
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-    from testbed_support import Testbed, unavailable
-
-    from began_dist import uris
-
-    reason = unavailable()
-    if reason:
-        print(f"\ntestbed: skipped ({reason})")
-        return
-    bed = Testbed()
-    bed.up(2)
-    try:
-        env = bed.status()["env"]
-        os.environ.update({key: value for key, value in env.items() if key.startswith("AWS_")})
-        with tempfile.TemporaryDirectory() as tmp:
-            source = os.path.join(tmp, "source")
-            write_folder(synthetic_images(args.images, args.size), source, ".png")
-            uri = uris.join(env["BEGAN_TESTBED_STORE"], "bench-arrow")
-            prep.prepare(source, uri, prep.PrepareOptions(size=args.size, shards=8, jobs=1))
-            size = sum(entry["bytes"] for entry in ShardedDataset(uri).manifest["shards"])
-        need = 64 / 0.012
-        print(f"\ntestbed: host1 reads {args.images} images ({size / 1e6:.1f} MB, 8 Arrow shards) from the store "
-              f"through its node cache, one epoch of random batches of {args.batch}; load {os.getloadavg()[0]:.2f}")
-        print(f"| {'link':<8} | {'cache':<5} | {'MB/s':>7} | {'of link':>7} | {'img/s':>8} | "
-              f"{'12 ms step, batch 64':>20} |")
-        print(f"|{'-' * 10}|{'-' * 7}|{'-' * 9}|{'-' * 9}|{'-' * 10}|{'-' * 22}|")
-        for rate, link in (("1gbit", 125e6), ("100mbit", 12.5e6)):
-            bed.cli("limit", "host1", rate)
-            code = HOST_READ.format(bench=os.path.dirname(os.path.abspath(__file__)), uri=uri,
-                                    cache=f"/mnt/cache-{rate}", batch=args.batch)
-            result = bed.python("host1", code, timeout=900)
-            if result.returncode:
-                raise RuntimeError(f"host1: {result.stderr[-2000:]}")
-            for label, count, seconds, _ in json.loads(result.stdout.strip().splitlines()[-1]):
-                rate_mb, images = size / seconds / 1e6, count / seconds
-                verdict = "delivers it" if images >= need else "too slow"
-                print(f"| {rate:<8} | {label:<5} | {rate_mb:>7.1f} | {rate_mb * 1e6 / link:>6.0%} | {images:>8,.0f} | "
-                      f"{verdict:>20} |")
-        bed.cli("limit", "host1", "off")
-    finally:
-        bed.down()
-    print(f"goal: cold-cache read >= 80% of the capped link's rate; a 12 ms step at batch 64 needs {need:,.0f} img/s "
-          f"({need * args.size * args.size * 3 / 1e6:,.0f} MB/s at {args.size} px RGB)")
+    on_the_testbed(args)
 
 
 # -- prepare ------------------------------------------------------------------------------------

@@ -1,14 +1,13 @@
 """Datasets on object storage, through the node cache: a real S3 server (moto) on 127.0.0.1.
 
-`prepare` writes s3:// directly (also as Ray tasks), training reads it through the node
-cache: each shard fetched once per node (counted by began_dist.data.cache.FETCHED, the
-downloads this process made), verified on arrival, a corrupt object refused by name.
+`prepare` writes s3:// directly, training (local mode) reads it through the node cache: each
+shard fetched once per node (counted by began_dist.data.cache.FETCHED, the downloads this
+process made), verified on arrival, a corrupt object refused by name. Across hosts (Ray
+Train workers on two hosts, two workers sharing one node's cache, `prepare --workers 2` as
+Ray tasks, a corrupt shard met mid-run): tests/test_testbed_data.py.
 """
 
-import json
 import os
-import subprocess
-import sys
 import time
 
 import pyarrow.fs as pafs
@@ -92,6 +91,9 @@ def test_train_on_s3_shards_and_a_restart_fetches_nothing_again(remote, node_cac
                                        f"run.dir={tmp_path / 'probe'}", "model.image_size=32"])) == 0  # refused
     assert fetched_while(lambda: main(["train", *data, "train.steps=2", f"run.dir={tmp_path / 'run'}"]) == 0) == 3
     assert len(cached_files(node_cache)) == 3  # each shard once, into the cache: never read whole per process
+    logged = cache.fetch_log(node_cache)  # the node's fetch log, which counts across processes
+    assert sorted(entry["location"].rsplit("/", 1)[1] for entry in logged if entry["verified"]) == [
+        f"shard-{i:05d}.{'arrow' if format_name == 'arrow' else 'h5'}" for i in range(3)]
     inodes = {name: os.stat(os.path.join(node_cache, "shards", name)).st_ino for name in cached_files(node_cache)}
     assert fetched_while(lambda: main(["train", "--resume", str(tmp_path / "run"), "train.steps=4"]) == 0) == 0
     assert fetched_while(lambda: main(["train", *data, "train.steps=2", f"run.dir={tmp_path / 'another'}"])) == 0
@@ -114,20 +116,6 @@ def test_label_rows_fetch_only_the_shards_they_need(remote, node_cache, expected
     assert dataset.label_rows(rows).tolist() == expected[1][rows.numpy()].tolist()
 
 
-@pytest.mark.parametrize("remote", ["arrow"], indirect=True)  # the lock is the same for both formats
-def test_two_processes_on_a_node_fetch_each_shard_once(remote, node_cache, expected):
-    uri, _ = remote
-    probe = ("import json, torch; from began_dist.data import ShardedDataset, cache; "
-             f"d = ShardedDataset({uri!r}); images = d.batch(torch.arange(len(d))); "
-             "print(json.dumps([cache.FETCHED['files'], int(images.sum())]))")
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    workers = [subprocess.Popen([sys.executable, "-c", probe], stdout=subprocess.PIPE, text=True, env=env)
-               for _ in range(2)]
-    outputs = [json.loads(worker.communicate(timeout=120)[0]) for worker in workers]
-    assert sum(fetched for fetched, _ in outputs) == 3  # one fetch per shard on the node, whoever made it
-    assert {total for _, total in outputs} == {int(expected[0].sum())}
-
-
 def test_a_corrupt_object_is_refused_naming_the_shard(remote, store, node_cache, tmp_path, capsys):
     uri, format_name = remote
     fs, base = pafs.FileSystem.from_uri(uri)
@@ -145,6 +133,7 @@ def test_a_corrupt_object_is_refused_naming_the_shard(remote, store, node_cache,
     err = capsys.readouterr().err
     assert code == 2 and name in err and "checksum mismatch" in err
     assert len(cached_files(node_cache)) <= 2  # the corrupt copy never entered the cache
+    assert [entry["verified"] for entry in cache.fetch_log(node_cache) if name in entry["location"]][:1] == [False]
     with copy_fs.open_output_stream(f"{copy_base}/{name}") as stream:
         stream.write(bytes(data[:-100]))  # truncated: the driver's listing refuses it before any work
     assert main(["train", *TINY, "data.source=shards", f"data.path={copy}", "train.steps=2",
@@ -187,31 +176,6 @@ def test_shards_are_fetched_ahead_in_the_order_the_sampler_reads_them(remote, no
     dataset.close()
 
 
-def test_prepare_with_two_ray_workers_writes_the_same_shards_into_the_store(store, tmp_path):
-    """`prepare --workers 2` as a user runs it: its own process, so its own local Ray cluster (with its own
-    token; ~/.ray/auth_token may be another job's) whose tasks see the store's credentials, not the session
-    cluster this test process may already be connected to."""
-    import secrets
-
-    token = tmp_path / "ray-token"
-    token.write_text(secrets.token_hex(32))
-    assert prepare(str(tmp_path / "one")) == 0
-    out = store("by-ray")
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    command = [sys.executable, "-m", "began_dist", "prepare", "shapes", out, "--format", "arrow", "--size", "16",
-               "--shards", "3", "--limit", str(COUNT), "--workers", "2"]
-    assert subprocess.run(command, env=env, timeout=300).returncode == 0
-    fs, base = pafs.FileSystem.from_uri(uris.join(out, "train"))
-    with fs.open_input_stream(f"{base}/manifest.json") as stream:
-        by_ray = json.loads(stream.read())
-    with open(tmp_path / "one" / "train" / "manifest.json") as handle:
-        one = json.load(handle)
-    assert [s["sha256"] for s in by_ray["shards"]] == [s["sha256"] for s in one["shards"]]
-    assert len(by_ray["shards"]) == 3 and by_ray["count"] == COUNT
-    assert main(["prepare", "--verify", uris.join(out, "train")]) == 0
-
-
 def test_prepare_refuses_an_out_in_the_store_that_holds_a_dataset(store, remote, capsys):
     assert prepare(store(f"crs-{remote[1]}"), format_name=remote[1]) == 2
     assert "already holds a dataset" in capsys.readouterr().err
@@ -226,3 +190,26 @@ def test_a_sweep_keeps_an_s3_data_path(remote):
     spec, base = load_spec(os.path.join(os.path.dirname(__file__), "..", "tune", "smoke.yaml"),
                            ["data.source=shards", f"data.path={remote[0]}"])
     assert trial_base(spec, base).data.path == remote[0]
+
+
+def test_a_bad_shard_in_a_ray_worker_is_a_refusal_for_this_launch_only(tmp_path):
+    """distributed/refusals.py without Ray: one worker returns the refusal; with more, it is recorded
+    in RUN_DIR under the launch's token (what a restarted group and the driver read) and raised."""
+    from began_dist.data import DataError
+    from began_dist.distributed import refusals
+    from began_dist.train.result import Status
+
+    def bad():
+        raise DataError("s3://b/d/shard-00001.arrow: checksum mismatch (corrupt)")
+
+    run_dir = str(tmp_path)
+    alone = refusals.run_refusing_bad_data(bad, run_dir, "t1", world=1)
+    assert alone.status is Status.refused and "shard-00001.arrow" in alone.message
+    assert refusals.recorded(run_dir, "t1") == "" and refusals.after_failure(run_dir, "t1") is None
+    with pytest.raises(DataError):
+        refusals.run_refusing_bad_data(bad, run_dir, "t1", world=2)
+    assert "shard-00001.arrow: checksum" in refusals.agreed(run_dir, "t1")  # what a restarted worker reads
+    assert refusals.recorded(run_dir, "t2") == ""  # another launch (a --resume) is not refused by it
+    assert refusals.after_failure(run_dir, "t1").status is Status.refused
+    refusals.clear(run_dir)
+    assert refusals.recorded(run_dir, "t1") == "" and os.listdir(run_dir) == []

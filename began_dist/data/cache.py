@@ -17,15 +17,22 @@ dataset. (docs/data.md, "Datasets on object storage")
   never deleted. When everything is in use the bound is exceeded rather than stalling
   (warned once). Use refreshes a shard's mtime, which orders the eviction.
 - A crash mid-fetch leaves only `.NAME.tmp`, overwritten by the next fetch of that shard.
+- **Fetch log**: every download, kept or refused, appends one JSON line to
+  `CACHE_DIR/fetches.jsonl` (time, host, pid, the object, bytes, verified): what a node
+  fetched across processes and restarts (`fetch_log`); tests count fetches with it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import socket
+import time
 from typing import Optional
 
+from began_dist import uris
 from began_dist.data.dataset import DataError
 from began_dist.data.verified import VerifiedRecord, default_cache_dir
 
@@ -38,6 +45,7 @@ DEFAULT_GB = 50.0
 DEFAULT_PREFETCH = 8  # shards fetched ahead of use by a reader's background fetcher
 BLOCK = 1 << 22
 FETCHED = {"files": 0, "bytes": 0}  # downloads done by this process (tests and benchmarks read it)
+LOG = "fetches.jsonl"  # CACHE_DIR/<this>: one line per download on this node, by any process
 log = logging.getLogger(__name__)
 
 
@@ -58,14 +66,15 @@ class Pinned:
 
 class ShardCache:
     def __init__(self, cache_dir: Optional[str] = None, cache_gb: float = DEFAULT_GB):
-        self.dir = os.path.join(os.path.expanduser(cache_dir or default_cache_dir()), "shards")
+        root = os.path.expanduser(cache_dir or default_cache_dir())
+        self.dir, self.log = os.path.join(root, "shards"), os.path.join(root, LOG)
         self.limit = int(cache_gb * 1e9)
         self.record = VerifiedRecord(cache_dir)
         self._warned = False
 
     def version(self, store, entry: dict, info) -> dict:
         """The object version this shard's cached copy stands for (the verified record's fields)."""
-        return {"manifest_sha256": store.manifest_sha256, "location": store.name(entry["file"]),
+        return {"manifest_sha256": store.manifest_sha256, "location": uris.join(store.path, entry["file"]),
                 "sha256": entry["sha256"], "size": info.size, "last_modified_ns": info.mtime_ns}
 
     def path(self, version: dict, file: str) -> str:
@@ -94,6 +103,7 @@ class ShardCache:
             tmp = os.path.join(self.dir, "." + os.path.basename(path) + ".tmp")
             try:
                 size, sha256 = _download(store, entry["file"], tmp)
+                self._note(store.location(entry["file"]), size, (size, sha256) == (entry["bytes"], entry["sha256"]))
                 if (size, sha256) != (entry["bytes"], entry["sha256"]):
                     raise DataError(f"{store.name(entry['file'])}: checksum mismatch (corrupt): fetched {size} bytes, "
                                     f"sha256 {sha256[:16]}..., the manifest says {entry['bytes']} bytes, "
@@ -106,6 +116,19 @@ class ShardCache:
             FETCHED["files"] += 1
             FETCHED["bytes"] += size
             return True
+
+    def _note(self, location: str, size: int, verified: bool) -> None:
+        """One line in the node's fetch log; one O_APPEND write, so lines of concurrent writers never mix."""
+        line = json.dumps({"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
+                           "location": location, "bytes": size, "verified": verified}) + "\n"
+        try:
+            handle = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(handle, line.encode())
+            finally:
+                os.close(handle)
+        except OSError as error:  # a log, never a reason to stop training
+            log.warning("%s: cannot append to the fetch log (%s)", self.log, error)
 
     def _make_room(self, need: int) -> None:
         """Delete least recently used shards no reader holds until `need` more bytes fit under the bound."""
@@ -124,6 +147,16 @@ class ShardCache:
             self._warned = True
             log.warning("%s: the shards in use need more than data.cache_gb=%.1f; the bound is exceeded", self.dir,
                         self.limit / 1e9)
+
+
+def fetch_log(cache_dir: Optional[str] = None) -> list[dict]:
+    """Every fetch this node's cache logged, oldest first (see the module docstring)."""
+    path = os.path.join(os.path.expanduser(cache_dir or default_cache_dir()), LOG)
+    try:
+        with open(path) as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+    except FileNotFoundError:
+        return []
 
 
 def _download(store, file: str, tmp: str) -> tuple[int, str]:

@@ -68,8 +68,8 @@ class DatasetDir:
         return f"{self.base.rstrip('/')}/{file}"
 
     def name(self, file: str) -> str:
-        """How errors name a file: the path or URI the user gave, joined with the file."""
-        return f"{self.path.rstrip('/')}/{file}"
+        """How errors name a file: the path or URI given joined with it, without a URI's `?query` (endpoint)."""
+        return uris.join(self.path, file).partition("?")[0] if "://" in self.path else uris.join(self.path, file)
 
     def read_text(self, file: str) -> str:
         try:
@@ -116,7 +116,7 @@ def shard_status(store: DatasetDir, entry: dict, checksums: bool, record: Option
 
 
 def _sha256_matches(store: DatasetDir, entry: dict, info: pafs.FileInfo, record: Optional[VerifiedRecord]) -> bool:
-    location = store.location(entry["file"]) if store.local else store.name(entry["file"])  # a path, or the URI
+    location = store.location(entry["file"]) if store.local else uris.join(store.path, entry["file"])  # path, URI
     version = record and shard_version(store.manifest_sha256, location, entry["sha256"], store.local, info.size,
                                        info.mtime_ns)  # stat before hashing: a write meanwhile makes a new version
     if not version:

@@ -27,7 +27,9 @@ def ray_runner(workers: int, address: str = "") -> Callable:
 
         started_here = connect(address)
         try:
-            write = ray.remote(num_cpus=1, max_retries=0)(write_one)  # a bad source fails alike on any host
+            # max_retries=0: a bad source fails alike on any host. SPREAD: the shards' reads and
+            # writes go through as many hosts' links and disks as there are tasks at once.
+            write = ray.remote(num_cpus=1, max_retries=0, scheduling_strategy="SPREAD")(write_one)
             pending, results, progress = {}, {}, tqdm(total=total, desc=label, unit="img")
             queue = list(enumerate(tasks))
             try:

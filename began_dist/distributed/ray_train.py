@@ -23,6 +23,7 @@ import time
 
 from began_dist import storage
 from began_dist.config import ConfigError, to_container
+from began_dist.distributed import refusals
 from began_dist.train.result import RunResult, Status
 
 RAY_RUN_NAME = "train"  # fixed, so fitting again with the same storage path resumes
@@ -93,6 +94,7 @@ def worker_entry(config: dict, ray_checkpoints: bool = False, token: str = "") -
 
     quiet_report_lines()
     refusal = run_dir_refusal(config["run"]["dir"], token) if token else ""
+    refusal = refusal or refusals.agreed(config["run"]["dir"], token)  # a bad shard a failed attempt met
     if refusal:
         return RunResult(Status.refused, run_dir=config["run"]["dir"], message=refusal)
 
@@ -105,10 +107,11 @@ def worker_entry(config: dict, ray_checkpoints: bool = False, token: str = "") -
         if len(set(where)) < len(where):
             return RunResult(Status.refused, run_dir=config["run"]["dir"],
                              message=f"run.gpus_per_worker: ranks share a CUDA device (node, GPU per rank): {where}")
-    trainer = Trainer(config, RayTrainReporter(ray_checkpoints), device=device)
     # A non-finite loss is returned as a status, not raised: Ray retries every exception,
-    # and a NaN run would only NaN again.
-    result = run_trainer(trainer, progress=False)
+    # and a NaN run would only NaN again. A bad shard likewise (distributed/refusals.py).
+    result = refusals.run_refusing_bad_data(
+        lambda: run_trainer(Trainer(config, RayTrainReporter(ray_checkpoints), device=device), progress=False),
+        config["run"]["dir"], token, ray.train.get_context().get_world_size())
     if result.status is Status.done:
         result.debug["worker_nodes"] = comm.gather_objects(ray.get_runtime_context().get_node_id())
     return result
@@ -357,8 +360,9 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
         check_placement(run)
         resources = worker_bundle(run)
         ray_path, ray_fs = ray_storage(run.dir)
+        token = mark_run_dir(run.dir)
         trainer = TorchTrainer(
-            functools.partial(worker_entry, ray_checkpoints=bool(callbacks), token=mark_run_dir(run.dir)),
+            functools.partial(worker_entry, ray_checkpoints=bool(callbacks), token=token),
             train_loop_config=to_container(cfg),
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             scaling_config=ScalingConfig(
@@ -381,7 +385,10 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
         try:
             result = trainer.fit()
         except TrainingFailedError as error:
-            return RunResult(Status.failed, run_dir=run.dir, message=f"Ray Train gave up: {error}")
+            return refusals.after_failure(run.dir, token) or RunResult(
+                Status.failed, run_dir=run.dir, message=f"Ray Train gave up: {error}")
+        finally:
+            refusals.clear(run.dir)
         if isinstance(result.return_value, RunResult):
             return result.return_value
         # No worker result (Ray found the run already finished in its storage): the newest checkpoint is the end.
