@@ -6,6 +6,7 @@ DDP's, PowerSGD sending fewer bytes once it starts, and its state surviving a sa
 load / resume.
 """
 
+import json
 import os
 import socket
 import time
@@ -177,7 +178,7 @@ def test_bad_compression_options_are_refused(override, key):
 @pytest.mark.slow
 def test_powersgd_under_ray_train_checkpoints_every_rank_and_resumes(ray_cluster, tmp_path):
     """The loop's side: 2 Ray Train workers compress, the checkpoint holds both ranks' error feedback, and
-    `--resume` on 2 workers restores it (no reset line in log.txt)."""
+    `--resume` on 2 workers restores it (no reset line in log.txt); stats.jsonl logs the bytes falling."""
     from helpers import TINY
 
     from began_dist.cli import main
@@ -192,6 +193,10 @@ def test_powersgd_under_ray_train_checkpoints_every_rank_and_resumes(ray_cluster
     ])
     resolve_run_dir(cfg)
     assert run_on_ray(cfg).step == 4
+    # stats.jsonl: what each rank all-reduced per step, plain for steps 1-2, rank-1 factors for 3-4
+    lines = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert 0 < lines[1]["comm_bytes"] < lines[0]["comm_bytes"] / 2
+    assert all(line["comm_wait_max_s"] >= line["comm_wait_s"] >= 0 for line in lines)
     saved = ckpt.load_checkpoint(ckpt.latest_checkpoint(str(run_dir)))["powersgd"]  # weights_only=True
     assert saved["world_size"] == 2 and set(saved) == {"world_size", "G", "D"}
     for name in ("G", "D"):
