@@ -1,25 +1,36 @@
 """Communication at cluster scale, emulated: 1 worker vs 2 workers on separate testbed hosts, link capped.
 
-    python benchmarks/comm_speed.py [--steps 40] [--size 64] [--compressions none fp16 bf16 powersgd]
-                                    [--factor F] [--dry-run]
+    python benchmarks/comm_speed.py [--up] [--links datacenter commodity] [--steps 12] [--log-every 4]
+                                    [--size 64] [--compressions none fp16 bf16 powersgd] [--factor F]
+                                    [--json PATH] [--dry-run]
+    python benchmarks/comm_speed.py --project RESULT.json [RESULT.json ...]
 
-Needs (it checks, and says what is missing, exit 0, before any work):
-- a testbed of at least 3 hosts (`cluster/testbed up 3`: host0 the head, host1 and host2 one
-  training worker each, 1 CPU each); this script never brings one up or down;
-- `run.dir` on the testbed's object store (`BEGAN_TESTBED_STORE`), which no host-local path can
-  replace (no host sees another's disk; cluster/README.md).
+Needs a testbed of 3 hosts (host0 the head, host1 and host2 one training worker each, 1 CPU
+each) with its object store for `run.dir` (no host sees another's disk; cluster/README.md):
+`--up` brings one up for this process (`cluster/testbed up 3 --owner PID`, so it goes when
+this process does) and takes it down at the end; without `--up` it uses the one that is up,
+and says what is missing (exit 0) when there is none. Take turns on the machine's one testbed
+(`flock`, see the helpers' notes); one link per turn keeps a turn near 10 minutes.
 
-What it runs (issue 21, item 4): the link is scaled to the compute by a stated factor, this
-machine's measured 64 px step time divided by 12 ms (the GPU step time cluster/README.md
-assumes; `--factor` overrides the measurement), so 100 Gbit/s / factor stands for a datacenter
-link next to GPUs and 10 Gbit/s / factor for a commodity one. For each link (`cluster/testbed
-limit HOST RATE` on host1 and host2, lifted afterwards) it trains the same config on 1 worker
-and on 2 workers (per-worker batch 16) with each `run.grad_compression`, and prints images/s
-and the scaling efficiency (2-worker rate / twice the 1-worker rate). `--dry-run` prints the
-plan (factor, rates) only. Not done yet: bytes all-reduced per step (comm.GradientSync counts
-them, the loop does not log them), the per-rank share of the step spent waiting on
-communication (`perf/comm_wait_s`), the M/SWD check of the best compression over two seeds,
-and the 8/64-node projection table.
+What it measures (issue 21, item 4). The link is scaled to the compute by a stated factor:
+the 1-worker step time measured in this run (the first 1-worker run; `--factor` overrides it)
+divided by 12 ms, the GPU step time cluster/README.md assumes for 64 px, batch 16. So
+100 Gbit/s / factor stands for a datacenter link next to GPUs and 10 Gbit/s / factor for a
+commodity one. For each link (`cluster/testbed limit host1|host2 RATE`: each direction capped,
+lifted afterwards) it trains the same 64 px BEGAN (batch 16 per worker) on 1 worker and on 2
+workers with each `run.grad_compression`, the 1-worker baseline interleaved (before, between
+and after the 2-worker runs) so both see the machine's load, and reads `stats.jsonl`:
+
+- scaling efficiency, wall clock: the 2-worker step time against the 1-worker one (weak
+  scaling: each worker keeps batch 16, so the ideal is the same step time);
+- comm_bytes: bytes each rank hands to the gradient all-reduces per step;
+- the share of each rank's step spent waiting on communication (comm_wait_s, the mean of the
+  two ranks, and comm_wait_max_s; docs/performance.md defines the wait), and the efficiency
+  this implies, 1 - wait share: what the link costs, apart from the machine's load, which
+  slows the two workers' compute (two busy processes on two shared cores) but not one's.
+
+The first log interval (DDP's bucket rebuild, PowerSGD's first plain passes) is left out.
+`--project` turns the JSON of earlier runs into the projection to 8 and 64 GPU nodes.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTBED = os.path.join(REPO, "cluster", "testbed")
@@ -38,42 +50,36 @@ GPU_STEP_S = 0.012  # the GPU step time cluster/README.md assumes for 64 px, bat
 LINKS_GBIT = {"datacenter": 100.0, "commodity": 10.0}
 PER_WORKER_BATCH = 16
 WORKER_HOSTS = ("host1", "host2")
+# The projection's assumptions (printed with it): per all-reduce message latency of each link, and
+# DDP's all-reduce calls per step (G's and D's buckets; PowerSGD sends P and Q for each).
+LATENCY_S = {"datacenter": 5e-6, "commodity": 50e-6}
+CALLS = {False: 4, True: 12}  # all-reduce calls per step, without / with PowerSGD
+NODES = (2, 8, 64)
+
+
+def testbed(*args: str, timeout: float = 120, check: bool = True, env: dict | None = None):
+    return subprocess.run([TESTBED, *args], capture_output=True, text=True, timeout=timeout, check=check, env=env)
 
 
 def testbed_status() -> dict | None:
     """`cluster/testbed status` (hosts and the client environment), or None when no testbed is up."""
     try:
-        done = subprocess.run([TESTBED, "status"], capture_output=True, text=True, timeout=60)
+        done = testbed("status", timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    if done.returncode != 0:
-        return None
-    return json.loads(done.stdout)
+    return json.loads(done.stdout) if done.returncode == 0 else None
 
 
 def missing(status: dict | None) -> list[str]:
     if status is None:
-        return ["a testbed: `cluster/testbed up 3` (root; another helper may hold the machine's one testbed)"]
-    needs = []
+        return ["a testbed: `cluster/testbed up 3` or --up (root; another helper may hold the machine's one testbed)"]
     alive = [name for name, host in status["hosts"].items() if host.get("alive")]
+    needs = []
     if not set(("host0", *WORKER_HOSTS)) <= set(alive):
         needs.append(f"hosts host0, host1, host2 alive (alive: {', '.join(alive) or 'none'})")
     if not status["env"].get("BEGAN_TESTBED_STORE"):
         needs.append("BEGAN_TESTBED_STORE in `cluster/testbed env` (the store for run.dir)")
-    if not run_dir_takes_uris():
-        needs.append("run.dir on object storage (an s3:// run.dir is still made a local path)")
     return needs
-
-
-def run_dir_takes_uris() -> bool:
-    """Whether the config layer keeps an s3:// run.dir as a URI (the multi-host run-dir work)."""
-    from omegaconf import OmegaConf
-
-    from began_dist.config import Config, resolve_run_dir
-
-    cfg = OmegaConf.structured(Config)
-    cfg.run.dir = "s3://bucket/run"
-    return resolve_run_dir(cfg).startswith("s3://")
 
 
 def store_dir(store: str, name: str) -> str:
@@ -82,41 +88,26 @@ def store_dir(store: str, name: str) -> str:
     return f"{base}/comm_speed/{name}" + (f"?{query}" if query else "")
 
 
-def local_step_s(size: int, filters: int = 64, steps: int = 3) -> float:
-    """This machine's step time (1 process, this process's threads, batch 16, n = Nz = Nh = `filters`, RGB):
-    the median of `steps` timed steps after one warm-up."""
-    import torch
-
-    from began_dist import families  # noqa: F401  (registers the families' config rules)
-    from began_dist.config import load_config
-    from began_dist.families.began import BeganFamily
-
-    cfg = load_config(None, [f"model.image_size={size}", "model.channels=3", f"model.filters={filters}",
-                             f"model.nz={filters}", f"model.nh={filters}", "model.convs_per_scale=2",
-                             f"train.batch_size={PER_WORKER_BATCH}"])
-    family = BeganFamily(cfg, torch.device("cpu"))
-    real = torch.rand(PER_WORKER_BATCH, 3, size, size) * 2 - 1
-    z = torch.rand(2, PER_WORKER_BATCH, filters) * 2 - 1
-    times = []
-    for _ in range(steps + 1):
-        started = time.perf_counter()
-        family.train_step(real, z)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times[1:])
+def load() -> str:
+    with open("/proc/loadavg") as handle:
+        return " ".join(handle.read().split()[:3])
 
 
-def train(env: dict, run_dir: str, size: int, workers: int, steps: int, compression: str) -> list[dict]:
-    """One `began-dist train` as a Ray job on the testbed; returns its stats.jsonl lines."""
+def train(env: dict, run_dir: str, args, workers: int, compression: str, log_path: str) -> list[dict]:
+    """One `began-dist train` as a Ray job on the testbed (workers on host1, host2); its stats.jsonl lines."""
     overrides = [
-        f"model.image_size={size}", "model.channels=3", "data.glyphs=512",
-        f"train.batch_size={PER_WORKER_BATCH * workers}",
-        f"train.steps={steps}", "train.log_every=10", f"train.checkpoint_every={steps}", f"train.sample_every={steps}",
-        f"run.grad_compression={compression}", "run.powersgd_start_step=2", "run.worker_resources.train_slot=1",
-        f"run.dir={run_dir}",
+        f"model.image_size={args.size}", "model.channels=3", "data.glyphs=512",
+        f"train.batch_size={PER_WORKER_BATCH * workers}", f"train.steps={args.steps}",
+        f"train.log_every={args.log_every}", f"train.checkpoint_every={args.steps}",
+        f"train.sample_every={args.steps}", f"run.grad_compression={compression}",
+        f"run.powersgd_rank={args.powersgd_rank}", "run.powersgd_start_step=2",
+        "run.worker_resources.train_slot=1", f"run.dir={run_dir}",
     ]
-    command = ["ray", "job", "submit", "--working-dir", REPO, "--", "began-dist", "train",
-               "--workers", str(workers), *overrides]
-    subprocess.run(command, env={**os.environ, **env}, check=True, timeout=3600)
+    command = ["ray", "job", "submit", "--", "began-dist", "train", "--workers", str(workers), *overrides]
+    with open(log_path, "w") as log:
+        done = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=1800)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)}: exit {done.returncode}, see {log_path}")
     import pyarrow.fs
 
     fs, path = pyarrow.fs.FileSystem.from_uri(run_dir)
@@ -124,50 +115,162 @@ def train(env: dict, run_dir: str, size: int, workers: int, steps: int, compress
         return [json.loads(line) for line in handle.read().decode().splitlines()]
 
 
-def limit(rate: str) -> None:
+def summarise(lines: list[dict]) -> dict:
+    """Medians over the log intervals after the first: step time and the comm figures per step."""
+    measured = lines[1:] or lines
+    med = {key: statistics.median(line[key] for line in measured)
+           for key in ("images_per_s", "comm_bytes", "comm_wait_s", "comm_wait_max_s")}
+    step_s = [line["world_size"] * PER_WORKER_BATCH / line["images_per_s"] for line in measured]
+    return {**med, "step_s": statistics.median(step_s), "step_s_all": step_s, "M": measured[-1].get("M")}
+
+
+def limit(rate: str, env: dict) -> None:
     for host in WORKER_HOSTS:
-        subprocess.run([TESTBED, "limit", host, rate], check=True, timeout=60)
+        testbed("limit", host, rate, env=env)
+
+
+def run_link(link: str, args, env: dict, out_dir: str, stamp: str, factor: float | None) -> tuple[dict, float]:
+    """The runs of one link: 1 worker, then 2 workers per compression with the 1-worker run between and after."""
+    result: dict = {"link": link, "one": [], "two": {}}
+
+    def one_run(workers: int, compression: str) -> dict:
+        name = f"{link}-{compression}-{workers}w-{len(result['one']) if workers == 1 else 0}"
+        run_dir = store_dir(env["BEGAN_TESTBED_STORE"], f"{stamp}/{name}-{uuid.uuid4().hex[:6]}")
+        before, started = load(), time.time()
+        lines = train(env, run_dir, args, workers, compression, os.path.join(out_dir, f"{name}.log"))
+        summary = {**summarise(lines), "load_before": before, "load_after": load(),
+                   "wall_s": round(time.time() - started, 1)}
+        print(f"  {name}: step {summary['step_s']:.2f} s, comm {summary['comm_bytes'] / 1e6:.2f} MB/step, "
+              f"wait {summary['comm_wait_s']:.3f} s (max {summary['comm_wait_max_s']:.3f}), load {before} -> "
+              f"{summary['load_after']}", flush=True)
+        return summary
+
+    result["one"].append(one_run(1, "none"))
+    factor = factor or result["one"][0]["step_s"] / GPU_STEP_S
+    rate = f"{LINKS_GBIT[link] * 1000 / factor:.0f}mbit"
+    result.update(factor=factor, rate=rate)
+    print(f"{link}: factor {factor:.1f} -> {LINKS_GBIT[link]:g} Gbit/s / factor = {rate}", flush=True)
+    limit(rate, env)
+    try:
+        half = (len(args.compressions) + 1) // 2
+        for i, compression in enumerate(args.compressions):
+            if i == half:
+                result["one"].append(one_run(1, "none"))
+            result["two"][compression] = one_run(2, compression)
+    finally:
+        limit("off", env)
+    result["one"].append(one_run(1, "none"))
+    return result, factor
+
+
+def table(results: list[dict]) -> str:
+    rows = [f"{'link':<11} {'rate':>8} {'compression':<11} {'1w step s':>9} {'2w step s':>9} {'scaling':>7} "
+            f"{'MB/step':>8} {'wait s':>7} {'wait max':>8} {'wait %':>6} {'1-wait':>6}  load before..after"]
+    for res in results:
+        one = statistics.median(run["step_s"] for run in res["one"])
+        spread = [round(run["step_s"], 2) for run in res["one"]]
+        rows.append(f"{res['link']:<11} {res['rate']:>8} 1 worker    {one:>9.2f}  (runs {spread}, factor "
+                    f"{res['factor']:.1f})")
+        for compression, two in res["two"].items():
+            share = two["comm_wait_s"] / two["step_s"]
+            rows.append(
+                f"{res['link']:<11} {res['rate']:>8} {compression:<11} {one:>9.2f} {two['step_s']:>9.2f} "
+                f"{one / two['step_s']:>7.0%} {two['comm_bytes'] / 1e6:>8.2f} {two['comm_wait_s']:>7.3f} "
+                f"{two['comm_wait_max_s']:>8.3f} {share:>6.1%} {1 - share:>6.0%}  "
+                f"{two['load_before']} .. {two['load_after']}")
+    return "\n".join(rows)
+
+
+def projection(results: list[dict]) -> str:
+    """Efficiency at 2, 8 and 64 GPU nodes from the measured bytes per step and overlap.
+
+    Each node computes a step in GPU_STEP_S; a ring all-reduce of B bytes over N nodes sends
+    2 (N-1)/N B per node and takes 2 (N-1) latencies per call; the hidden part is what the 2-host
+    run hid (its emulated transfer time minus its measured wait, scaled down by the factor),
+    assumed to stay the same (it is backward computation the buckets overlap with); the exposed
+    rest adds to the step."""
+    rows = [f"{'link':<11} {'compression':<11} {'MB/step':>8} {'calls':>5} {'hidden ms':>9} "
+            + " ".join(f"{f'{n} nodes':>9}" for n in NODES)]
+    for res in results:
+        rate_bits = LINKS_GBIT[res["link"]] * 1e9
+        for compression, two in res["two"].items():
+            transfer2 = two["comm_bytes"] * 8 / (rate_bits / res["factor"])  # emulated seconds at 2 hosts
+            hidden = max(0.0, transfer2 - two["comm_wait_s"]) / res["factor"]  # real seconds
+            calls = CALLS[compression == "powersgd"]
+            cells = []
+            for n in NODES:
+                latency = 2 * (n - 1) * calls * LATENCY_S[res["link"]]
+                comm = 2 * (n - 1) / n * two["comm_bytes"] * 8 / rate_bits + latency
+                exposed = max(0.0, comm - hidden)
+                cells.append(f"{GPU_STEP_S / (GPU_STEP_S + exposed):>9.0%}")
+            rows.append(f"{res['link']:<11} {compression:<11} {two['comm_bytes'] / 1e6:>8.2f} {calls:>5} "
+                        f"{hidden * 1e3:>9.2f} " + " ".join(cells))
+    links = ", ".join(f"{k} {v:g} Gbit/s" for k, v in LINKS_GBIT.items())
+    assumptions = [
+        f"GPU step {GPU_STEP_S * 1e3:g} ms (64 px, batch 16 per GPU); links {links}",
+        "ring all-reduce: 2 (N-1)/N x bytes per node per step, 2 (N-1) latency hops per call; latency "
+        + ", ".join(f"{k} {v * 1e6:g} us" for k, v in LATENCY_S.items()),
+        f"all-reduce calls per step: {CALLS[False]} (G's and D's 2 buckets each: DDP's 1 MB first bucket, then 25 MB),"
+        f" {CALLS[True]} with PowerSGD (per bucket: its uncompressed layers, P and Q)",
+        "hidden: the 2-host run's emulated transfer time minus its measured wait, / factor; kept at N nodes",
+        "compute per node unchanged (weak scaling, batch 16 per GPU); no stragglers",
+    ]
+    return "\n".join(rows + ["assumptions:"] + [f"  - {line}" for line in assumptions])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=40, help="steps per run (the first log interval is warm-up)")
+    parser.add_argument("--up", action="store_true", help="bring up a 3-host testbed for this run, down after")
+    parser.add_argument("--links", nargs="+", default=list(LINKS_GBIT), choices=list(LINKS_GBIT))
+    parser.add_argument("--steps", type=int, default=12, help="steps per run")
+    parser.add_argument("--log-every", type=int, default=4, help="steps per log interval (the first is left out)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--compressions", nargs="+", default=["none", "fp16", "bf16", "powersgd"])
-    parser.add_argument("--factor", type=float, help="step time here / 12 ms (default: measured)")
+    parser.add_argument("--powersgd-rank", type=int, default=1)
+    parser.add_argument("--factor", type=float, help="step time here / 12 ms (default: the first 1-worker run's)")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--project", nargs="+", metavar="RESULT_JSON", help="only print tables of earlier results")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     args = parser.parse_args()
 
-    factor = args.factor or local_step_s(args.size) / GPU_STEP_S
-    rates = {name: f"{gbit * 1000 / factor:.0f}mbit" for name, gbit in LINKS_GBIT.items()}
-    print(f"link factor {factor:.1f}: " + ", ".join(f"{name} {gbit:g} Gbit/s -> {rates[name]}"
-                                                   for name, gbit in LINKS_GBIT.items()))
-    status = testbed_status()
-    needs = missing(status)
-    if needs or args.dry_run:
+    if args.project:
+        results = [res for path in args.project for res in json.load(open(path))["results"]]
+        print(table(results) + "\n\nprojection:\n" + projection(results))
+        return 0
+    print(f"plan: links {', '.join(args.links)}; per link 1 worker (factor = its step time / "
+          f"{GPU_STEP_S * 1e3:g} ms), `cluster/testbed limit host1|host2 RATE`, then 2 workers with "
+          f"{', '.join(args.compressions)} and 1 worker between and after; {args.steps} steps at {args.size} px")
+    if args.dry_run:
+        return 0
+    base_env = {**os.environ, "PYTHON": sys.executable,
+                "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+    if args.up:
+        testbed("up", "3", "--owner", str(os.getpid()), timeout=600, env=base_env)
+    try:
+        status = testbed_status()
+        needs = missing(status)
         for need in needs:
             print(f"comm_speed: needs {need}")
-        print("plan: per link, `cluster/testbed limit host1|host2 RATE`, then 1 and 2 workers per compression:"
-              f" {', '.join(args.compressions)}")
-        return 0
-    env, stamp = status["env"], time.strftime("%Y%m%d-%H%M%S")
-    rows = []
-    try:
-        for link, rate in rates.items():
-            limit(rate)
-            for compression in args.compressions:
-                per_workers = {}
-                for workers in (1, 2):
-                    run_dir = store_dir(env["BEGAN_TESTBED_STORE"], f"{stamp}/{link}-{compression}-{workers}w")
-                    lines = train(env, run_dir, args.size, workers, args.steps, compression)
-                    per_workers[workers] = statistics.median(line["images_per_s"] for line in lines[1:])
-                rows.append((link, rate, compression, per_workers[1], per_workers[2],
-                             per_workers[2] / (2 * per_workers[1])))
+        if needs:
+            return 0
+        env = {**base_env, **status["env"]}
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        os.environ.update({k: v for k, v in status["env"].items() if k.startswith("AWS_")})  # pyarrow's S3
+        stamp, out_dir = time.strftime("%Y%m%d-%H%M%S"), os.path.abspath(f"comm_speed-{time.strftime('%H%M%S')}")
+        os.makedirs(out_dir, exist_ok=True)
+        print(f"logs in {out_dir}; load average {load()}", flush=True)
+        results, factor = [], args.factor
+        for link in args.links:
+            res, factor = run_link(link, args, env, out_dir, stamp, factor)
+            results.append(res)
     finally:
-        limit("off")
-    print(f"\n{'link':<11} {'rate':>9} {'compression':<11} {'1w img/s':>9} {'2w img/s':>9} {'scaling':>8}")
-    for link, rate, compression, one, two, efficiency in rows:
-        print(f"{link:<11} {rate:>9} {compression:<11} {one:>9.2f} {two:>9.2f} {efficiency:>8.0%}")
+        if args.up:
+            testbed("down", timeout=300, check=False, env=base_env)
+    report = table(results) + "\n\nprojection:\n" + projection(results)
+    print("\n" + report)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"results": results, "args": vars(args), "load_end": load()}, handle, indent=1)
     return 0
 
 

@@ -1,12 +1,15 @@
 """run.grad_compression: PyTorch's DDP communication hooks on two real gloo processes (127.0.0.1).
 
-One spawn of 2 processes runs every check (a process group costs seconds to start): each
-compression's first-step gradients against plain DDP's, PowerSGD sending fewer bytes once it
-starts, and its state surviving a save / weights_only load / resume.
+One spawn of 2 processes runs every check (a process group costs seconds to start): the bytes and
+the wait on communication each rank measures, each compression's first-step gradients against plain
+DDP's, PowerSGD sending fewer bytes once it starts, and its state surviving a save / weights_only
+load / resume.
 """
 
+import json
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -22,6 +25,7 @@ from began_dist.families.began import BeganFamily
 WORLD, BATCH, NZ, SIZE = 2, 4, 8, 16
 # fp16 keeps 11 significant bits, bf16 8: the all-reduced gradient's relative error (L2) stays below these
 TOLERANCE = {"fp16": 2e-3, "bf16": 1.5e-2}
+LATE_S = 0.5  # rank 1's delay before a step (the comm-wait check)
 
 
 def tiny_family(device) -> BeganFamily:
@@ -63,8 +67,16 @@ def _worker(rank: int, port: int, out: str) -> None:
     try:
         results = {}
         real, z = rank_batch(0)
-        plain, _ = distributed("none")
+        plain, plain_sync = distributed("none")
         plain.train_step(real, z)
+        results["none_bytes"] = plain_sync.bytes_sent
+        # the wait on communication: rank 1 starts its step late, so rank 0's all-reduces wait for it
+        late, late_sync = distributed("none")
+        if rank == 1:
+            time.sleep(LATE_S)
+        late.train_step(real, z)
+        results["late"] = late_sync.interval_stats(1)
+        results["late_again"] = late_sync.interval_stats(1)  # nothing since the last call
         for compression in ("fp16", "bf16"):
             family, sync = distributed(compression)
             family.train_step(real, z)
@@ -127,6 +139,17 @@ def test_cast_compression_matches_plain_ddp(results, compression):
     assert results[f"{compression}_bytes"] > 0
 
 
+def test_bytes_and_wait_are_measured(results):
+    # the same buckets in fp32 (none) and fp16
+    assert results["none_bytes"] == 2 * results["fp16_bytes"] > 0
+    late = results["late"]
+    assert late["comm_bytes"] == results["none_bytes"]
+    # rank 0 waited about LATE_S for rank 1; rank 1's own wait is short, so the mean is about half
+    assert LATE_S * 0.8 < late["comm_wait_max_s"] < LATE_S * 3
+    assert late["comm_wait_s"] < late["comm_wait_max_s"] * 0.75
+    assert results["late_again"] == {"comm_bytes": 0, "comm_wait_s": 0, "comm_wait_max_s": 0}
+
+
 def test_powersgd_really_compresses_and_its_state_survives_a_resume(results):
     sent = results["powersgd_bytes"]
     assert sent[0] == sent[1] > 0  # plain all-reduces of the whole buckets
@@ -155,7 +178,7 @@ def test_bad_compression_options_are_refused(override, key):
 @pytest.mark.slow
 def test_powersgd_under_ray_train_checkpoints_every_rank_and_resumes(ray_cluster, tmp_path):
     """The loop's side: 2 Ray Train workers compress, the checkpoint holds both ranks' error feedback, and
-    `--resume` on 2 workers restores it (no reset line in log.txt)."""
+    `--resume` on 2 workers restores it (no reset line in log.txt); stats.jsonl logs the bytes falling."""
     from helpers import TINY
 
     from began_dist.cli import main
@@ -170,6 +193,10 @@ def test_powersgd_under_ray_train_checkpoints_every_rank_and_resumes(ray_cluster
     ])
     resolve_run_dir(cfg)
     assert run_on_ray(cfg).step == 4
+    # stats.jsonl: what each rank all-reduced per step, plain for steps 1-2, rank-1 factors for 3-4
+    lines = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert 0 < lines[1]["comm_bytes"] < lines[0]["comm_bytes"] / 2
+    assert all(line["comm_wait_max_s"] >= line["comm_wait_s"] >= 0 for line in lines)
     saved = ckpt.load_checkpoint(ckpt.latest_checkpoint(str(run_dir)))["powersgd"]  # weights_only=True
     assert saved["world_size"] == 2 and set(saved) == {"world_size", "G", "D"}
     for name in ("G", "D"):

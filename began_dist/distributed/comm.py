@@ -11,6 +11,8 @@ import hashlib
 import inspect
 import math
 import os
+import time
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -86,13 +88,18 @@ class GradientSync:
     """The DDP wrappers of one run with their communication hooks (run.grad_compression), and what they sent.
 
     One DDP per network, each with its own hook state (PyTorch's DDP communication hooks,
-    torch.distributed.algorithms.ddp_comm_hooks): `none` all-reduces fp32 buckets (DDP's own
-    path), `fp16`/`bf16` cast each bucket for the all-reduce and back (default_hooks), `powersgd`
-    sends a rank-`powersgd_rank` factorisation of each layer's gradient after `powersgd_start_step`
-    backward passes, with error feedback (powerSGD_hook; Vogels et al. 2019). At world size 1
-    nothing is wrapped and the options do nothing. `bytes_sent` counts what each rank handed to
-    the all-reduces of a hook, from the bucket sizes (PowerSGD: its own count of the elements it
-    sends); `none` registers no hook (DDP's built-in all-reduce) and counts nothing.
+    torch.distributed.algorithms.ddp_comm_hooks): `none` all-reduces fp32 buckets
+    (default_hooks.allreduce_hook, which PyTorch documents as giving DDP's own results), `fp16`/`bf16`
+    cast each bucket for the all-reduce and back (default_hooks), `powersgd` sends a
+    rank-`powersgd_rank` factorisation of each layer's gradient after `powersgd_start_step` backward
+    passes, with error feedback (powerSGD_hook; Vogels et al. 2019). At world size 1 nothing is
+    wrapped and the options do nothing.
+
+    Every hook is wrapped to measure (docs/performance.md, "Communication: what is logged"):
+    `bytes_sent`, what each rank handed to the all-reduces (the bucket sizes; PowerSGD: its own
+    count of the elements it sends), and `wait_s`, the time this rank waited on communication:
+    per backward pass, from the end of the pass's computation (an autograd final callback) until
+    the last of its hooks' futures completed, 0 when communication finished first.
     """
 
     def __init__(self, device: torch.device, compression: str = "none", bucket_cap_mb: float = 25.0,
@@ -106,10 +113,14 @@ class GradientSync:
         self.states: dict = {}  # network name -> PowerSGDState
         self.layouts: dict = {}  # network name -> _BucketLayout (PowerSGD's state per parameter)
         self.bytes_sent = 0
+        self.wait_s = 0.0
+        self._pass: Optional[_Pass] = None  # the backward pass whose buckets are being sent
+        self._passes: list[_Pass] = []  # passes whose wait is not yet added to wait_s
+        self._taken = (0, 0.0)  # bytes_sent, wait_s at the last interval_stats
 
     def wrap(self, module: torch.nn.Module, name: str) -> torch.nn.Module:
         wrapped = wrap_ddp(module, self.device, self.bucket_cap_mb)
-        if wrapped is module or self.compression == "none":  # none: DDP's own all-reduce, untouched
+        if wrapped is module:
             return wrapped
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 
@@ -119,8 +130,9 @@ class GradientSync:
             hook = self.layouts[name].wrap(powerSGD_hook.powerSGD_hook)
         else:
             state = None
-            casts = {"fp16": default_hooks.fp16_compress_hook, "bf16": default_hooks.bf16_compress_hook}
-            hook = casts[self.compression]
+            hooks = {"none": default_hooks.allreduce_hook, "fp16": default_hooks.fp16_compress_hook,
+                     "bf16": default_hooks.bf16_compress_hook}
+            hook = hooks[self.compression]
         wrapped.register_comm_hook(state, self._counting(hook))
         return wrapped
 
@@ -128,15 +140,55 @@ class GradientSync:
         element = {"fp16": 2, "bf16": 2}.get(self.compression, 4)
 
         def counted(state, bucket):
+            if self._pass is None:  # the first bucket of a backward pass (of every network it trains)
+                self._pass = self._open_pass()
             if state is None or state.iter < state.start_powerSGD_iter:
                 self.bytes_sent += bucket.buffer().numel() * element
-                return hook(state, bucket)
-            before = state.total_numel_after_compression
-            future = hook(state, bucket)
-            self.bytes_sent += (state.total_numel_after_compression - before) * element
+                future = hook(state, bucket)
+            else:
+                before = state.total_numel_after_compression
+                future = hook(state, bucket)
+                self.bytes_sent += (state.total_numel_after_compression - before) * element
+            self._pass.done.append(future.then(lambda _: time.perf_counter()))  # when its result is there
             return future
 
         return counted
+
+    def _open_pass(self) -> _Pass:
+        """A new backward pass: earlier ones are settled, and the pass closes when its computation ends."""
+        self._settle()
+        opened = _Pass()
+        self._passes.append(opened)
+
+        def computed():  # autograd's final callbacks run in order: this one before DDP's own, which waits
+            opened.computed = time.perf_counter()
+            self._pass = None
+
+        torch.autograd.Variable._execution_engine.queue_callback(computed)
+        return opened
+
+    def _settle(self) -> None:
+        """Add the wait of every finished pass to wait_s (each hook's future has completed once its
+        backward returned; their `then` stamps follow within microseconds, so waiting is safe)."""
+        for finished in self._passes:
+            if finished.computed is not None:
+                last = max(future.wait() for future in finished.done)
+                self.wait_s += max(0.0, last - finished.computed)
+        self._passes = [p for p in self._passes if p.computed is None]
+
+    def interval_stats(self, steps: int) -> dict:
+        """Collective: per step since the last call, the bytes this rank handed to the all-reduces
+        (`comm_bytes`) and the seconds it waited on communication, the mean over ranks (`comm_wait_s`)
+        and the longest-waiting rank's (`comm_wait_max_s`). Zeros at world size 1."""
+        self._settle()
+        sent, waited = self.bytes_sent - self._taken[0], self.wait_s - self._taken[1]
+        self._taken = (self.bytes_sent, self.wait_s)
+        per_rank = torch.zeros(world_size(), dtype=torch.float64, device=self.device)  # NCCL: on the GPU
+        per_rank[rank()] = waited / max(steps, 1)
+        if _initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(per_rank)
+        return {"comm_bytes": sent / max(steps, 1), "comm_wait_s": per_rank.mean().item(),
+                "comm_wait_max_s": per_rank.max().item()}
 
     # -- PowerSGD's state in checkpoints: tensors and numbers only (weights_only=True) ------------------
     def state_dict(self) -> dict:
@@ -184,6 +236,14 @@ class GradientSync:
                 )
             self.layouts[name].restore({"p": entry["p"], "q": entry["q"], "error": error})
         return notes
+
+
+class _Pass:
+    """One backward pass's communication: when its computation ended, when each hook's result was there."""
+
+    def __init__(self):
+        self.computed: Optional[float] = None
+        self.done: list = []  # futures of perf_counter stamps
 
 
 class _BucketLayout:

@@ -20,12 +20,17 @@ from tqdm import tqdm
 from began_dist import storage
 from began_dist.images import make_grid, save_grid
 
-# every family; perf/data_wait_s: seconds per step a rank waited for its batch (mean over ranks)
+# every family; perf/data_wait_s: seconds per step a rank waited for its batch (mean over ranks);
+# perf/comm_*: bytes a rank handed to the gradient all-reduces per step, seconds per step it waited on them
+# (mean over ranks, and the rank that waited longest; docs/performance.md)
 COMMON_SCALARS = {
     "lr_G": "lr/G",
     "lr_D": "lr/D",
     "images_per_s": "perf/images_per_s",
     "data_wait_s": "perf/data_wait_s",
+    "comm_bytes": "perf/comm_bytes",
+    "comm_wait_s": "perf/comm_wait_s",
+    "comm_wait_max_s": "perf/comm_wait_max_s",
 }
 
 

@@ -321,6 +321,7 @@ class Trainer(RunDirWrites):
             world_size=self.world,
             batch_digest=self.last_digest,
         )
+        record.update(self.sync.interval_stats(steps))  # comm_bytes, comm_wait_s, comm_wait_max_s
         return record
 
     def _banner(self, resumed_from: Optional[str]) -> str:
