@@ -31,7 +31,7 @@ REFERENCE = ".uri"  # step-XXXXXXXX.pt.uri: Ray's checkpoint of a file on an obj
 
 class RayTrainReporter(Reporter):
     def __init__(self, with_checkpoints: bool = False):
-        self.with_checkpoints = with_checkpoints
+        self.with_checkpoints = self.hands_over_checkpoints = with_checkpoints
 
     def load_latest(self, run_dir: str) -> tuple[Optional[dict], Optional[str]]:
         """The newest of Ray's copy and RUN_DIR's checkpoints that verifies (a run may have gone on
