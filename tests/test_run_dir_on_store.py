@@ -5,6 +5,7 @@ directory (sample, eval, report) given the s3:// URI.
 """
 
 import json
+import os
 
 import pytest
 import torch
@@ -87,3 +88,19 @@ def test_train_resume_and_read_a_run_on_the_store(store, tmp_path, capsys):
 def test_unsupported_run_dir_scheme_is_refused_naming_run_dir(capsys):
     assert main(["train", *TINY, "run.dir=hdfs://nn/runs/x"]) == 2
     assert "run.dir=hdfs://nn/runs/x" in capsys.readouterr().err
+
+
+def test_ray_and_tune_get_a_reference_to_a_checkpoint_on_the_store(store):
+    """Stored once: what Ray or Tune copies into its storage is a reference to the run's own file."""
+    from ray.train import Checkpoint
+
+    from began_dist.distributed.reporting import ray_candidate, staged
+
+    path = ckpt.write_checkpoint({"step": 6, "w": torch.ones(2)}, ckpt.checkpoint_path(under(store, "ref"), 6))
+    with staged(path) as (directory, name):
+        assert name == "step-00000006" and os.listdir(directory) == ["step-00000006.pt.uri"]
+        step, label, verify, moved = ray_candidate(Checkpoint.from_directory(directory), "Tune checkpoint")
+    assert (step, moved) == (6, None) and label.endswith("-> s3://runs/ref/checkpoints/step-00000006.pt")
+    assert verify()[0]["step"] == 6
+    storage.delete(path)
+    assert verify()[0] is None  # the file is gone: the reporter falls back to the run directory's own

@@ -4,8 +4,11 @@
 often (it is a barrier). A checkpoint is stored once, in RUN_DIR/checkpoints, which every
 worker's node reaches (a shared filesystem or an object store: the run directory check
 refuses anything else), so after a worker failure the new group restores from RUN_DIR.
-Only a nested Tune trial (`with_checkpoints`) also hands its checkpoints to Ray, since
-Tune's PBT and trial restore go through them; those copies live under RUN_DIR/ray.
+Only a Tune trial (`with_checkpoints`, tune/reporting.py) also hands its checkpoints to
+Ray, since Tune's PBT and trial restore go through them. Ray copies what it is handed into
+its storage, so it is handed a hard link of the file (locally: the same bytes on disk), or,
+when RUN_DIR is on an object store, a reference: a `step-XXXXXXXX.pt.uri` file naming the
+checkpoint's URI, which `ray_candidate` follows.
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ from typing import Optional
 
 import ray.train
 
+from began_dist import storage
 from began_dist.train import state as ckpt
 from began_dist.train.reporting import Reporter
+
+REFERENCE = ".uri"  # step-XXXXXXXX.pt.uri: Ray's checkpoint of a file on an object store (its URI)
 
 
 class RayTrainReporter(Reporter):
     def __init__(self, with_checkpoints: bool = False):
-        self.with_checkpoints = with_checkpoints
+        self.with_checkpoints = self.hands_over_checkpoints = with_checkpoints
 
     def load_latest(self, run_dir: str) -> tuple[Optional[dict], Optional[str]]:
         """The newest of Ray's copy and RUN_DIR's checkpoints that verifies (a run may have gone on
@@ -53,6 +59,9 @@ def ray_candidate(reported, what: str) -> Optional[tuple]:
         return None
     with reported.as_directory() as directory:
         found = ckpt.list_checkpoints_in(directory)
+        references = [storage.read_text(path).strip() for path in storage.glob(directory, "step-*.pt" + REFERENCE)]
+    if references:  # an object-store checkpoint, stored once: verified where it is
+        return _reference_candidate(references[-1], f"{what} {reported.path}")
     if not found:
         return None
     step, name = found[-1][0], os.path.basename(found[-1][1])
@@ -64,12 +73,27 @@ def ray_candidate(reported, what: str) -> Optional[tuple]:
     return step, f"{what} {reported.path}", verify, None
 
 
+def _reference_candidate(uri: str, label: str) -> Optional[tuple]:
+    """The candidate of a `.pt.uri` reference: the checkpoint at `uri`, checked against its sidecar there
+    (a reference whose file was deleted meanwhile does not verify: the caller falls back)."""
+    match = ckpt.step_of(uri)
+    if match is None:
+        return None
+    return match, f"{label} -> {storage.display(uri)}", (lambda: ckpt.verify_checkpoint(uri)), None
+
+
 @contextlib.contextmanager
 def staged(checkpoint_path: str) -> Iterator[tuple[str, str]]:
     """A temporary directory holding only `checkpoint_path` and its sha256 sidecar (hard-linked when
-    possible), and the checkpoint's name."""
+    possible), or, for a checkpoint on an object store, a reference to it; and the checkpoint's name."""
     staging = tempfile.mkdtemp(prefix="began-ckpt-")
     try:
+        if not storage.is_local(checkpoint_path):
+            name = storage.basename(checkpoint_path)
+            with open(os.path.join(staging, name + REFERENCE), "w") as handle:
+                handle.write(checkpoint_path + "\n")
+            yield staging, name[:-3]
+            return
         for source in (checkpoint_path, ckpt.sidecar_path(checkpoint_path)):
             if not os.path.exists(source):
                 continue

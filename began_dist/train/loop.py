@@ -135,6 +135,8 @@ class Trainer(RunDirWrites):
                 path = self.last_checkpoint = ckpt.save_checkpoint(
                     self.state_dict(), self.run_dir, self.step, keep, self.uploads
                 )
+        if self.reporter.hands_over_checkpoints:
+            self._finish_uploads()  # Tune gets the file (on a store, a reference to it): it must be there
         self._check_storage()  # before Ray or Tune is handed a checkpoint that was not written
         self.reporter.report({**(metrics or {"step": self.step}), **self.eval_latest}, path)
 

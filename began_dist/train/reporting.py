@@ -18,6 +18,10 @@ from began_dist.train import state as ckpt
 
 
 class Reporter:
+    # True when `report` hands the checkpoint file itself to Ray or Tune (a hard link, or a reference to
+    # it on an object store): the loop then finishes its background upload first, so the file exists.
+    hands_over_checkpoints = False
+
     def load_latest(self, run_dir: str) -> tuple[Optional[dict], Optional[str]]:
         """(state, where it came from) of the newest checkpoint that verifies, or (None, None).
 

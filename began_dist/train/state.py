@@ -48,10 +48,16 @@ def list_checkpoints_in(directory: str) -> list[tuple[int, str]]:
     """(step, path) of the step-XXXXXXXX.pt files directly in `directory`, oldest first."""
     found = []
     for path in storage.glob(directory, "step-*.pt"):
-        match = _NAME.search(storage.basename(path))
-        if match:
-            found.append((int(match.group(1)), path))
+        step = step_of(path)
+        if step is not None:
+            found.append((step, path))
     return sorted(found)
+
+
+def step_of(path: str) -> Optional[int]:
+    """The step of a step-XXXXXXXX.pt path (a URI's ?query ignored), or None."""
+    match = _NAME.search(storage.basename(path))
+    return int(match.group(1)) if match else None
 
 
 def latest_checkpoint(run_dir: str) -> Optional[str]:

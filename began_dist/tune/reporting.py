@@ -18,6 +18,8 @@ from began_dist.train.reporting import Reporter
 
 
 class TuneReporter(Reporter):
+    hands_over_checkpoints = True
+
     def load_latest(self, run_dir: str) -> tuple[Optional[dict], Optional[str]]:
         """Tune's checkpoint when it verifies (it wins even when RUN_DIR has a later step: a PBT exploit
         goes back to the donor's step), else RUN_DIR's newest that verifies."""

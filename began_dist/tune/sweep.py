@@ -18,6 +18,7 @@ import io
 import math
 import os
 import sys
+import tempfile
 import time
 from typing import Optional
 
@@ -101,6 +102,11 @@ def trial_base(spec: SweepSpec, base: DictConfig) -> DictConfig:
     t.eval_every = t.eval_every or t.checkpoint_every
     cfg.run.workers = spec.workers_per_trial if spec.workers_per_trial > 1 else 0
     cfg.run.cpus_per_worker, cfg.run.gpus_per_worker = float(spec.cpus_per_worker), float(spec.gpus_per_worker)
+    if spec.scheduler_type == "pbt" and not storage.is_local(cfg.run.dir):
+        # On an object store Tune's checkpoint is a reference to the trial's own file (stored once:
+        # distributed/reporting.py), so the trial keeps every checkpoint a PBT exploit may copy, as
+        # Tune keeps every reference (tune_checkpoints_to_keep).
+        cfg.run.checkpoints_to_keep = max(cfg.run.checkpoints_to_keep, t.steps // t.checkpoint_every + 1)
     if cfg.data.path and not uris.uri_scheme(cfg.data.path, "data.path", ConfigError):
         cfg.data.path = os.path.abspath(cfg.data.path)  # trials run in Tune's trial directories; a URI stays
     validate(cfg)
@@ -202,7 +208,7 @@ def build_tuner(spec: SweepSpec, base: DictConfig, resume: bool):
         tune.with_parameters(run_trial, base=to_container(base), spec=spec.to_dict(), sweep_dir=sweep_dir),
         trial_resources(spec),
     )
-    experiment = os.path.join(sweep_dir, EXPERIMENT)
+    experiment = storage.join(sweep_dir, EXPERIMENT)
     if resume:
         return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
     return tune.Tuner(
@@ -239,8 +245,9 @@ def run_sweep(spec: SweepSpec, base: DictConfig, resume: bool = False) -> list[d
         check_trial_placement(spec, base)
         # Under `ray job submit` the driver's working directory is the job's unpacked
         # working_dir, which Ray may delete when the last trial actor using it exits
-        # (ray-project/ray#52343); every path here is absolute, so work from the sweep dir.
-        os.chdir(base.run.dir)
+        # (ray-project/ray#52343); every path here is absolute, so work from the sweep dir
+        # (the system's temporary directory when the sweep is on an object store).
+        os.chdir(base.run.dir if storage.is_local(base.run.dir) else tempfile.gettempdir())
         grid = build_tuner(spec, base, resume).fit()
     finally:
         _chdir_back(cwd)
@@ -279,7 +286,8 @@ def results_table(spec: SweepSpec, base: DictConfig, results) -> list[dict]:
     for result in results:
         last = result.metrics or {}
         trial_id = last["trial_id"]  # Tune fills it into every trial's last result, even before a report
-        row = {"trial": trial_id, "status": _status(result.error is not None, last, base.train.steps)}
+        steps = (result.config or {}).get("train.steps", base.train.steps)  # a sweep may search train.steps
+        row = {"trial": trial_id, "status": _status(result.error is not None, last, steps)}
         for group in spec.space:
             row[group] = (result.config or {}).get(group)
         row["step"] = last.get("step")
@@ -302,8 +310,10 @@ def _status(errored: bool, last: dict, steps: int) -> str:
         return "non-finite"
     if errored:
         return "error"
+    if (last.get("step") or 0) >= steps:  # its final checkpoint was written before this result
+        return "done"  # (Tune's done flag may be missing: a driver killed before it saved the flag)
     if last.get("done"):  # Tune marks a trial's last result done when it returned or was stopped
-        return "done" if (last.get("step") or 0) >= steps else "stopped early"
+        return "stopped early"
     return "unfinished"
 
 
