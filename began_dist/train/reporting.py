@@ -18,6 +18,8 @@ from began_dist.train import state as ckpt
 
 
 class Reporter:
+    notes: tuple[str, ...] = ()  # lines for log.txt when the run (re)starts, e.g. a worker group restart
+
     def load_latest(self, run_dir: str) -> tuple[Optional[dict], Optional[str]]:
         """(state, where it came from) of the newest checkpoint that verifies, or (None, None).
 
