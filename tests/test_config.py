@@ -22,6 +22,7 @@ from began_dist.families import FAMILIES
         ("train.batch_size=0", "train.batch_size", "positive"),
         ("train.steps=-5", "train.steps", "positive"),
         ("train.lr_decay_factor=2", "train.lr_decay_factor", "(0, 1]"),
+        ("run.collective_timeout_s=0", "run.collective_timeout_s", "positive number of seconds"),
         ("data.source=webdataset", "data.source", "glyphs, shapes, folder, shards"),
         ("data.source=folder", "data.path", "required"),
         ("model.filters=many", "model.filters", "Integer"),

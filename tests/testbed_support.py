@@ -74,9 +74,16 @@ class Testbed:
         return json.loads(result.stdout)
 
     def reset(self) -> None:
-        """Between tests: links uncapped and every killed host back (a fresh machine in its place)."""
+        """Between tests: links uncapped, and a fresh machine in place of every killed host and of every
+        host whose Ray node died (Ray declared it dead during a partition, so it stopped its own Ray)."""
+        hosts = self.hosts()
+        if not hosts["host0"]["alive"]:
+            self.cli("join", "host0", timeout=300)  # a new head; the other hosts' Ray joins it
+        in_ray = {n["node_ip"] for n in self.nodes() if n["state"] == "ALIVE"}
         for name, host in self.hosts().items():
-            if host["alive"]:
+            if host["alive"] and host["ip"] in in_ray:
                 self.cli("limit", name, "off")
-            else:
-                self.cli("join", name, timeout=300)
+                continue
+            if host["alive"]:
+                self.cli("kill", name)
+            self.cli("join", name, timeout=300)

@@ -126,6 +126,9 @@ class RunConfig:
     address: str = ""  # Ray cluster address; empty starts a local cluster
     max_failures: int = 2  # Ray: worker-group restarts before the run fails
     controller_failure_limit: int = 3  # Ray: placement failures before the run fails
+    # Ray Train (workers > 1): seconds a gloo/NCCL collective may wait for a peer before it fails and the
+    # worker group restarts; PyTorch's and Ray's default. A peer cut off for longer is given up on.
+    collective_timeout_s: int = 1800
     placement_strategy: str = "PACK"  # Ray: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD (one worker per node)
     worker_resources: dict[str, float] = field(default_factory=dict)  # Ray: extra custom resources per worker
     checkpoints_to_keep: int = 3  # most recent checkpoints kept on disk

@@ -102,6 +102,8 @@ def _check_run(r: DictConfig, batch_size: int) -> None:
         )
     if r.max_failures < 0 or r.controller_failure_limit < 0:
         raise ConfigError("run.max_failures and run.controller_failure_limit must be >= 0")
+    if r.collective_timeout_s <= 0:
+        raise ConfigError(f"run.collective_timeout_s={r.collective_timeout_s}: must be a positive number of seconds")
     if r.powersgd_rank < 1:
         raise ConfigError(f"run.powersgd_rank={r.powersgd_rank}: must be >= 1")
     if r.powersgd_start_step < 2:

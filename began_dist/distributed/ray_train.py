@@ -29,7 +29,9 @@ from began_dist.train.result import RunResult, Status
 RAY_RUN_NAME = "train"  # fixed, so fitting again with the same storage path resumes
 
 
-RUN_DIR_MARKER = ".began-dist-driver"  # RUN_DIR/<this>: a token the driver writes, each worker reads
+# RUN_DIR/<this>: "TOKEN [GROUPS]": a token the driver writes and each worker reads, then how many worker
+# groups of that driver's run have started (rank 0 counts them, so a restarted group can say so in log.txt)
+RUN_DIR_MARKER = ".began-dist-driver"
 
 
 def mark_run_dir(run_dir: str) -> str:
@@ -39,28 +41,43 @@ def mark_run_dir(run_dir: str) -> str:
     return token
 
 
-def run_dir_refusal(run_dir: str, token: str) -> str:
-    """'' when this node sees the driver's RUN_DIR (its token), else why not, naming run.dir and the node.
+def join_run_dir(run_dir: str, token: str) -> tuple[str, str]:
+    """(refusal, note) for a worker group that starts: every worker checks that its node sees the driver's
+    RUN_DIR (its token), and the workers agree before any training step, so they stop together.
 
-    Every worker of every worker group checks it when it starts (nodes may join later), and
-    the workers agree before any training step, so they stop together.
+    refusal: '' when every node sees it, else why not, naming run.dir and the nodes (checked by every
+    worker group, since nodes may join later). note: on rank 0 of a group that is not the driver's first
+    (Ray Train restarted it after a worker or node failure, or resized it), a line for log.txt saying so.
     """
     import ray
 
     from began_dist.distributed import comm
 
+    marker = storage.join(run_dir, RUN_DIR_MARKER)
     try:
-        seen = storage.read_text(storage.join(run_dir, RUN_DIR_MARKER)) == token
+        mark = storage.read_text(marker).split()
     except OSError:
-        seen = False
+        mark = []
+    seen = mark[:1] == [token]
     context = ray.get_runtime_context()
-    here = "" if seen else f"node {ray.util.get_node_ip_address()} ({context.get_node_id()[:12]})"
-    blind = [node for node in comm.gather_objects(here) if node]
-    if not blind:
-        return ""
-    return (
-        f"run.dir={storage.display(run_dir)}: not visible from {', '.join(sorted(set(blind)))}; a run directory "
-        "on a cluster must be storage every node sees (a shared filesystem, or s3:// / gs://)"
+    node = f"node {ray.util.get_node_ip_address()} ({context.get_node_id()[:12]})"
+    nodes = comm.gather_objects((seen, node))  # also the barrier: every worker read the mark before it changes
+    blind = sorted({where for ok, where in nodes if not ok})
+    if blind:
+        return (
+            f"run.dir={storage.display(run_dir)}: not visible from {', '.join(blind)}; a run directory "
+            "on a cluster must be storage every node sees (a shared filesystem, or s3:// / gs://)"
+        ), ""
+    if comm.rank() != 0:
+        return "", ""
+    groups = int(mark[1]) + 1 if len(mark) > 1 else 1
+    storage.write_text(marker, f"{token} {groups}")
+    if groups == 1:
+        return "", ""
+    on = ", ".join(sorted({where.split()[1] for _, where in nodes}))
+    return "", (
+        f"worker group restart {groups - 1} (Ray Train started it after a worker or node failure, or a resize): "
+        f"{len(nodes)} workers on {on}, continuing from the newest checkpoint"
     )
 
 
@@ -93,7 +110,7 @@ def worker_entry(config: dict, ray_checkpoints: bool = False, token: str = "") -
     from began_dist.train.loop import Trainer, run_trainer
 
     quiet_report_lines()
-    refusal = run_dir_refusal(config["run"]["dir"], token) if token else ""
+    refusal, note = join_run_dir(config["run"]["dir"], token) if token else ("", "")
     refusal = refusal or refusals.agreed(config["run"]["dir"], token)  # a bad shard a failed attempt met
     if refusal:
         return RunResult(Status.refused, run_dir=config["run"]["dir"], message=refusal)
@@ -110,7 +127,8 @@ def worker_entry(config: dict, ray_checkpoints: bool = False, token: str = "") -
     # A non-finite loss is returned as a status, not raised: Ray retries every exception,
     # and a NaN run would only NaN again. A bad shard likewise (distributed/refusals.py).
     result = refusals.run_refusing_bad_data(
-        lambda: run_trainer(Trainer(config, RayTrainReporter(ray_checkpoints), device=device), progress=False),
+        lambda: run_trainer(Trainer(config, RayTrainReporter(ray_checkpoints, notes=[note] if note else []),
+                                    device=device), progress=False),
         config["run"]["dir"], token, ray.train.get_context().get_world_size())
     if result.status is Status.done:
         result.debug["worker_nodes"] = comm.gather_objects(ray.get_runtime_context().get_node_id())
@@ -364,7 +382,9 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
         trainer = TorchTrainer(
             functools.partial(worker_entry, ray_checkpoints=bool(callbacks), token=token),
             train_loop_config=to_container(cfg),
-            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            # A collective that waits longer than this for a peer (a cut-off or dead node) fails, so the
+            # worker group restarts instead of hanging until Ray's health check removes the node.
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=run.collective_timeout_s),
             scaling_config=ScalingConfig(
                 num_workers=run.workers,
                 use_gpu=use_gpu,

@@ -17,7 +17,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Optional
 
 import ray.train
@@ -30,8 +30,9 @@ REFERENCE = ".uri"  # step-XXXXXXXX.pt.uri: Ray's checkpoint of a file on an obj
 
 
 class RayTrainReporter(Reporter):
-    def __init__(self, with_checkpoints: bool = False):
+    def __init__(self, with_checkpoints: bool = False, notes: Sequence[str] = ()):
         self.with_checkpoints = self.hands_over_checkpoints = with_checkpoints
+        self.notes = tuple(notes)
 
     def load_latest(self, run_dir: str) -> tuple[Optional[dict], Optional[str]]:
         """The newest of Ray's copy and RUN_DIR's checkpoints that verifies (a run may have gone on

@@ -161,7 +161,7 @@ class Trainer(RunDirWrites):
         self.lr_control.apply(*self.family.optimizers)
         log = self._open_log(progress)
         log.info(self._banner(resumed_from))
-        for note in self.comm_notes:
+        for note in (*self.reporter.notes, *self.comm_notes):
             log.info(note)
         snapshot = torch.arange(min(FIXED_SAMPLES, len(self.dataset)))
         snapshot_real = to_model_range(self.dataset.batch(snapshot), self.device)
@@ -221,11 +221,11 @@ class Trainer(RunDirWrites):
             with self._writes():
                 self._evaluate(log)
         if done % t.checkpoint_every == 0 or done == t.steps:
-            record = self._last_record
-            self.save(record if record and record["step"] == done else None)
-            log.info(f"step {done}: checkpoint {self.last_checkpoint}")
+            # The logs are durable before the checkpoint exists: a resume cuts them back to it, never short of it.
             with self._writes():  # an object store receives stats.jsonl, log.txt and tb/ here
                 log.flush()
+            self.save(record if (record := self._last_record) and record["step"] == done else None)
+            log.info(f"step {done}: checkpoint {self.last_checkpoint}")
         if stop.is_set():
             self.save()
             log.info(f"interrupted at step {done}: checkpoint {self.last_checkpoint}")

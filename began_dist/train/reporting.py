@@ -21,6 +21,7 @@ class Reporter:
     # True when `report` hands the checkpoint file itself to Ray or Tune (a hard link, or a reference to
     # it on an object store): the loop then finishes its background upload first, so the file exists.
     hands_over_checkpoints = False
+    notes: tuple[str, ...] = ()  # lines for log.txt when the run (re)starts, e.g. a worker group restart
 
     def load_latest(self, run_dir: str) -> tuple[Optional[dict], Optional[str]]:
         """(state, where it came from) of the newest checkpoint that verifies, or (None, None).
