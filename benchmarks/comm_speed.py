@@ -93,17 +93,32 @@ def load() -> str:
         return " ".join(handle.read().split()[:3])
 
 
-def train(env: dict, run_dir: str, args, workers: int, compression: str, log_path: str) -> list[dict]:
-    """One `began-dist train` as a Ray job on the testbed (workers on host1, host2); its stats.jsonl lines."""
-    overrides = [
-        f"model.image_size={args.size}", "model.channels=3", "data.glyphs=512",
+def overrides(args, workers: int, compression: str) -> list[str]:
+    """The training of every run: the 64 px BEGAN of step_speed.py (n = Nz = Nh = 64, two convs per scale),
+    on the built-in glyphs (grayscale: 1 channel, against step_speed's 3; the first and last conv only)."""
+    return [
+        f"model.image_size={args.size}", "model.channels=1", "data.glyphs=512",
         f"train.batch_size={PER_WORKER_BATCH * workers}", f"train.steps={args.steps}",
         f"train.log_every={args.log_every}", f"train.checkpoint_every={args.steps}",
-        f"train.sample_every={args.steps}", f"run.grad_compression={compression}",
-        f"run.powersgd_rank={args.powersgd_rank}", "run.powersgd_start_step=2",
-        "run.worker_resources.train_slot=1", f"run.dir={run_dir}",
+        f"train.sample_every={args.steps}", *compression_overrides(compression, args.powersgd_rank),
+        "run.worker_resources.train_slot=1",
     ]
-    command = ["ray", "job", "submit", "--", "began-dist", "train", "--workers", str(workers), *overrides]
+
+
+def preflight(args) -> None:
+    """Every run's config and data source checked here, before a testbed turn is spent on them (exit 2)."""
+    from began_dist import families  # noqa: F401  (registers the families' config rules)
+    from began_dist.config import load_config
+    from began_dist.data import check_source
+
+    for compression in args.compressions:
+        check_source(load_config(None, overrides(args, 2, compression)))
+
+
+def train(env: dict, run_dir: str, args, workers: int, compression: str, log_path: str) -> list[dict]:
+    """One `began-dist train` as a Ray job on the testbed (workers on host1, host2); its stats.jsonl lines."""
+    command = ["ray", "job", "submit", "--", "began-dist", "train", "--workers", str(workers),
+               *overrides(args, workers, compression), f"run.dir={run_dir}"]
     with open(log_path, "w") as log:
         done = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=1800)
     if done.returncode:
@@ -113,6 +128,12 @@ def train(env: dict, run_dir: str, args, workers: int, compression: str, log_pat
     fs, path = pyarrow.fs.FileSystem.from_uri(run_dir)
     with fs.open_input_stream(f"{path}/stats.jsonl") as handle:
         return [json.loads(line) for line in handle.read().decode().splitlines()]
+
+
+def compression_overrides(compression: str, default_rank: int) -> list[str]:
+    """`none`, `fp16`, `bf16`, `powersgd` or `powersgd:R` (rank R) as config overrides."""
+    name, _, rank = compression.partition(":")
+    return [f"run.grad_compression={name}", f"run.powersgd_rank={rank or default_rank}", "run.powersgd_start_step=2"]
 
 
 def summarise(lines: list[dict]) -> dict:
@@ -134,7 +155,7 @@ def run_link(link: str, args, env: dict, out_dir: str, stamp: str, factor: float
     result: dict = {"link": link, "one": [], "two": {}}
 
     def one_run(workers: int, compression: str) -> dict:
-        name = f"{link}-{compression}-{workers}w-{len(result['one']) if workers == 1 else 0}"
+        name = f"{link}-{compression.replace(':', '-r')}-{workers}w-{len(result['one']) if workers == 1 else 0}"
         run_dir = store_dir(env["BEGAN_TESTBED_STORE"], f"{stamp}/{name}-{uuid.uuid4().hex[:6]}")
         before, started = load(), time.time()
         lines = train(env, run_dir, args, workers, compression, os.path.join(out_dir, f"{name}.log"))
@@ -196,7 +217,7 @@ def projection(results: list[dict]) -> str:
         for compression, two in res["two"].items():
             transfer2 = two["comm_bytes"] * 8 / (rate_bits / res["factor"])  # emulated seconds at 2 hosts
             hidden = max(0.0, transfer2 - two["comm_wait_s"]) / res["factor"]  # real seconds
-            calls = CALLS[compression == "powersgd"]
+            calls = CALLS[compression.startswith("powersgd")]
             cells = []
             for n in NODES:
                 latency = 2 * (n - 1) * calls * LATENCY_S[res["link"]]
@@ -225,8 +246,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=12, help="steps per run")
     parser.add_argument("--log-every", type=int, default=4, help="steps per log interval (the first is left out)")
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--compressions", nargs="+", default=["none", "fp16", "bf16", "powersgd"])
-    parser.add_argument("--powersgd-rank", type=int, default=1)
+    parser.add_argument("--compressions", nargs="+", default=["none", "fp16", "bf16", "powersgd"],
+                        help="run.grad_compression values; powersgd:R for rank R")
+    parser.add_argument("--powersgd-rank", type=int, default=1, help="rank of a plain `powersgd`")
     parser.add_argument("--factor", type=float, help="step time here / 12 ms (default: the first 1-worker run's)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--project", nargs="+", metavar="RESULT_JSON", help="only print tables of earlier results")
@@ -240,6 +262,7 @@ def main() -> int:
     print(f"plan: links {', '.join(args.links)}; per link 1 worker (factor = its step time / "
           f"{GPU_STEP_S * 1e3:g} ms), `cluster/testbed limit host1|host2 RATE`, then 2 workers with "
           f"{', '.join(args.compressions)} and 1 worker between and after; {args.steps} steps at {args.size} px")
+    preflight(args)
     if args.dry_run:
         return 0
     base_env = {**os.environ, "PYTHON": sys.executable,
