@@ -93,17 +93,32 @@ def load() -> str:
         return " ".join(handle.read().split()[:3])
 
 
-def train(env: dict, run_dir: str, args, workers: int, compression: str, log_path: str) -> list[dict]:
-    """One `began-dist train` as a Ray job on the testbed (workers on host1, host2); its stats.jsonl lines."""
-    overrides = [
-        f"model.image_size={args.size}", "model.channels=3", "data.glyphs=512",
+def overrides(args, workers: int, compression: str) -> list[str]:
+    """The training of every run: the 64 px BEGAN of step_speed.py (n = Nz = Nh = 64, two convs per scale),
+    on the built-in glyphs (grayscale: 1 channel, against step_speed's 3; the first and last conv only)."""
+    return [
+        f"model.image_size={args.size}", "model.channels=1", "data.glyphs=512",
         f"train.batch_size={PER_WORKER_BATCH * workers}", f"train.steps={args.steps}",
         f"train.log_every={args.log_every}", f"train.checkpoint_every={args.steps}",
-        f"train.sample_every={args.steps}", f"run.grad_compression={compression}",
-        f"run.powersgd_rank={args.powersgd_rank}", "run.powersgd_start_step=2",
-        "run.worker_resources.train_slot=1", f"run.dir={run_dir}",
+        f"train.sample_every={args.steps}", *compression_overrides(compression, args.powersgd_rank),
+        "run.worker_resources.train_slot=1",
     ]
-    command = ["ray", "job", "submit", "--", "began-dist", "train", "--workers", str(workers), *overrides]
+
+
+def preflight(args) -> None:
+    """Every run's config and data source checked here, before a testbed turn is spent on them (exit 2)."""
+    from began_dist import families  # noqa: F401  (registers the families' config rules)
+    from began_dist.config import load_config
+    from began_dist.data import check_source
+
+    for compression in args.compressions:
+        check_source(load_config(None, overrides(args, 2, compression)))
+
+
+def train(env: dict, run_dir: str, args, workers: int, compression: str, log_path: str) -> list[dict]:
+    """One `began-dist train` as a Ray job on the testbed (workers on host1, host2); its stats.jsonl lines."""
+    command = ["ray", "job", "submit", "--", "began-dist", "train", "--workers", str(workers),
+               *overrides(args, workers, compression), f"run.dir={run_dir}"]
     with open(log_path, "w") as log:
         done = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=1800)
     if done.returncode:
@@ -113,6 +128,12 @@ def train(env: dict, run_dir: str, args, workers: int, compression: str, log_pat
     fs, path = pyarrow.fs.FileSystem.from_uri(run_dir)
     with fs.open_input_stream(f"{path}/stats.jsonl") as handle:
         return [json.loads(line) for line in handle.read().decode().splitlines()]
+
+
+def compression_overrides(compression: str, default_rank: int) -> list[str]:
+    """`none`, `fp16`, `bf16`, `powersgd` or `powersgd:R` (rank R) as config overrides."""
+    name, _, rank = compression.partition(":")
+    return [f"run.grad_compression={name}", f"run.powersgd_rank={rank or default_rank}", "run.powersgd_start_step=2"]
 
 
 def summarise(lines: list[dict]) -> dict:
@@ -133,8 +154,8 @@ def run_link(link: str, args, env: dict, out_dir: str, stamp: str, factor: float
     """The runs of one link: 1 worker, then 2 workers per compression with the 1-worker run between and after."""
     result: dict = {"link": link, "one": [], "two": {}}
 
-    def one_run(workers: int, compression: str) -> dict:
-        name = f"{link}-{compression}-{workers}w-{len(result['one']) if workers == 1 else 0}"
+    def one_run(workers: int, compression: str, tag: str = "") -> dict:
+        name = f"{link}-{compression.replace(':', '-r')}-{workers}w-{len(result['one']) if workers == 1 else 0}{tag}"
         run_dir = store_dir(env["BEGAN_TESTBED_STORE"], f"{stamp}/{name}-{uuid.uuid4().hex[:6]}")
         before, started = load(), time.time()
         lines = train(env, run_dir, args, workers, compression, os.path.join(out_dir, f"{name}.log"))
@@ -150,11 +171,13 @@ def run_link(link: str, args, env: dict, out_dir: str, stamp: str, factor: float
     rate = f"{LINKS_GBIT[link] * 1000 / factor:.0f}mbit"
     result.update(factor=factor, rate=rate)
     print(f"{link}: factor {factor:.1f} -> {LINKS_GBIT[link]:g} Gbit/s / factor = {rate}", flush=True)
+    if args.control:  # the wait the machine's load and the ranks' imbalance cause by themselves
+        result["uncapped"] = one_run(2, "none", "-uncapped")
     limit(rate, env)
     try:
         half = (len(args.compressions) + 1) // 2
         for i, compression in enumerate(args.compressions):
-            if i == half:
+            if i == half and len(args.compressions) >= 4:  # a third baseline run when the turn is long
                 result["one"].append(one_run(1, "none"))
             result["two"][compression] = one_run(2, compression)
     finally:
@@ -171,10 +194,13 @@ def table(results: list[dict]) -> str:
         spread = [round(run["step_s"], 2) for run in res["one"]]
         rows.append(f"{res['link']:<11} {res['rate']:>8} 1 worker    {one:>9.2f}  (runs {spread}, factor "
                     f"{res['factor']:.1f})")
-        for compression, two in res["two"].items():
+        runs = [(res["rate"], compression, two) for compression, two in res["two"].items()]
+        if "uncapped" in res:
+            runs.insert(0, ("off", "none", res["uncapped"]))
+        for rate, compression, two in runs:
             share = two["comm_wait_s"] / two["step_s"]
             rows.append(
-                f"{res['link']:<11} {res['rate']:>8} {compression:<11} {one:>9.2f} {two['step_s']:>9.2f} "
+                f"{res['link']:<11} {rate:>8} {compression:<11} {one:>9.2f} {two['step_s']:>9.2f} "
                 f"{one / two['step_s']:>7.0%} {two['comm_bytes'] / 1e6:>8.2f} {two['comm_wait_s']:>7.3f} "
                 f"{two['comm_wait_max_s']:>8.3f} {share:>6.1%} {1 - share:>6.0%}  "
                 f"{two['load_before']} .. {two['load_after']}")
@@ -185,18 +211,21 @@ def projection(results: list[dict]) -> str:
     """Efficiency at 2, 8 and 64 GPU nodes from the measured bytes per step and overlap.
 
     Each node computes a step in GPU_STEP_S; a ring all-reduce of B bytes over N nodes sends
-    2 (N-1)/N B per node and takes 2 (N-1) latencies per call; the hidden part is what the 2-host
-    run hid (its emulated transfer time minus its measured wait, scaled down by the factor),
-    assumed to stay the same (it is backward computation the buckets overlap with); the exposed
-    rest adds to the step."""
-    rows = [f"{'link':<11} {'compression':<11} {'MB/step':>8} {'calls':>5} {'hidden ms':>9} "
+    2 (N-1)/N B per node and takes 2 (N-1) latencies per call. The hidden part is what the 2-host
+    run hid behind its backward computation, assumed to stay the same at N nodes: its emulated
+    transfer time minus the wait the link caused (the measured wait less the wait of the uncapped
+    control run, the machine's load and the ranks' imbalance; all of the wait without one), scaled
+    down by the factor. The exposed rest of the all-reduce adds to the step."""
+    rows = [f"{'link':<11} {'compression':<11} {'MB/step':>8} {'calls':>5} {'link wait s':>11} {'hidden ms':>9} "
             + " ".join(f"{f'{n} nodes':>9}" for n in NODES)]
     for res in results:
         rate_bits = LINKS_GBIT[res["link"]] * 1e9
+        control = res.get("uncapped", {}).get("comm_wait_s", 0.0)
         for compression, two in res["two"].items():
             transfer2 = two["comm_bytes"] * 8 / (rate_bits / res["factor"])  # emulated seconds at 2 hosts
-            hidden = max(0.0, transfer2 - two["comm_wait_s"]) / res["factor"]  # real seconds
-            calls = CALLS[compression == "powersgd"]
+            link_wait = max(0.0, two["comm_wait_s"] - control)
+            hidden = max(0.0, transfer2 - link_wait) / res["factor"]  # real seconds
+            calls = CALLS[compression.startswith("powersgd")]
             cells = []
             for n in NODES:
                 latency = 2 * (n - 1) * calls * LATENCY_S[res["link"]]
@@ -204,7 +233,7 @@ def projection(results: list[dict]) -> str:
                 exposed = max(0.0, comm - hidden)
                 cells.append(f"{GPU_STEP_S / (GPU_STEP_S + exposed):>9.0%}")
             rows.append(f"{res['link']:<11} {compression:<11} {two['comm_bytes'] / 1e6:>8.2f} {calls:>5} "
-                        f"{hidden * 1e3:>9.2f} " + " ".join(cells))
+                        f"{link_wait:>11.3f} {hidden * 1e3:>9.2f} " + " ".join(cells))
     links = ", ".join(f"{k} {v:g} Gbit/s" for k, v in LINKS_GBIT.items())
     assumptions = [
         f"GPU step {GPU_STEP_S * 1e3:g} ms (64 px, batch 16 per GPU); links {links}",
@@ -212,7 +241,8 @@ def projection(results: list[dict]) -> str:
         + ", ".join(f"{k} {v * 1e6:g} us" for k, v in LATENCY_S.items()),
         f"all-reduce calls per step: {CALLS[False]} (G's and D's 2 buckets each: DDP's 1 MB first bucket, then 25 MB),"
         f" {CALLS[True]} with PowerSGD (per bucket: its uncompressed layers, P and Q)",
-        "hidden: the 2-host run's emulated transfer time minus its measured wait, / factor; kept at N nodes",
+        "hidden: the 2-host run's emulated transfer time minus the link's wait (wait - uncapped control's), / factor;"
+        " kept at N nodes",
         "compute per node unchanged (weak scaling, batch 16 per GPU); no stragglers",
     ]
     return "\n".join(rows + ["assumptions:"] + [f"  - {line}" for line in assumptions])
@@ -225,9 +255,12 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=12, help="steps per run")
     parser.add_argument("--log-every", type=int, default=4, help="steps per log interval (the first is left out)")
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--compressions", nargs="+", default=["none", "fp16", "bf16", "powersgd"])
-    parser.add_argument("--powersgd-rank", type=int, default=1)
+    parser.add_argument("--compressions", nargs="+", default=["none", "fp16", "bf16", "powersgd"],
+                        help="run.grad_compression values; powersgd:R for rank R")
+    parser.add_argument("--powersgd-rank", type=int, default=1, help="rank of a plain `powersgd`")
     parser.add_argument("--factor", type=float, help="step time here / 12 ms (default: the first 1-worker run's)")
+    parser.add_argument("--control", action="store_true",
+                        help="also 2 workers, plain DDP, link uncapped: the wait without the link's part")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--project", nargs="+", metavar="RESULT_JSON", help="only print tables of earlier results")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
@@ -240,6 +273,7 @@ def main() -> int:
     print(f"plan: links {', '.join(args.links)}; per link 1 worker (factor = its step time / "
           f"{GPU_STEP_S * 1e3:g} ms), `cluster/testbed limit host1|host2 RATE`, then 2 workers with "
           f"{', '.join(args.compressions)} and 1 worker between and after; {args.steps} steps at {args.size} px")
+    preflight(args)
     if args.dry_run:
         return 0
     base_env = {**os.environ, "PYTHON": sys.executable,
