@@ -25,6 +25,7 @@ def test_report_of_one_run_is_self_contained(train_cli, capsys):
     assert "data:image/gif;base64," in page  # the fixed-z animation
     assert "<th>swd (real vs real floor)</th>" in page and "<th>recon (training images)</th>" in page
     assert "step 8: held-out images" in page
+    assert "Spearman(M, swd): too few checkpoints (2)" in page  # M against the metric (eval/reports/agreement.py)
     assert "gamma: 0.5" in page  # the config
     run = load(run_dir)
     assert [row["step"] for row in run.metrics["swd"]] == [4, 8]

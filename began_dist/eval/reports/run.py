@@ -25,6 +25,7 @@ from began_dist import storage
 from began_dist.data import load_examples
 from began_dist.data.dataset import to_model_range
 from began_dist.eval.metrics.recon import heldout_images
+from began_dist.eval.reports import agreement
 from began_dist.eval.reports.embed import figure_html, gif_uri, grid_figure, open_image, png_uri, shown_width
 from began_dist.eval.reports.plots import METRICS, metric_names, run_plots
 from began_dist.images import grid_image
@@ -218,6 +219,7 @@ def render(runs: list[Run]) -> str:
     ]
     if metrics:
         parts.append("<div class='grid'>" + "".join(f"<img src='{m}'>" for m in metrics) + "</div>")
+        parts += [agreement.run_note(run.stats, run.metrics) for run in runs]
     else:
         parts.append(
             "<p class='note'>No metric-*.jsonl yet: run <code>began-dist eval RUN_DIR</code> "

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import yaml
 
 from began_dist import storage
+from began_dist.eval.reports import agreement
 from began_dist.eval.reports import run as run_report
 from began_dist.eval.reports.plots import figure_uri, run_plots
 from began_dist.tune.spec import read_saved_spec
@@ -96,6 +97,7 @@ def render(sweep_dir: str) -> str:
         f"written {time.strftime('%Y-%m-%d %H:%M:%S')}</p>",
         "<h2>Results (best first)</h2>",
         _table(rows),
+        agreement.sweep_note(rows, spec.metric, spec.mode),
         "<p class='note'>Last reported values. M is confounded across gamma and Nh (at equilibrium M is about "
         "L(x)); SWD (x1e3, lower is better) compares sample quality across them.</p>",
         "<h2>Objective and SWD against the searched keys</h2>",
