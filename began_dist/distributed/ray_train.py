@@ -8,7 +8,8 @@ rule. Without `run.address` a local Ray cluster is started on 127.0.0.1 and
 stopped afterwards. Checkpoints live once, in RUN_DIR/checkpoints (on a shared
 filesystem or an object store every node reaches), so `--resume RUN_DIR` (any worker
 count) and worker-failure restarts continue from the newest one. Ray's own storage
-(its run state) is RUN_DIR/ray, a URI when the run directory is one.
+(its run state) is RUN_DIR/ray, a URI when the run directory is one. With run.min_workers <
+run.workers the worker group follows the cluster within that range (distributed/elastic.py).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def worker_entry(config: dict, ray_checkpoints: bool = False, token: str = "") -
     import ray
     import ray.train.torch
 
-    from began_dist.distributed import comm
+    from began_dist.distributed import comm, elastic
     from began_dist.distributed.reporting import RayTrainReporter
     from began_dist.train.loop import Trainer, run_trainer
 
@@ -106,6 +107,8 @@ def worker_entry(config: dict, ray_checkpoints: bool = False, token: str = "") -
             return RunResult(Status.refused, run_dir=config["run"]["dir"],
                              message=f"run.gpus_per_worker: ranks share a CUDA device (node, GPU per rank): {where}")
     trainer = Trainer(config, RayTrainReporter(ray_checkpoints), device=device)
+    if trainer.rank == 0 and elastic.is_elastic(trainer.cfg.run):  # why this worker group started, into log.txt
+        trainer.notes.append(elastic.resize_note(trainer.run_dir))
     # A non-finite loss is returned as a status, not raised: Ray retries every exception,
     # and a NaN run would only NaN again.
     result = run_trainer(trainer, progress=False)
@@ -286,16 +289,20 @@ def check_placement(run, wait_s: float = AUTOSCALER_WAIT_S) -> None:
     """
     import ray
 
+    from began_dist.distributed.elastic import worker_range
+
     def alive() -> list[dict]:
         return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
     bundle = worker_bundle(run)
     nodes = alive()
-    if placeable_workers(nodes, bundle, run.placement_strategy) >= run.workers:
+    need, most = worker_range(run)  # an elastic run starts with what fits, if that is its minimum
+    if placeable_workers(nodes, bundle, run.placement_strategy) >= need:
         return
-    key = "run.placement_strategy=STRICT_SPREAD" if run.placement_strategy == "STRICT_SPREAD" else "run.workers"
+    key = "run.placement_strategy=STRICT_SPREAD" if run.placement_strategy == "STRICT_SPREAD" else (
+        "run.workers" if need == most else "run.min_workers")
     if autoscaler_status() is None:
-        raise ConfigError(f"{key}: {describe_placement(nodes, bundle, run.workers, run.placement_strategy)}")
+        raise ConfigError(f"{key}: {describe_placement(nodes, bundle, need, run.placement_strategy)}")
     from ray.autoscaler.sdk import request_resources
 
     def observe() -> tuple[int, int]:
@@ -311,14 +318,14 @@ def check_placement(run, wait_s: float = AUTOSCALER_WAIT_S) -> None:
         print(f"began-dist: {message}", file=sys.stderr, flush=True)
 
     started = time.monotonic()
-    request_resources(bundles=[{k: float(v) for k, v in bundle.items()}] * run.workers)
+    request_resources(bundles=[{k: float(v) for k, v in bundle.items()}] * most)
     try:
-        placeable = wait_for_autoscaler(observe, run.workers, say, wait_s=wait_s)
+        placeable = wait_for_autoscaler(observe, need, say, wait_s=wait_s)
     finally:
         request_resources(bundles=[])  # the placement group Ray Train makes next keeps the demand
-    if placeable < run.workers:
+    if placeable < need:
         raise ConfigError(
-            f"{key}: {describe_placement(alive(), bundle, run.workers, run.placement_strategy)} "
+            f"{key}: {describe_placement(alive(), bundle, need, run.placement_strategy)} "
             f"after waiting {time.monotonic() - started:.0f} s for the autoscaler (it launches nodes "
             f"up to its max_workers, for node types that fit a worker)"
         )
@@ -351,7 +358,12 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from began_dist.distributed import elastic
+
     use_gpu = run.gpus_per_worker > 0
+    # an elastic run's monitor counts run.max_failures itself, without the nodes lost (distributed/elastic.py)
+    monitor = [elastic.ElasticMonitor(run.dir, run.max_failures, run.resize_interval_s, *elastic.worker_range(run))
+               ] if elastic.is_elastic(run) else []
     started_here = connect(run.address)
     try:
         check_placement(run)
@@ -362,7 +374,8 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
             train_loop_config=to_container(cfg),
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             scaling_config=ScalingConfig(
-                num_workers=run.workers,
+                num_workers=elastic.scaling_workers(run),
+                elastic_resize_monitor_interval_s=run.resize_interval_s,
                 use_gpu=use_gpu,
                 resources_per_worker=resources,
                 placement_strategy=run.placement_strategy,
@@ -372,10 +385,11 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
                 storage_path=ray_path,
                 storage_filesystem=ray_fs,
                 failure_config=FailureConfig(
-                    max_failures=run.max_failures, controller_failure_limit=run.controller_failure_limit
+                    max_failures=-1 if elastic.is_elastic(run) else run.max_failures,
+                    controller_failure_limit=run.controller_failure_limit,
                 ),
                 checkpoint_config=CheckpointConfig(num_to_keep=run.checkpoints_to_keep),
-                callbacks=list(callbacks),
+                callbacks=[*callbacks, *monitor],
             ),
         )
         try:
