@@ -5,8 +5,8 @@ import pytest
 from helpers import TINY
 
 from began_dist.cli import main
-from began_dist.config import ConfigError, load_config
-from began_dist.distributed.elastic import scaling_workers, worker_range
+from began_dist.config import ConfigError, load_config, worker_range
+from began_dist.distributed.elastic import scaling_workers
 
 
 @pytest.mark.parametrize(

@@ -117,6 +117,11 @@ def _check_run(r: DictConfig, batch_size: int) -> None:
         raise ConfigError(f"run.bucket_cap_mb={r.bucket_cap_mb}: must be positive")
 
 
+def worker_range(run: DictConfig) -> tuple[int, int]:
+    """(fewest, most) Ray Train workers of a run: run.min_workers..run.workers; min_workers unset: a fixed size."""
+    return (run.workers if run.min_workers is None else run.min_workers), run.workers
+
+
 def _check_worker_range(r: DictConfig, batch_size: int) -> None:
     """run.min_workers..run.workers: an elastic run may train with any count in the range, and each one
     must split the global batch evenly (docs/design.md, the data-parallel rule), so every step sees the

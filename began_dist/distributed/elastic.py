@@ -32,6 +32,7 @@ from typing import Optional, Union
 from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
 
 from began_dist import storage
+from began_dist.config import worker_range
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +42,6 @@ RESIZE_NOTE = ".began-dist-resize"  # RUN_DIR/<this>: why the current worker gro
 DEATH_WAIT_S = 120.0
 COORDINATOR_TIMEOUT_S = 5.0
 REFRESH_MIN_S = 2.0  # Ray Train polls the workers every 2 s (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S)
-
-
-def worker_range(run) -> tuple[int, int]:
-    """(fewest, most) workers of a run: (run.min_workers, run.workers); min_workers unset is a fixed size."""
-    return (run.workers if run.min_workers is None else run.min_workers), run.workers
 
 
 def is_elastic(run) -> bool:
@@ -59,10 +55,24 @@ def scaling_workers(run) -> Union[int, tuple[int, int]]:
     return (low, high) if low < high else high
 
 
-def resize_note(run_dir: str) -> str:
-    """What the controller wrote about the current worker group's start ('' when nothing)."""
+def scaling(run) -> tuple[Union[int, tuple[int, int]], int, list]:
+    """(ScalingConfig's num_workers, FailureConfig's max_failures, Ray Train callbacks) of a run.
+
+    An elastic run's monitor counts run.max_failures itself, without the nodes lost, so Ray's own
+    count is unbounded (-1).
+    """
+    if not is_elastic(run):
+        return run.workers, run.max_failures, []
+    return scaling_workers(run), -1, [ElasticMonitor(run.dir, run.max_failures, run.resize_interval_s,
+                                                     *worker_range(run))]
+
+
+def resize_note(trainer) -> str:
+    """For rank 0 of an elastic run: what the controller wrote about this worker group's start ('' else)."""
+    if trainer.rank != 0 or not is_elastic(trainer.cfg.run):
+        return ""
     try:
-        return storage.read_text(storage.join(run_dir, RESIZE_NOTE)).strip()
+        return storage.read_text(storage.join(trainer.run_dir, RESIZE_NOTE)).strip()
     except (OSError, storage.StorageError):
         return ""
 
@@ -176,9 +186,15 @@ class ElasticMonitor(ControllerCallback, WorkerGroupCallback):
     def _failed(self, error: BaseException) -> None:
         from ray.train.v2.api.exceptions import PreemptionError
 
-        preempted = isinstance(error, PreemptionError) or _preempted_worker(error)
-        lost = {} if preempted else self._lost_nodes()
-        if preempted:
+        if isinstance(error, PreemptionError):  # Ray restarts at the drain deadline: wait for the node to go
+            gone = error.preemption_info.preempted_node_ids
+            self._wait_gone(gone)
+            where = ", ".join(sorted(self.nodes.get(node, node[:12]) for node in gone))
+            self.cause = f"node {where} was preempted (not counted against run.max_failures)"
+            refresh_node_view()
+            return
+        lost = self._lost_nodes()
+        if _preempted_worker(error):
             self.cause = "a node was preempted (not counted against run.max_failures)"
         elif lost:
             where = ", ".join(sorted(lost.values()))
@@ -219,3 +235,11 @@ class ElasticMonitor(ControllerCallback, WorkerGroupCallback):
                 time.sleep(1.0)
         alive = alive_nodes()
         return {node: ip for node, ip in self.nodes.items() if node not in alive}
+
+    @staticmethod
+    def _wait_gone(nodes: list[str]) -> None:
+        """Wait (bounded) until Ray no longer counts `nodes` alive: a draining node still counts, and a
+        group sized with it would wait for its placement."""
+        deadline = time.monotonic() + DEATH_WAIT_S
+        while set(nodes) & set(alive_nodes()) and time.monotonic() < deadline:
+            time.sleep(1.0)

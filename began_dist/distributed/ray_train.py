@@ -8,8 +8,7 @@ rule. Without `run.address` a local Ray cluster is started on 127.0.0.1 and
 stopped afterwards. Checkpoints live once, in RUN_DIR/checkpoints (on a shared
 filesystem or an object store every node reaches), so `--resume RUN_DIR` (any worker
 count) and worker-failure restarts continue from the newest one. Ray's own storage
-(its run state) is RUN_DIR/ray, a URI when the run directory is one. With run.min_workers <
-run.workers the worker group follows the cluster within that range (distributed/elastic.py).
+(its run state) is RUN_DIR/ray, a URI when the run directory is one.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import sys
 import time
 
 from began_dist import storage
-from began_dist.config import ConfigError, to_container
+from began_dist.config import ConfigError, to_container, worker_range
 from began_dist.train.result import RunResult, Status
 
 RAY_RUN_NAME = "train"  # fixed, so fitting again with the same storage path resumes
@@ -107,8 +106,7 @@ def worker_entry(config: dict, ray_checkpoints: bool = False, token: str = "") -
             return RunResult(Status.refused, run_dir=config["run"]["dir"],
                              message=f"run.gpus_per_worker: ranks share a CUDA device (node, GPU per rank): {where}")
     trainer = Trainer(config, RayTrainReporter(ray_checkpoints), device=device)
-    if trainer.rank == 0 and elastic.is_elastic(trainer.cfg.run):  # why this worker group started, into log.txt
-        trainer.notes.append(elastic.resize_note(trainer.run_dir))
+    trainer.notes.append(elastic.resize_note(trainer))  # an elastic run: why this worker group started
     # A non-finite loss is returned as a status, not raised: Ray retries every exception,
     # and a NaN run would only NaN again.
     result = run_trainer(trainer, progress=False)
@@ -289,8 +287,6 @@ def check_placement(run, wait_s: float = AUTOSCALER_WAIT_S) -> None:
     """
     import ray
 
-    from began_dist.distributed.elastic import worker_range
-
     def alive() -> list[dict]:
         return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
@@ -299,8 +295,8 @@ def check_placement(run, wait_s: float = AUTOSCALER_WAIT_S) -> None:
     need, most = worker_range(run)  # an elastic run starts with what fits, if that is its minimum
     if placeable_workers(nodes, bundle, run.placement_strategy) >= need:
         return
-    key = "run.placement_strategy=STRICT_SPREAD" if run.placement_strategy == "STRICT_SPREAD" else (
-        "run.workers" if need == most else "run.min_workers")
+    key = ("run.placement_strategy=STRICT_SPREAD" if run.placement_strategy == "STRICT_SPREAD"
+           else "run.workers" if need == most else "run.min_workers")
     if autoscaler_status() is None:
         raise ConfigError(f"{key}: {describe_placement(nodes, bundle, need, run.placement_strategy)}")
     from ray.autoscaler.sdk import request_resources
@@ -358,12 +354,10 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from began_dist.distributed import elastic
+    from began_dist.distributed.elastic import scaling
 
     use_gpu = run.gpus_per_worker > 0
-    # an elastic run's monitor counts run.max_failures itself, without the nodes lost (distributed/elastic.py)
-    monitor = [elastic.ElasticMonitor(run.dir, run.max_failures, run.resize_interval_s, *elastic.worker_range(run))
-               ] if elastic.is_elastic(run) else []
+    workers, max_failures, monitor = scaling(run)  # a fixed size, or an elastic range and its monitor
     started_here = connect(run.address)
     try:
         check_placement(run)
@@ -374,7 +368,7 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
             train_loop_config=to_container(cfg),
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             scaling_config=ScalingConfig(
-                num_workers=elastic.scaling_workers(run),
+                num_workers=workers,
                 elastic_resize_monitor_interval_s=run.resize_interval_s,
                 use_gpu=use_gpu,
                 resources_per_worker=resources,
@@ -385,8 +379,7 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
                 storage_path=ray_path,
                 storage_filesystem=ray_fs,
                 failure_config=FailureConfig(
-                    max_failures=-1 if elastic.is_elastic(run) else run.max_failures,
-                    controller_failure_limit=run.controller_failure_limit,
+                    max_failures=max_failures, controller_failure_limit=run.controller_failure_limit
                 ),
                 checkpoint_config=CheckpointConfig(num_to_keep=run.checkpoints_to_keep),
                 callbacks=[*callbacks, *monitor],
