@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from began_dist.distributed.ray_train import placeable_workers
+from began_dist.distributed.placement import placeable_workers
 
 CLUSTER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cluster")
 

@@ -1,9 +1,9 @@
-"""run.grad_compression: PyTorch's DDP communication hooks on two real gloo processes (127.0.0.1).
+"""run.grad_compression: PyTorch's DDP communication hooks on three real gloo processes (127.0.0.1).
 
-One spawn of 2 processes runs every check (a process group costs seconds to start): the bytes and
+One spawn of 3 processes runs every check (a process group costs seconds to start): the bytes and
 the wait on communication each rank measures, each compression's first-step gradients against plain
-DDP's, PowerSGD sending fewer bytes once it starts, and its state surviving a save / weights_only
-load / resume.
+DDP's, PowerSGD sending fewer bytes once it starts, its state surviving a save / weights_only load /
+resume, and two of the processes continuing the three's checkpoint (an elastic resize).
 """
 
 import json
@@ -22,7 +22,8 @@ from began_dist.config import Config, ConfigError, load_config
 from began_dist.distributed import comm
 from began_dist.families.began import BeganFamily
 
-WORLD, BATCH, NZ, SIZE = 2, 4, 8, 16
+WORLD, BATCH, NZ, SIZE = 3, 6, 8, 16
+FEWER = 2  # the worker count that continues the checkpoint of WORLD workers (an elastic resize)
 # fp16 keeps 11 significant bits, bf16 8: the all-reduced gradient's relative error (L2) stays below these
 TOLERANCE = {"fp16": 2e-3, "bf16": 1.5e-2}
 LATE_S = 0.5  # rank 1's delay before a step (the comm-wait check)
@@ -44,9 +45,9 @@ def distributed(compression, **options):
     return family, sync
 
 
-def rank_batch(step: int):
-    """This rank's half of step `step`'s global batch: different per rank, so the all-reduce matters."""
-    generator = torch.Generator().manual_seed(100 * step + dist.get_rank())
+def rank_batch(step: int, rank: int = -1):
+    """This rank's (or `rank`'s) half of step `step`'s global batch: different per rank, so the all-reduce matters."""
+    generator = torch.Generator().manual_seed(100 * step + (dist.get_rank() if rank < 0 else rank))
     real = torch.rand(BATCH // WORLD, 1, SIZE, SIZE, generator=generator) * 2 - 1
     z = torch.rand(2, BATCH // WORLD, NZ, generator=generator) * 2 - 1
     return real, z
@@ -60,7 +61,7 @@ def weights(family) -> list[torch.Tensor]:
     return [p.detach().clone() for net in (family.G, family.D) for p in net.parameters()]
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _worker(rank: int, port: int, out: str, fewer_port: int) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
@@ -111,11 +112,37 @@ def _worker(rank: int, port: int, out: str) -> None:
         results["resume_notes"] = notes
         results["error_ranks"] = len(saved["powersgd"]["D"]["error"])
         results["iter"] = resumed_sync.states["D"].iter
-        # a checkpoint of another worker count: error feedback reset, the rest kept
-        fewer = {**saved["powersgd"], "world_size": 1}
-        results["reset_notes"] = distributed("powersgd", powersgd_start_step=2)[1].load_state_dict(fewer)
-        if rank == 0:
-            torch.save(results, out)
+        reference = weights(family)  # after steps 4 and 5 on WORLD workers
+    finally:
+        dist.destroy_process_group()
+    if rank < FEWER:  # the same checkpoint continued by FEWER workers, each a slice of the same global batches
+        results.update(_fewer_workers_continue(rank, fewer_port, path, reference))
+    if rank == 0:
+        torch.save(results, out)
+
+
+def _fewer_workers_continue(rank: int, port: int, path: str, reference: list[torch.Tensor]) -> dict:
+    """Another worker count (an elastic resize): the ranks' mean error feedback keeps the updates;
+    zero error feedback (P, Q and the step count kept) moves them."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=FEWER)
+    try:
+        found = {}
+        for name in ("mean", "zero"):
+            saved = torch.load(path, weights_only=True)
+            family, sync = distributed("powersgd", powersgd_start_step=2)
+            family.load_state_dict(saved["family"])
+            if name == "zero":
+                for network in ("G", "D"):
+                    saved["powersgd"][network]["error"] = [{} for _ in range(WORLD)]
+            notes = sync.load_state_dict(saved["powersgd"])
+            share = slice(rank * BATCH // FEWER, (rank + 1) * BATCH // FEWER)
+            for step in (4, 5):
+                parts = [rank_batch(step, r) for r in range(WORLD)]
+                real, z = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts], dim=1)
+                family.train_step(real[share], z[:, share])
+            found[f"{name}_notes"] = notes
+            found[name] = max((a - b).abs().max().item() for a, b in zip(weights(family), reference))
+        return found
     finally:
         dist.destroy_process_group()
 
@@ -129,7 +156,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("comm") / "results.pt")
-    mp.spawn(_worker, args=(free_port(), out), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), out, free_port()), nprocs=WORLD, join=True)
     return torch.load(out, weights_only=False)
 
 
@@ -160,7 +187,15 @@ def test_powersgd_really_compresses_and_its_state_survives_a_resume(results):
     assert results["resumed"] < 1e-7 and results["afresh"] > 1e-5
     assert results["resume_notes"] == []
     assert results["error_ranks"] == WORLD and results["iter"] == 6
-    assert any("reset to zero" in note for note in results["reset_notes"])
+
+
+
+def test_powersgd_state_resumed_by_another_worker_count_keeps_the_updates(results):
+    """An elastic resize: two workers continue three workers' checkpoint, each step's global batch split in two.
+    The ranks' mean error feedback gives the three-worker updates (float order aside); zeroing it does not."""
+    assert any("their mean" in note for note in results["mean_notes"])
+    assert results["mean"] < 1e-6, results["mean"]
+    assert results["zero"] > 100 * max(results["mean"], 1e-9), (results["zero"], results["mean"])
 
 
 @pytest.mark.parametrize("override,key", [
@@ -178,7 +213,7 @@ def test_bad_compression_options_are_refused(override, key):
 @pytest.mark.slow
 def test_powersgd_under_ray_train_checkpoints_every_rank_and_resumes(ray_cluster, tmp_path):
     """The loop's side: 2 Ray Train workers compress, the checkpoint holds both ranks' error feedback, and
-    `--resume` on 2 workers restores it (no reset line in log.txt); stats.jsonl logs the bytes falling."""
+    `--resume` on 2 workers restores it (no other-count line in log.txt); stats.jsonl logs the bytes falling."""
     from helpers import TINY
 
     from began_dist.cli import main
@@ -205,4 +240,4 @@ def test_powersgd_under_ray_train_checkpoints_every_rank_and_resumes(ray_cluster
         assert len(errors) == 2 and errors[0] and not all(torch.equal(errors[0][k], errors[1][k]) for k in errors[0])
     assert main(["train", "--resume", str(run_dir), "train.steps=6"]) == 0
     assert ckpt.load_checkpoint(ckpt.latest_checkpoint(str(run_dir)))["powersgd"]["D"]["iter"] == 6
-    assert "reset to zero" not in (run_dir / "log.txt").read_text()
+    assert "error feedback was saved by" not in (run_dir / "log.txt").read_text()  # same count: restored as is

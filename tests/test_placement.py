@@ -3,13 +3,8 @@
 import pytest
 
 from began_dist.config import ConfigError, load_config
-from began_dist.distributed.ray_train import (
-    cluster_address,
-    describe_placement,
-    placeable_workers,
-    wait_for_autoscaler,
-    worker_bundle,
-)
+from began_dist.distributed.placement import describe_placement, placeable_workers, wait_for_autoscaler, worker_bundle
+from began_dist.distributed.ray_train import cluster_address
 
 SLOT_HOST = {"CPU": 1.0, "train_slot": 1.0, "memory": 2e9}  # a testbed host: one CPU, one slot
 HEAD = {"CPU": 1.0, "memory": 2e9}  # the testbed's head: a CPU for drivers, no slot

@@ -55,6 +55,10 @@ def stats_lines(run_dir):
             {"scheduler": {"type": "pbt", "perturbation_interval": 8}, "workers_per_trial": 2},
             "workers_per_trial: PBT trials run the loop in the trial itself",
         ),
+        (
+            {"scheduler": {"type": "pbt", "perturbation_interval": 8}, "base": {"run.min_workers": 1}},
+            "run.min_workers: a sweep's trials have a fixed worker count (workers_per_trial=1, scheduler.type=pbt)",
+        ),
         ({"scheduler": {"type": "asha", "grace": 8}}, "scheduler.grace: not a setting of the asha scheduler"),
         ({"metric": "fid"}, "metric='fid'"),
         ({"base": {"train.gamma": 3}}, "base: train.gamma=3"),

@@ -26,7 +26,14 @@ from began_dist.config.schema import (
     VaeganModelConfig,
     VaeganTrainConfig,
 )
-from began_dist.config.validate import FAMILY_RULES, FamilyRules, family_rules, register_family_rules, validate
+from began_dist.config.validate import (
+    FAMILY_RULES,
+    FamilyRules,
+    family_rules,
+    register_family_rules,
+    validate,
+    worker_range,
+)
 
 __all__ = [
     "CHOICES",
@@ -51,4 +58,5 @@ __all__ = [
     "resolve_run_dir",
     "to_container",
     "validate",
+    "worker_range",
 ]

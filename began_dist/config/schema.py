@@ -124,7 +124,11 @@ class RunConfig:
     cpus_per_worker: float = 1.0  # Ray: CPUs per worker
     gpus_per_worker: float = 0.0  # Ray: GPUs per worker
     address: str = ""  # Ray cluster address; empty starts a local cluster
-    max_failures: int = 2  # Ray: worker-group restarts before the run fails
+    max_failures: int = 2  # Ray: worker-group restarts before the run fails (an elastic run's node losses not counted)
+    # Elastic range (docs/design.md, "Elastic runs"): at least this many workers, at most run.workers; the run
+    # shrinks when a node is lost and grows back when capacity returns. None: run.workers (a fixed size).
+    min_workers: Optional[int] = None
+    resize_interval_s: float = 60.0  # elastic: seconds between checks for room to grow (Ray's resize monitor)
     controller_failure_limit: int = 3  # Ray: placement failures before the run fails
     # Ray Train (workers > 1): seconds a gloo/NCCL collective may wait for a peer before it fails and the
     # worker group restarts; PyTorch's and Ray's default. A peer cut off for longer is given up on.

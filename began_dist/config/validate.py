@@ -89,10 +89,14 @@ def _check_run(r: DictConfig, batch_size: int) -> None:
     uri_scheme(r.dir, "run.dir", ConfigError)  # before pyarrow sees it (began_dist/uris.py says why)
     if r.workers < 0:
         raise ConfigError(f"run.workers={r.workers}: must be >= 0 (0 = local mode)")
-    if r.workers > 0 and batch_size % r.workers:
+    if r.min_workers is not None:
+        _check_worker_range(r, batch_size)
+    elif r.workers > 0 and batch_size % r.workers:
         raise ConfigError(
             f"train.batch_size={batch_size}: must be divisible by run.workers={r.workers} (global batch split evenly)"
         )
+    if not (r.resize_interval_s >= 0 and math.isfinite(r.resize_interval_s)):
+        raise ConfigError(f"run.resize_interval_s={r.resize_interval_s}: must be a number of seconds >= 0")
     if r.cpus_per_worker <= 0 or r.gpus_per_worker < 0:
         raise ConfigError("run.cpus_per_worker must be > 0 and run.gpus_per_worker >= 0")
     if r.workers > 0 and r.gpus_per_worker > 0 and r.gpus_per_worker != int(r.gpus_per_worker):
@@ -113,6 +117,32 @@ def _check_run(r: DictConfig, batch_size: int) -> None:
         raise ConfigError(f"run.powersgd_min_compression_rate={r.powersgd_min_compression_rate}: must be >= 0")
     if r.bucket_cap_mb <= 0:
         raise ConfigError(f"run.bucket_cap_mb={r.bucket_cap_mb}: must be positive")
+
+
+def worker_range(run: DictConfig) -> tuple[int, int]:
+    """(fewest, most) Ray Train workers of a run: run.min_workers..run.workers; min_workers unset: a fixed size."""
+    return (run.workers if run.min_workers is None else run.min_workers), run.workers
+
+
+def _check_worker_range(r: DictConfig, batch_size: int) -> None:
+    """run.min_workers..run.workers: an elastic run may train with any count in the range, and each one
+    must split the global batch evenly (docs/design.md, the data-parallel rule), so every step sees the
+    same images and latents whatever the count."""
+    if r.min_workers < 1:
+        raise ConfigError(f"run.min_workers={r.min_workers}: must be >= 1 (an elastic run needs a worker)")
+    if r.min_workers > r.workers:
+        raise ConfigError(f"run.min_workers={r.min_workers}: must be <= run.workers={r.workers} (the range's top)")
+    counts = range(r.min_workers, r.workers + 1)
+    uneven = [n for n in counts if batch_size % n]
+    if uneven:
+        even = [n for n in counts if batch_size % n == 0]
+        fits = f"it splits over {', '.join(map(str, even))} workers only" if even else "it splits over none of them"
+        lcm = math.lcm(*counts)
+        raise ConfigError(
+            f"train.batch_size={batch_size}: must split evenly over every worker count from run.min_workers="
+            f"{r.min_workers} to run.workers={r.workers}, not over {', '.join(map(str, uneven))}; {fits}. "
+            f"Narrow the range, or use a multiple of {lcm} (e.g. {lcm * max(1, round(batch_size / lcm))})"
+        )
 
 
 def _check_data(d: DictConfig) -> None:

@@ -226,16 +226,30 @@ class GradientSync:
             rng = entry["rng"]
             state.rng.set_state(("MT19937", rng["keys"].numpy().astype("uint32"), rng["pos"], rng["has_gauss"],
                                  rng["cached"]))
-            error = {}
             if int(saved["world_size"]) == world_size():
                 error = entry["error"][rank()]
             else:
+                error = mean_error(entry["error"])
                 notes.append(
                     f"run.grad_compression=powersgd: {name}'s error feedback was saved by {saved['world_size']} "
-                    f"workers, this run has {world_size()}: reset to zero (P, Q and the step count kept)"
+                    f"workers, this run has {world_size()}: each rank starts from their mean (P, Q and the step "
+                    "count kept), which gives the same all-reduced gradients"
                 )
             self.layouts[name].restore({"p": entry["p"], "q": entry["q"], "error": error})
         return notes
+
+
+def mean_error(per_rank: list[dict]) -> dict:
+    """PowerSGD's error feedback for a new worker count: the saved ranks' mean, on every rank.
+
+    Both of PowerSGD's all-reduces are sums of linear maps of each rank's input M_r = g_r + e_r
+    (gradient plus error feedback), and P's orthogonalisation does not see scale, so the
+    compressed mean gradient depends on the ranks' inputs only through their mean (Vogels et al.
+    2019, Algorithm 1). The data-parallel rule keeps the mean gradient whatever the count, so a
+    mean error on every rank keeps each step's update (up to float summation order).
+    """
+    names = set.intersection(*(set(error) for error in per_rank)) if per_rank else set()
+    return {name: torch.stack([error[name] for error in per_rank]).mean(0) for name in sorted(names)}
 
 
 class _Pass:

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import secrets
 import sys
-import time
 
 from began_dist import storage
 from began_dist.config import ConfigError, to_container
 from began_dist.distributed import refusals
+from began_dist.distributed.placement import check_placement, worker_bundle
 from began_dist.train.result import RunResult, Status
 
 RAY_RUN_NAME = "train"  # fixed, so fitting again with the same storage path resumes
@@ -105,7 +104,7 @@ def worker_entry(config: dict, ray_checkpoints: bool = False, token: str = "") -
     import ray
     import ray.train.torch
 
-    from began_dist.distributed import comm
+    from began_dist.distributed import comm, elastic
     from began_dist.distributed.reporting import RayTrainReporter
     from began_dist.train.loop import Trainer, run_trainer
 
@@ -126,10 +125,13 @@ def worker_entry(config: dict, ray_checkpoints: bool = False, token: str = "") -
                              message=f"run.gpus_per_worker: ranks share a CUDA device (node, GPU per rank): {where}")
     # A non-finite loss is returned as a status, not raised: Ray retries every exception,
     # and a NaN run would only NaN again. A bad shard likewise (distributed/refusals.py).
-    result = refusals.run_refusing_bad_data(
-        lambda: run_trainer(Trainer(config, RayTrainReporter(ray_checkpoints, notes=[note] if note else []),
-                                    device=device), progress=False),
-        config["run"]["dir"], token, ray.train.get_context().get_world_size())
+    def attempt() -> RunResult:
+        trainer = Trainer(config, RayTrainReporter(ray_checkpoints, notes=[note] if note else []), device=device)
+        trainer.notes.append(elastic.resize_note(trainer))  # an elastic run: why this worker group started
+        return run_trainer(trainer, progress=False)
+
+    result = refusals.run_refusing_bad_data(attempt, config["run"]["dir"], token,
+                                            ray.train.get_context().get_world_size())
     if result.status is Status.done:
         result.debug["worker_nodes"] = comm.gather_objects(ray.get_runtime_context().get_node_id())
     return result
@@ -139,10 +141,6 @@ JOB_API_SCHEMES = ("http://", "https://")
 # How long the placement check waits for an autoscaler to add nodes (cloud GPU nodes take minutes
 # to boot and run their setup commands), and how long it waits while the autoscaler launches
 # nothing before it concludes that no more nodes will come (the v2 autoscaler reconciles every 5 s).
-AUTOSCALER_WAIT_S = 900.0
-AUTOSCALER_IDLE_S = 60.0
-AUTOSCALER_POLL_S = 5.0
-UNBOUNDED = 2**31  # how many workers asking for nothing a node holds
 
 
 def is_job_api_url(address: str) -> bool:
@@ -201,150 +199,6 @@ def connect(address: str) -> bool:
     return True
 
 
-def worker_bundle(run) -> dict:
-    """Every resource one training worker asks Ray for (its placement-group bundle)."""
-    bundle = {"CPU": run.cpus_per_worker, **dict(run.worker_resources)}
-    if run.gpus_per_worker > 0:
-        bundle["GPU"] = run.gpus_per_worker
-    return bundle
-
-
-def placeable_workers(nodes: list[dict], bundle: dict, strategy: str = "PACK") -> int:
-    """How many workers asking `bundle` each the nodes (their total resources) can ever hold.
-
-    Every resource in the bundle counts (CPU, GPU, custom ones such as `train_slot`): a node
-    holds floor(have / ask) bundles of the scarcest one. STRICT_SPREAD places at most one worker
-    per node, STRICT_PACK all of them on one node (Ray's placement-group strategies).
-    """
-    asked = {name: float(amount) for name, amount in bundle.items() if float(amount) > 0}
-    per_node = []
-    for node in nodes:
-        fits = [math.floor(float(node.get(name, 0)) / amount + 1e-9) for name, amount in asked.items()]
-        per_node.append(min(fits) if fits else UNBOUNDED)
-    if strategy == "STRICT_SPREAD":
-        return sum(min(count, 1) for count in per_node)
-    if strategy == "STRICT_PACK":
-        return max(per_node, default=0)
-    return min(sum(per_node), UNBOUNDED)
-
-
-def describe_placement(nodes: list[dict], bundle: dict, workers: int, strategy: str) -> str:
-    """'cannot place N workers x ...: the cluster has ...', naming every resource asked for."""
-    custom = [name for name in bundle if name not in ("CPU", "GPU")]
-    asked = f"{workers} workers x {bundle['CPU']} CPU, {bundle.get('GPU', 0.0)} GPU"
-    asked += "".join(f", {bundle[name]:g} {name}" for name in custom)
-    totals = {name: sum(float(node.get(name, 0)) for node in nodes) for name in ("CPU", "GPU", *custom)}
-    has = f"the cluster has {totals['CPU']:g} CPU and {totals['GPU']:g} GPU"
-    has += "".join(f" and {totals[name]:g} {name}" for name in custom)
-    room = placeable_workers(nodes, bundle, strategy)
-    where = "on separate nodes" if strategy == "STRICT_SPREAD" else "on one node" if strategy == "STRICT_PACK" else ""
-    return (
-        f"cannot place {asked}{' ' + where if where else ''}: {has} on {len(nodes)} node(s), "
-        f"room for {min(room, workers)} of them"
-    )
-
-
-def wait_for_autoscaler(
-    observe,
-    workers: int,
-    say,
-    *,
-    wait_s: float = AUTOSCALER_WAIT_S,
-    idle_s: float = AUTOSCALER_IDLE_S,
-    poll_s: float = AUTOSCALER_POLL_S,
-    clock=time.monotonic,
-    sleep=time.sleep,
-) -> int:
-    """Poll `observe()` -> (workers placeable now, nodes the autoscaler is launching) until every
-    worker fits, `wait_s` passes, or the autoscaler has launched nothing for `idle_s`; returns
-    the last count of placeable workers. Every wait is bounded."""
-    started = clock()
-    last_busy = started
-    shown = None
-    while True:
-        placeable, launching = observe()
-        now = clock()
-        if placeable >= workers:
-            return placeable
-        if launching:
-            last_busy = now
-        if (placeable, launching) != shown:
-            say(
-                f"waiting for the autoscaler: {placeable} of {workers} workers placeable, "
-                f"{launching} node(s) launching (up to {wait_s:g} s)"
-            )
-            shown = (placeable, launching)
-        if now - started >= wait_s or now - last_busy >= idle_s:
-            return placeable
-        sleep(poll_s)
-
-
-def autoscaler_status():
-    """The v2 autoscaler's view of this cluster (`ray.autoscaler.v2.sdk`), None without one.
-
-    `ray up` starts Ray's v2 autoscaler by default since Ray 2.50 (KubeRay's in-tree
-    autoscaler may run it too); the GCS records that it runs with it. The v1 autoscaler
-    exposes no such status, so a cluster with it is checked like a fixed one.
-    """
-    import ray
-    from ray.autoscaler.v2.sdk import get_cluster_status
-    from ray.autoscaler.v2.utils import is_autoscaler_v2
-
-    try:
-        if not is_autoscaler_v2(fetch_from_server=True):
-            return None
-        return get_cluster_status(ray.get_runtime_context().gcs_address)
-    except Exception:  # no autoscaler state in this GCS: checked like a fixed cluster
-        return None
-
-
-def check_placement(run, wait_s: float = AUTOSCALER_WAIT_S) -> None:
-    """Refuse at once what the cluster can never place, instead of waiting forever.
-
-    With an autoscaler, ask it for the workers' bundles (`ray.autoscaler.sdk.request_resources`,
-    so it starts nodes before Ray Train's placement group exists) and wait a bounded time for
-    them; refuse when the bound passes or the autoscaler stops launching nodes.
-    """
-    import ray
-
-    def alive() -> list[dict]:
-        return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-
-    bundle = worker_bundle(run)
-    nodes = alive()
-    if placeable_workers(nodes, bundle, run.placement_strategy) >= run.workers:
-        return
-    key = "run.placement_strategy=STRICT_SPREAD" if run.placement_strategy == "STRICT_SPREAD" else "run.workers"
-    if autoscaler_status() is None:
-        raise ConfigError(f"{key}: {describe_placement(nodes, bundle, run.workers, run.placement_strategy)}")
-    from ray.autoscaler.sdk import request_resources
-
-    def observe() -> tuple[int, int]:
-        status = autoscaler_status()
-        launching = (
-            0
-            if status is None
-            else (sum(launch.count for launch in status.pending_launches) + len(status.pending_nodes))
-        )
-        return placeable_workers(alive(), bundle, run.placement_strategy), launching
-
-    def say(message: str) -> None:
-        print(f"began-dist: {message}", file=sys.stderr, flush=True)
-
-    started = time.monotonic()
-    request_resources(bundles=[{k: float(v) for k, v in bundle.items()}] * run.workers)
-    try:
-        placeable = wait_for_autoscaler(observe, run.workers, say, wait_s=wait_s)
-    finally:
-        request_resources(bundles=[])  # the placement group Ray Train makes next keeps the demand
-    if placeable < run.workers:
-        raise ConfigError(
-            f"{key}: {describe_placement(alive(), bundle, run.workers, run.placement_strategy)} "
-            f"after waiting {time.monotonic() - started:.0f} s for the autoscaler (it launches nodes "
-            f"up to its max_workers, for node types that fit a worker)"
-        )
-
-
 def ray_storage(run_dir: str):
     """(storage_path, storage_filesystem) of Ray's run state, RUN_DIR/ray.
 
@@ -358,6 +212,21 @@ def ray_storage(run_dir: str):
     return inner, fs
 
 
+def run_config(run, max_failures: int, callbacks: list):
+    """Ray Train's RunConfig of a run: its storage (RUN_DIR/ray), failure budget and checkpoints kept."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    ray_path, ray_fs = ray_storage(run.dir)
+    return RunConfig(
+        name=RAY_RUN_NAME,
+        storage_path=ray_path,
+        storage_filesystem=ray_fs,
+        failure_config=FailureConfig(max_failures=max_failures, controller_failure_limit=run.controller_failure_limit),
+        checkpoint_config=CheckpointConfig(num_to_keep=run.checkpoints_to_keep),
+        callbacks=callbacks,
+    )
+
+
 def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
     """Train `cfg` with `cfg.run.workers` Ray Train workers; returns rank 0's RunResult
     (status failed when Ray gives up: workers failed more than run.max_failures times).
@@ -369,15 +238,17 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
     if not cluster_address(run.address):
         # A local cluster: keep every process on 127.0.0.1. Ray reads this when first imported.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train import ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from began_dist.distributed.elastic import scaling
+
     use_gpu = run.gpus_per_worker > 0
+    workers, max_failures, monitor = scaling(run)  # a fixed size, or an elastic range and its monitor
     started_here = connect(run.address)
     try:
         check_placement(run)
         resources = worker_bundle(run)
-        ray_path, ray_fs = ray_storage(run.dir)
         token = mark_run_dir(run.dir)
         trainer = TorchTrainer(
             functools.partial(worker_entry, ray_checkpoints=bool(callbacks), token=token),
@@ -386,21 +257,13 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
             # worker group restarts instead of hanging until Ray's health check removes the node.
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=run.collective_timeout_s),
             scaling_config=ScalingConfig(
-                num_workers=run.workers,
+                num_workers=workers,
+                elastic_resize_monitor_interval_s=run.resize_interval_s,
                 use_gpu=use_gpu,
                 resources_per_worker=resources,
                 placement_strategy=run.placement_strategy,
             ),
-            run_config=RunConfig(
-                name=RAY_RUN_NAME,
-                storage_path=ray_path,
-                storage_filesystem=ray_fs,
-                failure_config=FailureConfig(
-                    max_failures=run.max_failures, controller_failure_limit=run.controller_failure_limit
-                ),
-                checkpoint_config=CheckpointConfig(num_to_keep=run.checkpoints_to_keep),
-                callbacks=list(callbacks),
-            ),
+            run_config=run_config(run, max_failures, [*callbacks, *monitor]),
         )
         try:
             result = trainer.fit()

@@ -72,6 +72,7 @@ class Trainer(RunDirWrites):
         self.family.distribute(lambda network: self.sync.wrap(network, self._network_name(network)))
         self.comm_state: dict = {}  # PowerSGD's state for the next checkpoint (gathered by every rank)
         self.comm_notes: list[str] = []  # what resuming the comm hooks' state had to say (log.txt)
+        self.notes: list[str] = []  # the launcher's lines for log.txt after the banner (e.g. an elastic resize)
         self.dataset = build_dataset(cfg)
         self.sampler = GlobalBatchSampler(len(self.dataset), batch, seed, self.rank, self.world)
         self.latents = LatentSource(seed, self.family.latent_size, batch, self.rank, self.world)
@@ -161,7 +162,7 @@ class Trainer(RunDirWrites):
         self.lr_control.apply(*self.family.optimizers)
         log = self._open_log(progress)
         log.info(self._banner(resumed_from))
-        for note in (*self.reporter.notes, *self.comm_notes):
+        for note in filter(None, (*self.reporter.notes, *self.notes, *self.comm_notes)):
             log.info(note)
         snapshot = torch.arange(min(FIXED_SAMPLES, len(self.dataset)))
         snapshot_real = to_model_range(self.dataset.batch(snapshot), self.device)

@@ -175,6 +175,14 @@ def base_config(spec: SweepSpec, config_overrides: list[str]) -> DictConfig:
         if key in SWEEP_OWNED:
             raise ConfigError(f"base.{key}: set by the sweep (use run.dir= on the command line for the sweep root)")
     base_items = [f"{key}={_dotlist_value(value)}" for key, value in spec.base.items()]
+    if any(item.split("=", 1)[0].strip() == "run.min_workers" for item in [*base_items, *config_overrides]):
+        # Tune places each trial at a fixed size, and PBT's exploits copy checkpoints between trials:
+        # an elastic range (began_dist/distributed/elastic.py) belongs to `began-dist train`.
+        raise ConfigError(
+            f"run.min_workers: a sweep's trials have a fixed worker count (workers_per_trial="
+            f"{spec.workers_per_trial}, scheduler.type={spec.scheduler_type}); elastic ranges are for "
+            "`began-dist train`: leave run.min_workers unset"
+        )
     try:
         return load_config(None, [*base_items, *config_overrides])
     except ConfigError as error:

@@ -190,7 +190,7 @@ def trial_resources(spec: SweepSpec) -> dict:
 
 def check_trial_placement(spec: SweepSpec, base: DictConfig) -> None:
     """Refuse a trial the cluster can never place, naming the spec key (not wait forever)."""
-    from began_dist.distributed.ray_train import check_placement
+    from began_dist.distributed.placement import check_placement
 
     run = base.run.copy()
     run.workers = spec.workers_per_trial
