@@ -77,12 +77,13 @@ def quiet_report_lines() -> None:
     logging.getLogger(context.__file__).addFilter(_NoReportLines())
 
 
-def worker_entry(config: dict, ray_checkpoints: bool = False, token: str = "") -> RunResult:
+def worker_entry(config: dict, ray_checkpoints: bool = False, token: str = "", stop_flag=None) -> RunResult:
     """What each Ray Train worker runs; rank 0's RunResult is the run's.
 
     `ray_checkpoints`: hand checkpoints to Ray too (a nested Tune trial; distributed/reporting.py).
     `token`: the driver's mark in RUN_DIR (mark_run_dir); a run directory this node cannot see
-    is a refusal returned as a status, which Ray does not retry.
+    is a refusal returned as a status, which Ray does not retry. `stop_flag`: the driver's StopFlag
+    (distributed/stops.py), which rank 0 reads at each stop point.
     """
     import ray
     import ray.train.torch
@@ -105,7 +106,7 @@ def worker_entry(config: dict, ray_checkpoints: bool = False, token: str = "") -
         if len(set(where)) < len(where):
             return RunResult(Status.refused, run_dir=config["run"]["dir"],
                              message=f"run.gpus_per_worker: ranks share a CUDA device (node, GPU per rank): {where}")
-    trainer = Trainer(config, RayTrainReporter(ray_checkpoints), device=device)
+    trainer = Trainer(config, RayTrainReporter(ray_checkpoints, stop_flag), device=device)
     # A non-finite loss is returned as a status, not raised: Ray retries every exception,
     # and a NaN run would only NaN again.
     result = run_trainer(trainer, progress=False)
@@ -351,14 +352,18 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from began_dist.distributed.stops import DriverStops, WorkerSignals
+
     use_gpu = run.gpus_per_worker > 0
     started_here = connect(run.address)
     try:
         check_placement(run)
         resources = worker_bundle(run)
         ray_path, ray_fs = ray_storage(run.dir)
+        stops = DriverStops()  # SIGINT/SIGTERM: the workers save the last completed step, exit 130
         trainer = TorchTrainer(
-            functools.partial(worker_entry, ray_checkpoints=bool(callbacks), token=mark_run_dir(run.dir)),
+            functools.partial(worker_entry, ray_checkpoints=bool(callbacks), token=mark_run_dir(run.dir),
+                              stop_flag=stops.flag),
             train_loop_config=to_container(cfg),
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             scaling_config=ScalingConfig(
@@ -375,11 +380,11 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
                     max_failures=run.max_failures, controller_failure_limit=run.controller_failure_limit
                 ),
                 checkpoint_config=CheckpointConfig(num_to_keep=run.checkpoints_to_keep),
-                callbacks=list(callbacks),
+                callbacks=[*callbacks, WorkerSignals()],
             ),
         )
         try:
-            result = trainer.fit()
+            result = stops.fit(trainer)
         except TrainingFailedError as error:
             return RunResult(Status.failed, run_dir=run.dir, message=f"Ray Train gave up: {error}")
         if isinstance(result.return_value, RunResult):

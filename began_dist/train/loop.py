@@ -45,6 +45,7 @@ from began_dist.train.logging import RunLogger
 from began_dist.train.reporting import Reporter
 from began_dist.train.result import RunResult, Status
 from began_dist.train.resume import choose_checkpoint, decide_memory_format
+from began_dist.train.stops import StopPoints, listening
 
 FIXED_SAMPLES = 64  # images in the G(z_fixed) grids
 
@@ -85,6 +86,9 @@ class Trainer:
         self.guard = NonFiniteGuard(self.logged, self.device)
         self.last_stats: dict = {}
         self.last_checkpoint: Optional[str] = None
+        self.saved_step = -1  # the step of the last checkpoint this run wrote
+        # Stop points: signals and drain notices, agreed by every rank (train/stops.py); every step in local mode.
+        self.stops = StopPoints(self.reporter, cfg.run.stop_check_every if cfg.run.workers > 0 else 1, self.device)
         self.storage_failure: Optional[str] = None  # rank 0's first failed write, until the next storage check
         # An object-store run directory receives checkpoints in the background (rank 0 only writes).
         self.uploads = None if storage.is_local(self.run_dir) else storage.BackgroundWriter()
@@ -137,6 +141,7 @@ class Trainer:
                 )
         self._check_storage()  # before Ray or Tune is handed a checkpoint that was not written
         self.reporter.report({**(metrics or {"step": self.step}), **self.eval_latest}, path)
+        self.saved_step = self.step
 
     def restore_latest(self) -> Optional[str]:
         if self.resume_error:
@@ -183,7 +188,7 @@ class Trainer:
         self._totals = torch.zeros(len(self.logged), device=self.device)
         self._interval_steps, self._interval_start, self._last_record = 0, time.perf_counter(), None
         try:
-            with stop_requests() as stop:
+            with stop_requests() as stop, listening():
                 while self.step < t.steps:
                     self._totals += self._one_step()
                     self._interval_steps += 1
@@ -240,10 +245,7 @@ class Trainer:
             self.save(record if record and record["step"] == done else None)
             log.info(f"step {done}: checkpoint {self.last_checkpoint}")
             log.flush()
-        if stop.is_set():
-            self.save()
-            log.info(f"interrupted at step {done}: checkpoint {self.last_checkpoint}")
-            raise Interrupted(f"interrupted at step {done}; resume with --resume {self.run_dir}")
+        self.stops.after_step(self, log, stop)
 
     def _log_interval(self, log: RunLogger) -> None:
         """The means of the interval just ended into the logs (and the reporter, off checkpoint steps)."""
