@@ -15,7 +15,6 @@ import threading
 import time
 import uuid
 
-import psutil
 import pytest
 import torch
 from helpers import TINY
@@ -51,6 +50,14 @@ def wait_for(condition, what: str, timeout: float = 240, every: float = 0.1):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def alive_pid(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def stats_steps(run_dir) -> list[int]:
     with open(os.path.join(run_dir, "stats.jsonl")) as handle:
         return [json.loads(line)["step"] for line in handle]
@@ -72,6 +79,12 @@ def assert_bitwise(run_dir, reference) -> None:
         for name, tensor in reference[net].items():
             assert torch.equal(tensor, mine[net][name]), (net, name)
     assert torch.equal(reference["k_t"], mine["k_t"])
+
+
+def job_submitted(command: list[str]):
+    """The finished `ray job submit`, or None while the head's job agent is not up yet (a loaded machine)."""
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    return None if "No available agent" in done.stdout + done.stderr else done
 
 
 def resumed_steps(log: str) -> list[int]:
@@ -104,7 +117,7 @@ def test_sigterm_to_one_worker_saves_and_the_run_goes_on(ray_cluster, undisturbe
         wait_for(lambda: ckpt.list_checkpoints(str(run_dir)), "the first checkpoint")
         alive = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
         workers = wait_for(lambda: [actor for actor in list_actors(filters=alive, detail=True)
-                                    if psutil.pid_exists(actor.pid)], "the workers")  # fmt: skip
+                                    if alive_pid(actor.pid)], "the workers")  # fmt: skip
         os.kill(workers[0].pid, signal.SIGTERM)  # as a node that shuts down sends it
     finally:
         fit.join(timeout=400)  # bounded; the run must not outlive the test
@@ -138,14 +151,12 @@ def test_ctrl_c_and_ray_job_stop_save_then_resume_bitwise(ray_cluster, undisturb
     job_id = f"stop-{uuid.uuid4().hex[:8]}"
     ray = os.path.join(BIN, "ray")
     address = ["--address", ray_cluster.dashboard_url]
-    submit = subprocess.run(
-        [ray, "job", "submit", *address, "--submission-id", job_id, "--no-wait", "--working-dir", REPO,
-         # more than Ray's 3 s between SIGTERM and SIGKILL, for the checkpoint (docs/design.md)
-         "--runtime-env-json", json.dumps({"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "120"}}),
-         "--", "began-dist", "train", "--resume", str(run_dir)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+    submit = [ray, "job", "submit", *address, "--submission-id", job_id, "--no-wait", "--working-dir", REPO,
+              # more than Ray's 3 s between SIGTERM and SIGKILL, for the checkpoint (docs/design.md)
+              "--runtime-env-json", json.dumps({"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "120"}}),
+              "--", "began-dist", "train", "--resume", str(run_dir)]  # fmt: skip
+    submitted = wait_for(lambda: job_submitted(submit), "the job API's agent", timeout=120, every=2)
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     try:
         wait_for(lambda: ckpt.list_checkpoints(str(run_dir))[-1][0] > first, "a checkpoint of the resumed run")
     finally:
@@ -162,3 +173,69 @@ def test_ctrl_c_and_ray_job_stop_save_then_resume_bitwise(ray_cluster, undisturb
     assert resumed_steps(read_log(run_dir)) == [first, second]
     assert stats_steps(run_dir) == list(range(1, STEPS + 1))
     assert_bitwise(run_dir, undisturbed)
+
+
+def alive_slot_hosts(testbed) -> dict:
+    """{ip: host name} of the live hosts that offer a `train_slot` (every host but host0)."""
+    return {host["ip"]: name for name, host in testbed.hosts().items() if host["alive"] and name != "host0"}
+
+
+@pytest.mark.testbed
+@pytest.mark.slow
+def test_drained_then_killed_host_resumes_from_the_just_in_time_checkpoint(testbed):
+    """A spot reclaim: Ray's drain notice (`ray drain-node ... PREEMPTION`), then the host dies. The run
+    writes a checkpoint at the step the notice was seen, Ray restarts on the spare host after the
+    deadline, and no step before the notice is redone."""
+    from began_dist import storage
+
+    if len(alive_slot_hosts(testbed)) < 3:
+        testbed.cli("join", timeout=300)  # spare capacity for the restart
+    env = testbed.client_env()
+    run_dir = storage.join(env["BEGAN_TESTBED_STORE"], f"runs/drain-{uuid.uuid4().hex[:8]}")
+    steps = 60
+    overrides = [*COMMON, f"train.steps={steps}", f"run.dir={run_dir}"]
+    job = subprocess.Popen(
+        ["ray", "job", "submit", "--runtime-env-json",
+         json.dumps({"env_vars": {"RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1"}}),  # Ray's watcher: 5 s
+         "--", "began-dist", "train", *overrides],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    store = {key: env[key] for key in env if key.startswith("AWS_")}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in store.items():
+            patch.setenv(key, value)
+
+        def log() -> str:
+            path = storage.join(run_dir, "log.txt")
+            return storage.read_text(path) if storage.isfile(path) else ""
+
+        try:
+            wait_for(lambda: ckpt.list_checkpoints(run_dir) or job.poll() is not None, "the first checkpoint",
+                     timeout=400, every=1)  # fmt: skip
+            listed = testbed.exec("host0", "ray", "list", "actors", "--format", "json", "--detail",
+                                  "--filter", "class_name=RayTrainWorker", "--filter", "state=ALIVE")  # fmt: skip
+            assert listed.returncode == 0, listed.stderr
+            node = json.loads(listed.stdout)[-1]["node_id"]
+            ip = next(n["node_ip"] for n in testbed.nodes() if n["node_id"] == node)
+            drained = testbed.exec("host0", "ray", "drain-node", "--node-id", node, "--reason",
+                                   "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot reclaim",
+                                   "--deadline-remaining-seconds", "30")  # fmt: skip
+            assert drained.returncode == 0, drained.stdout + drained.stderr
+            notice = wait_for(lambda: re.search(r"step (\d+): drain notice for node \w+ .*: just-in-time "
+                                                r"checkpoint (\S+)", log()), "the just-in-time checkpoint",
+                              timeout=120, every=1)  # fmt: skip
+            testbed.cli("kill", alive_slot_hosts(testbed)[ip])
+            output, _ = job.communicate(timeout=600)
+        finally:
+            job.kill()
+        assert job.returncode == 0, output[-4000:]
+        seen, saved = int(notice.group(1)), notice.group(2)
+        assert saved.endswith(f"step-{seen:08d}.pt")  # the checkpoint of the step where the notice came
+        text = log()
+        (resumed,) = resumed_steps(text)
+        assert seen <= resumed < steps  # no step before the notice redone
+        lines = [json.loads(line) for line in storage.read_text(storage.join(run_dir, "stats.jsonl")).splitlines()]
+    assert [line["step"] for line in lines] == list(range(1, steps + 1))  # every step once
+    last_group = output.rsplit("Started training worker group", 1)[-1]
+    ranks = [line for line in last_group.splitlines() if "world_rank=" in line][:2]
+    assert len(ranks) == 2 and not any(f"ip={ip}," in line for line in ranks)  # the new group left the host
