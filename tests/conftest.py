@@ -98,9 +98,12 @@ def ray_cluster(tmp_path_factory):
     from ray._raylet import Config
 
     Config.initialize("")  # re-read RAY_AUTH_MODE in this process, as Ray's own token setup does
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        dashboard_port = probe.getsockname()[1]
+    def free_port() -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
+
+    dashboard_port = free_port()
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
@@ -109,6 +112,9 @@ def ray_cluster(tmp_path_factory):
             "include_dashboard": True,
             "dashboard_host": "127.0.0.1",
             "dashboard_port": dashboard_port,
+            # The head's agent serves `ray job submit`: not Ray's fixed default port, which another
+            # cluster on this machine may hold (the agent then runs without it: "No available agent").
+            "dashboard_agent_listen_port": free_port(),
         },
     )
     workers = [

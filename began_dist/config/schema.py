@@ -136,6 +136,9 @@ class RunConfig:
     placement_strategy: str = "PACK"  # Ray: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD (one worker per node)
     worker_resources: dict[str, float] = field(default_factory=dict)  # Ray: extra custom resources per worker
     checkpoints_to_keep: int = 3  # most recent checkpoints kept on disk
+    # Ray: steps between stop points, where SIGTERM, Ctrl-C, `ray job stop` and drain notices are agreed on and a
+    # checkpoint of the last completed step is written (docs/design.md, "Stops and preemption"); local mode: every step
+    stop_check_every: int = 10
     # Gradient all-reduce (Ray Train, workers > 1; nothing in local mode), PyTorch's DDP communication hooks:
     grad_compression: str = "none"  # none | fp16 | bf16 (buckets cast for the all-reduce) | powersgd (low rank)
     powersgd_rank: int = 1  # powersgd: rank of each layer's gradient approximation

@@ -56,7 +56,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"model.image_size={m.image_size}: must be a power of two in 16..256 ({IMAGE_SIZES})")
     positive(cfg, "model.filters", "model.nz", "model.nh", "model.convs_per_scale", "model.residual_steps")
     positive(cfg, "train.steps", "train.batch_size", "train.lr", "train.checkpoint_every", "train.log_every")
-    positive(cfg, "train.sample_every", "train.m_stall_window", "run.checkpoints_to_keep")
+    positive(cfg, "train.sample_every", "train.m_stall_window", "run.checkpoints_to_keep", "run.stop_check_every")
     if not 0.0 < t.gamma <= 1.0:
         raise ConfigError(f"train.gamma={t.gamma}: must be in (0, 1]")
     if not 0.0 <= t.lambda_k <= 1.0:

@@ -94,12 +94,13 @@ def quiet_report_lines() -> None:
     logging.getLogger(context.__file__).addFilter(_NoReportLines())
 
 
-def worker_entry(config: dict, ray_checkpoints: bool = False, token: str = "") -> RunResult:
+def worker_entry(config: dict, ray_checkpoints: bool = False, token: str = "", stop_flag=None) -> RunResult:
     """What each Ray Train worker runs; rank 0's RunResult is the run's.
 
     `ray_checkpoints`: hand checkpoints to Ray too (a nested Tune trial; distributed/reporting.py).
     `token`: the driver's mark in RUN_DIR (mark_run_dir); a run directory this node cannot see
-    is a refusal returned as a status, which Ray does not retry.
+    is a refusal returned as a status, which Ray does not retry. `stop_flag`: the driver's StopFlag
+    (distributed/stops.py), which rank 0 reads at each stop point.
     """
     import ray
     import ray.train.torch
@@ -126,7 +127,8 @@ def worker_entry(config: dict, ray_checkpoints: bool = False, token: str = "") -
     # A non-finite loss is returned as a status, not raised: Ray retries every exception,
     # and a NaN run would only NaN again. A bad shard likewise (distributed/refusals.py).
     def attempt() -> RunResult:
-        trainer = Trainer(config, RayTrainReporter(ray_checkpoints, notes=[note] if note else []), device=device)
+        reporter = RayTrainReporter(ray_checkpoints, stop_flag, notes=[note] if note else [])
+        trainer = Trainer(config, reporter, device=device)
         trainer.notes.append(elastic.resize_note(trainer))  # an elastic run: why this worker group started
         return run_trainer(trainer, progress=False)
 
@@ -242,6 +244,7 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from began_dist.distributed.elastic import scaling
+    from began_dist.distributed.stops import DriverStops, WorkerSignals
 
     use_gpu = run.gpus_per_worker > 0
     workers, max_failures, monitor = scaling(run)  # a fixed size, or an elastic range and its monitor
@@ -250,8 +253,9 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
         check_placement(run)
         resources = worker_bundle(run)
         token = mark_run_dir(run.dir)
+        stops = DriverStops()  # SIGINT/SIGTERM: the workers save the last completed step, exit 130
         trainer = TorchTrainer(
-            functools.partial(worker_entry, ray_checkpoints=bool(callbacks), token=token),
+            functools.partial(worker_entry, ray_checkpoints=bool(callbacks), token=token, stop_flag=stops.flag),
             train_loop_config=to_container(cfg),
             # A collective that waits longer than this for a peer (a cut-off or dead node) fails, so the
             # worker group restarts instead of hanging until Ray's health check removes the node.
@@ -263,10 +267,10 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
                 resources_per_worker=resources,
                 placement_strategy=run.placement_strategy,
             ),
-            run_config=run_config(run, max_failures, [*callbacks, *monitor]),
+            run_config=run_config(run, max_failures, [*callbacks, *monitor, WorkerSignals()]),
         )
         try:
-            result = trainer.fit()
+            result = stops.fit(trainer)
         except TrainingFailedError as error:
             return refusals.after_failure(run.dir, token) or RunResult(
                 Status.failed, run_dir=run.dir, message=f"Ray Train gave up: {error}")

@@ -30,8 +30,9 @@ REFERENCE = ".uri"  # step-XXXXXXXX.pt.uri: Ray's checkpoint of a file on an obj
 
 
 class RayTrainReporter(Reporter):
-    def __init__(self, with_checkpoints: bool = False, notes: Sequence[str] = ()):
+    def __init__(self, with_checkpoints: bool = False, stop_flag=None, notes: Sequence[str] = ()):
         self.with_checkpoints = self.hands_over_checkpoints = with_checkpoints
+        self.stop_flag = stop_flag  # the driver's StopFlag actor (distributed/stops.py), None in a Tune trial
         self.notes = tuple(notes)
 
     def load_latest(self, run_dir: str) -> tuple[Optional[dict], Optional[str]]:
@@ -49,6 +50,15 @@ class RayTrainReporter(Reporter):
         with staged(checkpoint_path) as (directory, name):
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
                              checkpoint_dir_name=name)
+
+
+    def stop_requested(self) -> bool:
+        return self.stop_flag is not None and bool(ray.get(self.stop_flag.get.remote(), timeout=60))
+
+    def preemption(self) -> Optional[tuple]:
+        from began_dist.distributed.stops import preemption_notice
+
+        return preemption_notice()
 
 
 def ray_candidate(reported, what: str) -> Optional[tuple]:

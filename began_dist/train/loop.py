@@ -44,6 +44,7 @@ from began_dist.train.logging import RunLogger
 from began_dist.train.reporting import Reporter
 from began_dist.train.result import RunResult, Status
 from began_dist.train.resume import choose_checkpoint, decide_memory_format
+from began_dist.train.stops import StopPoints, listening
 from began_dist.train.writes import RunDirWrites
 
 FIXED_SAMPLES = 64  # images in the G(z_fixed) grids
@@ -86,6 +87,9 @@ class Trainer(RunDirWrites):
         self.guard = NonFiniteGuard(self.logged, self.device)
         self.last_stats: dict = {}
         self.last_checkpoint: Optional[str] = None
+        self.saved_step = -1  # the step of the last checkpoint this run wrote
+        # Stop points: signals and drain notices, agreed by every rank (train/stops.py); every step in local mode.
+        self.stops = StopPoints(self.reporter, cfg.run.stop_check_every if cfg.run.workers > 0 else 1, self.device)
         self.storage_failure: Optional[str] = None  # rank 0's first failed write, until the next storage check
         # An object-store run directory receives checkpoints in the background (rank 0 only writes).
         self.uploads = None if storage.is_local(self.run_dir) else storage.BackgroundWriter()
@@ -140,6 +144,7 @@ class Trainer(RunDirWrites):
             self._finish_uploads()  # Tune gets the file (on a store, a reference to it): it must be there
         self._check_storage()  # before Ray or Tune is handed a checkpoint that was not written
         self.reporter.report({**(metrics or {"step": self.step}), **self.eval_latest}, path)
+        self.saved_step = self.step
 
     def restore_latest(self) -> Optional[str]:
         if self.resume_error:
@@ -169,7 +174,7 @@ class Trainer(RunDirWrites):
         self._totals = torch.zeros(len(self.logged), device=self.device)
         self._interval_steps, self._interval_start, self._last_record = 0, time.perf_counter(), None
         try:
-            with stop_requests() as stop:
+            with stop_requests() as stop, listening():
                 while self.step < t.steps:
                     self._totals += self._one_step()
                     self._interval_steps += 1
@@ -227,10 +232,7 @@ class Trainer(RunDirWrites):
                 log.flush()
             self.save(record if (record := self._last_record) and record["step"] == done else None)
             log.info(f"step {done}: checkpoint {self.last_checkpoint}")
-        if stop.is_set():
-            self.save()
-            log.info(f"interrupted at step {done}: checkpoint {self.last_checkpoint}")
-            raise Interrupted(f"interrupted at step {done}; resume with --resume {self.run_dir}")
+        self.stops.after_step(self, log, stop)
 
     def _log_interval(self, log: RunLogger) -> None:
         """The means of the interval just ended into the logs (and the reporter, off checkpoint steps)."""

@@ -34,3 +34,12 @@ class Reporter:
 
     def report(self, metrics: dict, checkpoint_path: Optional[str] = None) -> None:
         """Called by every rank at each log step and checkpoint; rank 0 passes the checkpoint."""
+
+    def stop_requested(self) -> bool:
+        """Rank 0, at each stop point (train/stops.py): did the driver ask the run to save and stop?"""
+        return False
+
+    def preemption(self) -> Optional[tuple]:
+        """Every rank, at each stop point, equally often (a barrier under Ray): (key, description) of a
+        drain notice for a node of this run, or None."""
+        return None
