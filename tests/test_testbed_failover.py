@@ -1,12 +1,12 @@
 """Failures on separate hosts (cluster/testbed, root): a host killed, the head killed, a host cut off
 for longer or shorter than the collective timeout and Ray's health check, links capped. Each run
 is compared with one undisturbed run (the module's `reference`): same steps, bitwise the same weights.
+With BEGAN_TESTBED_DUMP=DIR each job's output, timed and with the test's own events, is kept in DIR.
 """
 
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -31,7 +31,6 @@ RUN = ["--workers", "2", *TINY, f"train.steps={STEPS}", f"train.checkpoint_every
        f"run.collective_timeout_s={COLLECTIVE_S}"]  # fmt: skip
 RESTART = "worker group restart"  # what log.txt says when Ray Train restarts the worker group
 JOB_S = 300  # bound on one run
-BEGAN_DIST = os.path.join(os.path.dirname(sys.executable), "began-dist")
 
 
 @pytest.fixture(scope="module")

@@ -70,7 +70,10 @@ def join_run_dir(run_dir: str, token: str) -> tuple[str, str]:
     if comm.rank() != 0:
         return "", ""
     groups = int(mark[1]) + 1 if len(mark) > 1 else 1
-    storage.write_text(marker, f"{token} {groups}")
+    try:
+        storage.write_text(marker, f"{token} {groups}")
+    except (OSError, storage.StorageError):
+        pass  # the count only words log.txt; the loop's first write reports a store that fails, as a status
     if groups == 1:
         return "", ""
     on = ", ".join(sorted({where.split()[1] for _, where in nodes}))
