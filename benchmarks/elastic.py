@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only.split(","):
         print(f"{name} ...", file=sys.stderr, flush=True)
         rows[name] = scenario(name, env, args, common)
+        print(f"{name}: {rows[name]}", file=sys.stderr, flush=True)  # kept if a later row fails
     if not host_alive(HOST):
         testbed("join", HOST)
     base = rows.get("fixed", {}).get("wall")
