@@ -91,6 +91,18 @@ def resumed_steps(log: str) -> list[int]:
     return [int(step) for step in re.findall(r"resumed from \S+ at step (\d+)", log)]
 
 
+def test_a_short_ray_job_stop_wait_is_named_at_start(capsys):
+    from began_dist.distributed.stops import warn_job_stop_wait
+
+    in_job = {"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"}  # what Ray's job supervisor sets for the entrypoint
+    warn_job_stop_wait(in_job)
+    err = capsys.readouterr().err
+    assert "3 s after its SIGTERM (RAY_JOB_STOP_WAIT_TIME_S)" in err and "--runtime-env-json" in err
+    warn_job_stop_wait({**in_job, "RAY_JOB_STOP_WAIT_TIME_S": "120"})
+    warn_job_stop_wait({})  # not a job: `ray job stop` does not apply
+    assert capsys.readouterr().err == ""
+
+
 @pytest.fixture(scope="session")
 def undisturbed(ray_cluster, tmp_path_factory):
     """The final weights of the run the tests disturb, run undisturbed on the one-host cluster."""
@@ -116,7 +128,7 @@ def test_sigterm_to_one_worker_saves_and_the_run_goes_on(ray_cluster, undisturbe
     try:
         wait_for(lambda: ckpt.list_checkpoints(str(run_dir)), "the first checkpoint")
         alive = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
-        workers = wait_for(lambda: [actor for actor in list_actors(filters=alive, detail=True)
+        workers = wait_for(lambda: [actor for actor in list_actors(ray_cluster.address, filters=alive, detail=True)
                                     if alive_pid(actor.pid)], "the workers")  # fmt: skip
         os.kill(workers[0].pid, signal.SIGTERM)  # as a node that shuts down sends it
     finally:
@@ -133,6 +145,8 @@ def test_sigterm_to_one_worker_saves_and_the_run_goes_on(ray_cluster, undisturbe
 @pytest.mark.ray
 @pytest.mark.slow
 def test_ctrl_c_and_ray_job_stop_save_then_resume_bitwise(ray_cluster, undisturbed, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
     run_dir = tmp_path / "driver"
     # Ctrl-C to the driver of `began-dist train --workers 2`
     driver = subprocess.Popen([os.path.join(BIN, "began-dist"), "train", *COMMON, "--address", ray_cluster.address,
@@ -162,8 +176,7 @@ def test_ctrl_c_and_ray_job_stop_save_then_resume_bitwise(ray_cluster, undisturb
     finally:
         stop = subprocess.run([ray, "job", "stop", *address, job_id], capture_output=True, text=True, timeout=200)
     assert stop.returncode == 0, stop.stdout[-3000:] + stop.stderr[-3000:]
-    status = subprocess.run([ray, "job", "status", *address, job_id], capture_output=True, text=True, timeout=60)
-    assert "STOPPED" in status.stdout + status.stderr
+    assert JobSubmissionClient(ray_cluster.dashboard_url).get_job_status(job_id) == JobStatus.STOPPED
     log = read_log(run_dir)
     (second,) = [int(step) for step in re.findall(r"interrupted at step (\d+): checkpoint", log)][1:]
     assert first < second < STEPS and ckpt.list_checkpoints(str(run_dir))[-1][0] == second
@@ -173,6 +186,52 @@ def test_ctrl_c_and_ray_job_stop_save_then_resume_bitwise(ray_cluster, undisturb
     assert resumed_steps(read_log(run_dir)) == [first, second]
     assert stats_steps(run_dir) == list(range(1, STEPS + 1))
     assert_bitwise(run_dir, undisturbed)
+
+
+NOTICE = re.compile(r"step (\d+): drain notice for node \w+ .*: just-in-time checkpoint (\S+)")
+
+
+def assert_no_step_before_the_notice_redone(log: str, notice, stats: list[int], steps: int) -> None:
+    seen, saved = int(notice.group(1)), notice.group(2)
+    assert f"/checkpoints/step-{seen:08d}.pt" in saved  # the checkpoint of the step where the notice came
+    (resumed,) = resumed_steps(log)
+    assert seen <= resumed < steps  # the restart went on from there or later: no step before it redone
+    assert stats == list(range(1, steps + 1))  # every step once
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_drained_then_removed_node_resumes_from_the_just_in_time_checkpoint(ray_cluster, tmp_path, monkeypatch):
+    """A spot reclaim on the one-host cluster: Ray's drain notice for the node of a worker, then the node
+    is gone; the spare node takes over after the deadline."""
+    from ray.util.state import list_actors
+
+    from began_dist.distributed.ray_train import run_on_ray
+
+    monkeypatch.setenv("RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S", "1")  # Ray's watcher polls every 5 s
+    run_dir, steps = tmp_path / "drained", 60
+    outcome = {}
+    fit = threading.Thread(target=lambda: outcome.update(result=run_on_ray(config(run_dir, f"train.steps={steps}"))),
+                           daemon=True)  # fmt: skip
+    fit.start()
+    try:
+        wait_for(lambda: ckpt.list_checkpoints(str(run_dir)), "the first checkpoint")
+        alive = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+        node_id = list_actors(ray_cluster.address, filters=alive)[-1].node_id
+        drain = subprocess.run([os.path.join(BIN, "ray"), "drain-node", "--address", ray_cluster.address, "--node-id",
+                                node_id, "--reason", "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot reclaim",
+                                "--deadline-remaining-seconds", "20"], capture_output=True, text=True, timeout=120)
+        assert drain.returncode == 0, drain.stdout + drain.stderr
+        notice = wait_for(lambda: NOTICE.search(read_log(run_dir)), "the just-in-time checkpoint", every=0.5)
+        victim = next(node for node in ray_cluster.training_nodes if node.node_id == node_id)
+        ray_cluster.remove_node(victim, allow_graceful=False)
+        ray_cluster.training_nodes.remove(victim)
+    finally:
+        fit.join(timeout=400)
+    assert not fit.is_alive() and outcome["result"].step == steps, outcome.get("result")
+    assert_no_step_before_the_notice_redone(read_log(run_dir), notice, stats_steps(run_dir), steps)
+    ray_cluster.training_nodes.append(ray_cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1",
+                                                           resources={"train_slot": 1}))
 
 
 def alive_slot_hosts(testbed) -> dict:
@@ -221,21 +280,15 @@ def test_drained_then_killed_host_resumes_from_the_just_in_time_checkpoint(testb
                                    "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot reclaim",
                                    "--deadline-remaining-seconds", "30")  # fmt: skip
             assert drained.returncode == 0, drained.stdout + drained.stderr
-            notice = wait_for(lambda: re.search(r"step (\d+): drain notice for node \w+ .*: just-in-time "
-                                                r"checkpoint (\S+)", log()), "the just-in-time checkpoint",
-                              timeout=120, every=1)  # fmt: skip
+            notice = wait_for(lambda: NOTICE.search(log()), "the just-in-time checkpoint", timeout=120, every=1)
             testbed.cli("kill", alive_slot_hosts(testbed)[ip])
             output, _ = job.communicate(timeout=600)
         finally:
             job.kill()
         assert job.returncode == 0, output[-4000:]
-        seen, saved = int(notice.group(1)), notice.group(2)
-        assert saved.endswith(f"step-{seen:08d}.pt")  # the checkpoint of the step where the notice came
-        text = log()
-        (resumed,) = resumed_steps(text)
-        assert seen <= resumed < steps  # no step before the notice redone
-        lines = [json.loads(line) for line in storage.read_text(storage.join(run_dir, "stats.jsonl")).splitlines()]
-    assert [line["step"] for line in lines] == list(range(1, steps + 1))  # every step once
+        stats = storage.read_text(storage.join(run_dir, "stats.jsonl")).splitlines()
+        stats = [json.loads(line)["step"] for line in stats]
+        assert_no_step_before_the_notice_redone(log(), notice, stats, steps)
     last_group = output.rsplit("Started training worker group", 1)[-1]
     ranks = [line for line in last_group.splitlines() if "world_rank=" in line][:2]
     assert len(ranks) == 2 and not any(f"ip={ip}," in line for line in ranks)  # the new group left the host

@@ -68,7 +68,8 @@ class StopPoints:
             self.notices_saved.add(notice[0])
             self._save(trainer)
             log.info(f"step {step}: {notice[1]}: just-in-time checkpoint {trainer.last_checkpoint}")
-            log.flush()
+            with trainer._writes():  # an object store receives log.txt and stats.jsonl here
+                log.flush()
 
     def _flags(self, interrupt: threading.Event) -> tuple[bool, list[int]]:
         """(a stop was asked for, the ranks whose process got SIGTERM), the same on every rank."""
