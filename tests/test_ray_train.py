@@ -127,7 +127,7 @@ def test_node_failure_resumes_from_last_checkpoint(ray_cluster, tmp_path):
     while time.time() < deadline and not ckpt.list_checkpoints(str(run_dir)):
         time.sleep(0.2)
     assert ckpt.list_checkpoints(str(run_dir)), "no checkpoint appeared"
-    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    workers = list_actors(ray_cluster.address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     busy = {actor.node_id for actor in workers}
     victim = next(node for node in ray_cluster.training_nodes if node.node_id in busy)
     ray_cluster.remove_node(victim, allow_graceful=False)  # the spare node takes over its worker
