@@ -130,17 +130,24 @@ def host_prepare(source: str, out: str, size: int, workers: int) -> dict:
         prep.prepare(source, uris.join(out, "warm-up"), prep.PrepareOptions(size=size, shards=2, jobs=1, limit=4),
                      ray_runner(2))  # start and import in two workers
         runner = ray_runner(workers)
+    warm = _write_tasks() if workers else {}
     started = time.perf_counter()
     prep.prepare(source, uris.join(out, "timed"), options, runner)
     seconds = time.perf_counter() - started
     if workers:
-        from ray.util.state import list_tasks
-
-        job = ray.get_runtime_context().get_job_id()
-        nodes = {task.node_id for task in list_tasks(filters=[("job_id", "=", job)], limit=10000)
-                 if "write_one" in task.func_or_class_name}
+        nodes = {node for task, node in _write_tasks().items() if task not in warm}  # the timed tasks' hosts
         ray.shutdown()
     return {"images": len(os.listdir(source)), "seconds": seconds, "hosts": len(nodes) if workers else 1}
+
+
+def _write_tasks() -> dict[str, str]:
+    """task id -> node id of this Ray job's shard tasks so far."""
+    import ray
+    from ray.util.state import list_tasks
+
+    job = ray.get_runtime_context().get_job_id()
+    return {task.task_id: task.node_id for task in list_tasks(filters=[("job_id", "=", job)], limit=10000)
+            if "write_one" in task.func_or_class_name}
 
 
 # -- on the machine ------------------------------------------------------------------------------
