@@ -1,8 +1,8 @@
 """Communication at cluster scale, emulated: 1 worker vs 2 workers on separate testbed hosts, link capped.
 
     python benchmarks/comm_speed.py [--up] [--links datacenter commodity] [--steps 12] [--log-every 4]
-                                    [--size 64] [--compressions none fp16 bf16 powersgd] [--factor F]
-                                    [--json PATH] [--dry-run]
+                                    [--size 64] [--compressions none fp16 bf16 powersgd powersgd:4]
+                                    [--control] [--baselines 2|3] [--factor F] [--json PATH] [--dry-run]
     python benchmarks/comm_speed.py --project RESULT.json [RESULT.json ...]
 
 Needs a testbed of 3 hosts (host0 the head, host1 and host2 one training worker each, 1 CPU
@@ -29,7 +29,9 @@ and after the 2-worker runs) so both see the machine's load, and reads `stats.js
   this implies, 1 - wait share: what the link costs, apart from the machine's load, which
   slows the two workers' compute (two busy processes on two shared cores) but not one's.
 
-The first log interval (DDP's bucket rebuild, PowerSGD's first plain passes) is left out.
+`--control` adds a 2-worker plain run with the link uncapped: the wait that the machine's load
+and the ranks' imbalance cause without any link. The first log interval (DDP's bucket rebuild,
+PowerSGD's first plain passes) is left out. docs/performance.md has the results.
 `--project` turns the JSON of earlier runs into the projection to 8 and 64 GPU nodes.
 """
 
@@ -177,7 +179,7 @@ def run_link(link: str, args, env: dict, out_dir: str, stamp: str, factor: float
     try:
         half = (len(args.compressions) + 1) // 2
         for i, compression in enumerate(args.compressions):
-            if i == half and len(args.compressions) >= 4:  # a third baseline run when the turn is long
+            if i == half and args.baselines >= 3:
                 result["one"].append(one_run(1, "none"))
             result["two"][compression] = one_run(2, compression)
     finally:
@@ -259,6 +261,8 @@ def main() -> int:
                         help="run.grad_compression values; powersgd:R for rank R")
     parser.add_argument("--powersgd-rank", type=int, default=1, help="rank of a plain `powersgd`")
     parser.add_argument("--factor", type=float, help="step time here / 12 ms (default: the first 1-worker run's)")
+    parser.add_argument("--baselines", type=int, choices=(2, 3), default=3,
+                        help="1-worker runs per link: before and after the 2-worker runs (2), and between (3)")
     parser.add_argument("--control", action="store_true",
                         help="also 2 workers, plain DDP, link uncapped: the wait without the link's part")
     parser.add_argument("--json", help="write the results here")
