@@ -1,8 +1,8 @@
 """Communication at cluster scale, emulated: 1 worker vs 2 workers on separate testbed hosts, link capped.
 
     python benchmarks/comm_speed.py [--up] [--links datacenter commodity] [--steps 12] [--log-every 4]
-                                    [--size 64] [--compressions none fp16 bf16 powersgd] [--factor F]
-                                    [--json PATH] [--dry-run]
+                                    [--size 64] [--compressions none fp16 bf16 powersgd powersgd:4]
+                                    [--control] [--baselines 2|3] [--factor F] [--json PATH] [--dry-run]
     python benchmarks/comm_speed.py --project RESULT.json [RESULT.json ...]
 
 Needs a testbed of 3 hosts (host0 the head, host1 and host2 one training worker each, 1 CPU
@@ -29,7 +29,9 @@ and after the 2-worker runs) so both see the machine's load, and reads `stats.js
   this implies, 1 - wait share: what the link costs, apart from the machine's load, which
   slows the two workers' compute (two busy processes on two shared cores) but not one's.
 
-The first log interval (DDP's bucket rebuild, PowerSGD's first plain passes) is left out.
+`--control` adds a 2-worker plain run with the link uncapped: the wait that the machine's load
+and the ranks' imbalance cause without any link. The first log interval (DDP's bucket rebuild,
+PowerSGD's first plain passes) is left out. docs/performance.md has the results.
 `--project` turns the JSON of earlier runs into the projection to 8 and 64 GPU nodes.
 """
 
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -177,7 +180,7 @@ def run_link(link: str, args, env: dict, out_dir: str, stamp: str, factor: float
     try:
         half = (len(args.compressions) + 1) // 2
         for i, compression in enumerate(args.compressions):
-            if i == half and len(args.compressions) >= 4:  # a third baseline run when the turn is long
+            if i == half and args.baselines >= 3:
                 result["one"].append(one_run(1, "none"))
             result["two"][compression] = one_run(2, compression)
     finally:
@@ -211,7 +214,9 @@ def projection(results: list[dict]) -> str:
     """Efficiency at 2, 8 and 64 GPU nodes from the measured bytes per step and overlap.
 
     Each node computes a step in GPU_STEP_S; a ring all-reduce of B bytes over N nodes sends
-    2 (N-1)/N B per node and takes 2 (N-1) latencies per call. The hidden part is what the 2-host
+    2 (N-1)/N B per node (the ring's bandwidth term) and takes 2 log2 N latencies per call (a
+    tree's, as NCCL uses for small messages; a ring's 2 (N-1) would cost PowerSGD's many small
+    calls 75 ms a step at 64 nodes on the commodity link). The hidden part is what the 2-host
     run hid behind its backward computation, assumed to stay the same at N nodes: its emulated
     transfer time minus the wait the link caused (the measured wait less the wait of the uncapped
     control run, the machine's load and the ranks' imbalance; all of the wait without one), scaled
@@ -228,7 +233,7 @@ def projection(results: list[dict]) -> str:
             calls = CALLS[compression.startswith("powersgd")]
             cells = []
             for n in NODES:
-                latency = 2 * (n - 1) * calls * LATENCY_S[res["link"]]
+                latency = 2 * math.ceil(math.log2(n)) * calls * LATENCY_S[res["link"]]
                 comm = 2 * (n - 1) / n * two["comm_bytes"] * 8 / rate_bits + latency
                 exposed = max(0.0, comm - hidden)
                 cells.append(f"{GPU_STEP_S / (GPU_STEP_S + exposed):>9.0%}")
@@ -237,7 +242,7 @@ def projection(results: list[dict]) -> str:
     links = ", ".join(f"{k} {v:g} Gbit/s" for k, v in LINKS_GBIT.items())
     assumptions = [
         f"GPU step {GPU_STEP_S * 1e3:g} ms (64 px, batch 16 per GPU); links {links}",
-        "ring all-reduce: 2 (N-1)/N x bytes per node per step, 2 (N-1) latency hops per call; latency "
+        "all-reduce: 2 (N-1)/N x bytes per node per step (ring), 2 log2 N latency hops per call (tree); latency "
         + ", ".join(f"{k} {v * 1e6:g} us" for k, v in LATENCY_S.items()),
         f"all-reduce calls per step: {CALLS[False]} (G's and D's 2 buckets each: DDP's 1 MB first bucket, then 25 MB),"
         f" {CALLS[True]} with PowerSGD (per bucket: its uncompressed layers, P and Q)",
@@ -259,6 +264,8 @@ def main() -> int:
                         help="run.grad_compression values; powersgd:R for rank R")
     parser.add_argument("--powersgd-rank", type=int, default=1, help="rank of a plain `powersgd`")
     parser.add_argument("--factor", type=float, help="step time here / 12 ms (default: the first 1-worker run's)")
+    parser.add_argument("--baselines", type=int, choices=(2, 3), default=3,
+                        help="1-worker runs per link: before and after the 2-worker runs (2), and between (3)")
     parser.add_argument("--control", action="store_true",
                         help="also 2 workers, plain DDP, link uncapped: the wait without the link's part")
     parser.add_argument("--json", help="write the results here")
@@ -272,7 +279,8 @@ def main() -> int:
         return 0
     print(f"plan: links {', '.join(args.links)}; per link 1 worker (factor = its step time / "
           f"{GPU_STEP_S * 1e3:g} ms), `cluster/testbed limit host1|host2 RATE`, then 2 workers with "
-          f"{', '.join(args.compressions)} and 1 worker between and after; {args.steps} steps at {args.size} px")
+          f"{', '.join(args.compressions)} and 1 worker {'between and ' if args.baselines == 3 else ''}after; "
+          f"{args.steps} steps at {args.size} px")
     preflight(args)
     if args.dry_run:
         return 0

@@ -171,9 +171,10 @@ def test_bytes_and_wait_are_measured(results):
     assert results["none_bytes"] == 2 * results["fp16_bytes"] > 0
     late = results["late"]
     assert late["comm_bytes"] == results["none_bytes"]
-    # rank 0 waited about LATE_S for rank 1; rank 1's own wait is short, so the mean is about half
-    assert LATE_S * 0.8 < late["comm_wait_max_s"] < LATE_S * 3
-    assert late["comm_wait_s"] < late["comm_wait_max_s"] * 0.75
+    # rank 0 waited about LATE_S for rank 1, rank 1 itself far less (2 ranks: min = 2 mean - max)
+    longest, shortest = late["comm_wait_max_s"], 2 * late["comm_wait_s"] - late["comm_wait_max_s"]
+    assert LATE_S * 0.8 < longest < LATE_S * 3
+    assert longest - shortest > LATE_S * 0.4
     assert results["late_again"] == {"comm_bytes": 0, "comm_wait_s": 0, "comm_wait_max_s": 0}
 
 
