@@ -76,7 +76,7 @@ def test_bad_spec_is_refused_naming_the_key(tmp_path, capsys, changes, named):
 
 def test_spec_overrides_and_trial_config(tmp_path):
     from began_dist.tune.spec import apply_params, load_spec
-    from began_dist.tune.sweep import trial_base
+    from began_dist.tune.sweep import trial_base, trial_resources
 
     overrides = ["tune.metric=swd", "tune.num_samples=3", "train.steps=40", "train.log_every=3"]
     spec, base = load_spec(SMOKE, [*overrides, "tune.scheduler.type=pbt", "tune.scheduler.perturbation_interval=8"])
@@ -85,6 +85,8 @@ def test_spec_overrides_and_trial_config(tmp_path):
     trial = trial_base(spec, base)
     assert trial.train.eval_every == trial.train.checkpoint_every == 8  # the objective at every checkpoint
     assert trial.train.eval_metrics == "swd" and trial.train.log_every == 1  # gcd(3, 8): M at each checkpoint
+    trial.run.worker_resources = {"train_slot": 1}  # a one-worker trial asks for what a worker asks for
+    assert trial_resources(spec, trial) == {"CPU": 1.0, "GPU": 0.0, "train_slot": 1}
     cfg = apply_params(OmegaConf.to_container(trial), {"train.gamma": 0.7, "model.nz,model.nh": [16, 32]})
     assert (cfg.train.gamma, cfg.model.nz, cfg.model.nh) == (0.7, 16, 32)
     with pytest.raises(Exception, match="no such file"):

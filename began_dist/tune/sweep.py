@@ -182,10 +182,12 @@ def scheduler(spec: SweepSpec, steps: int):
     return FIFOScheduler()
 
 
-def trial_resources(spec: SweepSpec) -> dict:
+def trial_resources(spec: SweepSpec, base: DictConfig) -> dict:
     if spec.workers_per_trial > 1:
         return {"CPU": spec.driver_cpus}  # the nested TorchTrainer's workers ask for their own
-    return {"CPU": spec.cpus_per_worker, "GPU": spec.gpus_per_worker}
+    # A one-worker trial is the worker: it asks for what a worker asks for, run.worker_resources too
+    # (e.g. a slot only training hosts offer), as check_trial_placement counted.
+    return {"CPU": spec.cpus_per_worker, "GPU": spec.gpus_per_worker, **base.run.worker_resources}
 
 
 def check_trial_placement(spec: SweepSpec, base: DictConfig) -> None:
@@ -206,7 +208,7 @@ def build_tuner(spec: SweepSpec, base: DictConfig, resume: bool):
     sweep_dir = base.run.dir
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=to_container(base), spec=spec.to_dict(), sweep_dir=sweep_dir),
-        trial_resources(spec),
+        trial_resources(spec, base),
     )
     experiment = storage.join(sweep_dir, EXPERIMENT)
     if resume:
