@@ -176,3 +176,15 @@ def testbed(testbed_session):
     """The session's testbed, reset after each test: limits off, killed hosts replaced."""
     yield testbed_session
     testbed_session.reset()
+
+
+@pytest.fixture(scope="module")
+def testbed_client(testbed_session):
+    """`cluster/testbed env` as a client on the machine sees it, with its AWS_* variables set in this
+    process (so this process reads and writes the testbed's store)."""
+    env = testbed_session.client_env()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            if key.startswith("AWS_"):
+                patch.setenv(key, value)
+        yield env

@@ -26,14 +26,9 @@ TWO_HOSTS = ["--workers", "2", "run.worker_resources.train_slot=1"]  # one worke
 
 
 @pytest.fixture(scope="module")
-def store(testbed_session):
-    """(the store's URI, its credentials as a monkeypatched environment of this process)."""
-    env = testbed_session.client_env()
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            if key.startswith("AWS_"):
-                patch.setenv(key, value)
-        yield env["BEGAN_TESTBED_STORE"]
+def store(testbed_client):
+    """The store's URI; this process has its credentials (conftest.testbed_client)."""
+    return testbed_client["BEGAN_TESTBED_STORE"]
 
 
 @pytest.fixture(scope="module")

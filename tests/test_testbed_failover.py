@@ -34,14 +34,9 @@ JOB_S = 300  # bound on one run
 
 
 @pytest.fixture(scope="module")
-def store(testbed_session):
-    """This process reads the store as a client on the machine (the AWS_* variables of `testbed env`)."""
-    env = testbed_session.client_env()
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            if key.startswith("AWS_"):
-                patch.setenv(key, value)
-        yield env
+def store(testbed_client):
+    """This process reads the store as a client on the machine (conftest.testbed_client)."""
+    return testbed_client
 
 
 def new_run_dir(env: dict, name: str) -> str:
