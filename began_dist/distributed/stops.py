@@ -103,7 +103,12 @@ class DriverStops:
     """The driver's SIGINT/SIGTERM: ask the workers to save and stop (`fit`), a second one stops at once."""
 
     def __init__(self):
-        self.flag = StopFlag.remote()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # On the driver's node: placed on a worker's node, the flag died with that node (a lost or
+        # preempted host) and took every surviving rank's next stop point with it.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.flag = StopFlag.options(scheduling_strategy=here).remote()
 
     def fit(self, trainer):
         """`trainer.fit()`, in a thread when this is the main thread, which then handles the signals."""
