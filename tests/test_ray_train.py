@@ -142,6 +142,7 @@ def test_node_failure_resumes_from_last_checkpoint(ray_cluster, tmp_path):
     assert "worker group restart 1 " in log  # log.txt says the group restarted, and where it runs now
     ray_cluster.training_nodes.append(ray_cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1",
                                                            resources={"train_slot": 1}))
+    ray_cluster.wait_for_nodes()
 
 
 @pytest.mark.cuda

@@ -228,10 +228,13 @@ def test_drained_then_removed_node_resumes_from_the_just_in_time_checkpoint(ray_
         ray_cluster.training_nodes.remove(victim)
     finally:
         fit.join(timeout=400)
+        # The next tests get the cluster's three slots back, also when this one failed.
+        while len(ray_cluster.training_nodes) < 3:
+            ray_cluster.training_nodes.append(ray_cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1",
+                                                                   resources={"train_slot": 1}))
+        ray_cluster.wait_for_nodes()
     assert not fit.is_alive() and outcome["result"].step == steps, outcome.get("result")
     assert_no_step_before_the_notice_redone(read_log(run_dir), notice, stats_steps(run_dir), steps)
-    ray_cluster.training_nodes.append(ray_cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1",
-                                                           resources={"train_slot": 1}))
 
 
 def alive_slot_hosts(testbed) -> dict:
