@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -116,7 +117,8 @@ def test_two_workers_on_two_hosts_with_run_dir_on_the_store(testbed, tmp_path):
     )  # fmt: skip
     out = job.stdout + job.stderr
     assert job.returncode == 0, out[-4000:]
-    assert "ip=198.18.0.11" in out and "ip=198.18.0.12" in out  # the workers ran on host1 and host2
+    workers = set(re.findall(r"RayTrainWorker pid=\d+, ip=(198\.18\.\d+\.\d+)", out))
+    assert len(workers) == 2 and "198.18.0.10" not in workers, workers  # two hosts, not the head
 
     # the same run on a one-host cluster: a local Ray cluster on 127.0.0.1 of its own (its own
     # RAY_TMPDIR, short for Ray's socket paths, so it joins no other local Ray instance)
