@@ -74,6 +74,8 @@ class StopPoints:
     def _flags(self, interrupt: threading.Event) -> tuple[bool, list[int]]:
         """(a stop was asked for, the ranks whose process got SIGTERM), the same on every rank."""
         asked = interrupt.is_set() or (self.rank == 0 and self.reporter.stop_requested())
+        if self.world == 1:  # no peer to agree with: reading a device tensor would sync a GPU every step
+            return asked, [0] if TERMINATED.is_set() else []
         flags = torch.zeros(1 + self.world, device=self.device)
         flags[0] = float(asked)
         flags[1 + self.rank] = float(TERMINATED.is_set())
