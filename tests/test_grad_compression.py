@@ -8,8 +8,8 @@ resume, and two of the processes continuing the three's checkpoint (an elastic r
 
 import json
 import os
-import socket
 import time
+from datetime import timedelta
 
 import pytest
 import torch
@@ -27,6 +27,8 @@ FEWER = 2  # the worker count that continues the checkpoint of WORLD workers (an
 # fp16 keeps 11 significant bits, bf16 8: the all-reduced gradient's relative error (L2) stays below these
 TOLERANCE = {"fp16": 2e-3, "bf16": 1.5e-2}
 LATE_S = 0.5  # rank 1's delay before a step (the comm-wait check)
+# Bounds: a peer that never shows up fails its group's collectives after GROUP_S; the whole spawn after SPAWN_S.
+GROUP_S, SPAWN_S = 120, 600
 
 
 def tiny_family(device) -> BeganFamily:
@@ -61,10 +63,18 @@ def weights(family) -> list[torch.Tensor]:
     return [p.detach().clone() for net in (family.G, family.D) for p in net.parameters()]
 
 
-def _worker(rank: int, port: int, out: str, fewer_port: int) -> None:
+def join_group(store: str, rank: int, world: int) -> None:
+    """A gloo group rendezvousing in a file (no TCP port to pick ahead and lose to another process)
+    and talking over loopback whatever the hostname resolves to."""
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=GROUP_S))  # fmt: skip
+
+
+def _worker(rank: int, out: str) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    join_group(f"{out}.store", rank, WORLD)
     try:
         results = {}
         real, z = rank_batch(0)
@@ -116,15 +126,15 @@ def _worker(rank: int, port: int, out: str, fewer_port: int) -> None:
     finally:
         dist.destroy_process_group()
     if rank < FEWER:  # the same checkpoint continued by FEWER workers, each a slice of the same global batches
-        results.update(_fewer_workers_continue(rank, fewer_port, path, reference))
+        results.update(_fewer_workers_continue(rank, f"{out}.fewer-store", path, reference))
     if rank == 0:
         torch.save(results, out)
 
 
-def _fewer_workers_continue(rank: int, port: int, path: str, reference: list[torch.Tensor]) -> dict:
+def _fewer_workers_continue(rank: int, store: str, path: str, reference: list[torch.Tensor]) -> dict:
     """Another worker count (an elastic resize): the ranks' mean error feedback keeps the updates;
     zero error feedback (P, Q and the step count kept) moves them."""
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=FEWER)
+    join_group(store, rank, FEWER)
     try:
         found = {}
         for name in ("mean", "zero"):
@@ -147,16 +157,19 @@ def _fewer_workers_continue(rank: int, port: int, path: str, reference: list[tor
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("comm") / "results.pt")
-    mp.spawn(_worker, args=(free_port(), out, free_port()), nprocs=WORLD, join=True)
+    context = mp.start_processes(_worker, args=(out,), nprocs=WORLD, join=False, start_method="spawn")
+    deadline = time.monotonic() + SPAWN_S
+    try:
+        while not context.join(timeout=1):  # raises if a process failed (the others are then stopped)
+            assert time.monotonic() < deadline, f"the {WORLD} processes did not finish in {SPAWN_S} s"
+    finally:  # also on a timeout: no process may outlive the test (pytest would wait for it at exit)
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+            process.join(timeout=30)
     return torch.load(out, weights_only=False)
 
 
