@@ -149,4 +149,9 @@ def test_elastic_run_shrinks_when_a_host_dies_and_grows_when_it_joins(testbed, t
     assert {line["world_size"] for line in fixed} == {3}
     assert [line["batch_digest"] for line in lines] == [line["batch_digest"] for line in fixed]
     assert [step for step, _ in ckpt.list_checkpoints(run_dir)][-1] == STEPS
+    text = storage.read_text(storage.join(run_dir, "log.txt"))
+    assert "elastic: started with 3 workers (range 1..3)" in text
+    lost = f"elastic: world size 3 -> 2: node {HOST3_IP} left the cluster (not counted against run.max_failures)"
+    assert lost in text
+    assert f"elastic: world size 2 -> 3: room for 3 workers: node {HOST3_IP} joined" in text
     print("elastic run, seconds from submission:", ", ".join(phases))

@@ -136,6 +136,12 @@ class ElasticMonitor(ControllerCallback, WorkerGroupCallback):
         self.cause = ""  # why the next group starts
         self.refreshed = 0.0
 
+    # -- controller start -------------------------------------------------------------------
+    def after_controller_start(self, train_run_context) -> None:
+        """Size the first group on the cluster as it is now: nodes that joined in the last 20 s are
+        not yet in the coordinator's view, and the first group would start smaller (then grow)."""
+        refresh_node_view()
+
     # -- worker group hooks ---------------------------------------------------------------
     def after_worker_group_start(self, worker_group) -> None:
         self.workers = list(worker_group.get_workers())

@@ -169,6 +169,8 @@ class Trainer(RunDirWrites):
         log.info(self._banner(resumed_from))
         for note in filter(None, (*self.reporter.notes, *self.notes, *self.comm_notes)):
             log.info(note)
+        with self._writes():  # in log.txt now: a worker group stopped before its first checkpoint still shows
+            log.flush()
         snapshot = torch.arange(min(FIXED_SAMPLES, len(self.dataset)))
         snapshot_real = to_model_range(self.dataset.batch(snapshot), self.device)
         self._totals = torch.zeros(len(self.logged), device=self.device)
