@@ -1,4 +1,4 @@
-"""Datasets on object storage across hosts: cluster/testbed's store, host1 and host2 (root; run last).
+"""Datasets on object storage across hosts: cluster/testbed's store and hosts (root; run last).
 
 The dataset is prepared into the testbed's store from the machine (one process). Each
 host has its own node cache (`data.cache_dir` under its private /tmp) and its fetch log
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.testbed
 
 COUNT, SHARDS = 48, 3
 PREPARE = ["shapes", "--format", "arrow", "--size", "16", "--shards", str(SHARDS), "--limit", str(COUNT)]
-TWO_HOSTS = ["--workers", "2", "run.worker_resources.train_slot=1"]  # one worker on each of host1, host2 (1 slot each)
+TWO_HOSTS = ["--workers", "2", "run.worker_resources.train_slot=1"]  # one worker on each of two hosts (1 slot each)
 
 
 @pytest.fixture(scope="module")
@@ -69,21 +69,24 @@ def test_two_workers_on_one_host_then_on_two_hosts_fetch_each_shard_once_per_nod
                       "run.cpus_per_worker=0.5", "run.worker_resources.train_slot=0.5",
                       "run.placement_strategy=STRICT_PACK")
     assert code == 0, out[-4000:]
-    used = [host for host, ip in (("host1", "198.18.0.11"), ("host2", "198.18.0.12")) if f"ip={ip}" in out]
-    assert len(used) == 1, out[-4000:]  # both workers on one host
-    packed, other = used[0], ({"host1", "host2"} - set(used)).pop()
+    used = testbed.worker_hosts(out)
+    assert len(used) == 1 and "host0" not in used, out[-4000:]  # both workers on one host, not the head
+    packed = used.pop()
     everything = [f"shard-{i:05d}.arrow" for i in range(SHARDS)]
     first = fetches(testbed, packed, cache)
     # both workers' fetchers ask for every shard; one downloads it, verified on arrival
     assert shards_fetched(first) == everything and all(entry["verified"] for entry in first), first
-    assert fetches(testbed, other, cache) == [] and fetches(testbed, "host0", cache) == []  # the driver: nothing
+    for host in set(testbed.hosts()) - {packed}:  # the driver (host0) and the hosts without a worker: nothing
+        assert fetches(testbed, host, cache) == [], host
 
     code, out = submit(testbed, "began-dist", "train", "--resume", run_dir, "train.steps=8", *TWO_HOSTS[2:],
                        "run.cpus_per_worker=1", "run.placement_strategy=PACK")
     assert code == 0, out[-4000:]
-    assert "ip=198.18.0.11" in out and "ip=198.18.0.12" in out  # a worker on host1 and one on host2
+    pair = testbed.worker_hosts(out)
+    assert len(pair) == 2 and "host0" not in pair, out[-4000:]  # a worker on each of two hosts
     assert fetches(testbed, packed, cache) == first  # the restart fetched nothing where the shards are
-    assert shards_fetched(fetches(testbed, other, cache)) == everything
+    for host in pair - {packed}:
+        assert shards_fetched(fetches(testbed, host, cache)) == everything, host
     steps = [json.loads(line)["step"] for line in storage.read_text(uris.join(run_dir, "stats.jsonl")).splitlines()]
     assert steps == [2, 4, 6, 8]
 
@@ -104,7 +107,7 @@ def test_an_object_corrupted_in_the_store_is_refused_naming_the_shard_and_not_re
     assert code != 0 and "code 2" in out, out[-4000:]  # the driver's exit 2: refused
     refusal = [line for line in out.splitlines() if line.startswith("began-dist: ")]
     assert refusal and f"{storage.display(copy)}/{name}: checksum mismatch" in refusal[-1], out[-4000:]
-    for host in ("host1", "host2"):
+    for host in testbed.hosts():  # wherever the workers ran
         log = fetches(testbed, host, cache)
         corrupt = [entry for entry in log if entry["location"].endswith(name)]
         assert all(not entry["verified"] for entry in corrupt) and name not in shards_fetched(

@@ -126,33 +126,36 @@ def log_text(run_dir: str) -> str:
 
 
 HOLD = """
-import sys, ray
+import json, sys, ray
 from ray.util.placement_group import placement_group, remove_placement_group
 ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
-group = placement_group([{"CPU": 1, "train_slot": 1, "node:%s": 0.001}])
+group = placement_group([{"CPU": 1, "train_slot": 1, f"node:{ip}": 0.001} for ip in json.loads(sys.argv[1])])
 ray.get(group.ready(), timeout=120)
 print("held", flush=True)
 sys.stdin.read()
 remove_placement_group(group)
 """
+RUN_HOSTS = ("host1", "host2")  # where the runs' two workers start: every other host's training slot is held
 
 
-class Spare:
-    """host3, joined if missing, its training slot held (a placement group) until `release`: so the run's
-    two workers start on host1 and host2, and host3 is free when one of them fails."""
+class Hold:
+    """The training slots of `hosts` held by a placement group (a process on host0) until `release`."""
 
-    def __init__(self, testbed):
-        if "host3" not in testbed.hosts():
-            testbed.cli("join", timeout=300)
-        self.hold = subprocess.Popen([str(CLI), "exec", "host0", "--", "python", "-c", HOLD % "198.18.0.13"],
-                                     env=testbed.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    def __init__(self, testbed, hosts: list[str]):
+        self.hold = None
+        if not hosts:
+            return
+        known = testbed.hosts()
+        ips = json.dumps([known[host]["ip"] for host in hosts])
+        self.hold = subprocess.Popen([str(CLI), "exec", "host0", "--", "python", "-c", HOLD, ips], env=testbed.env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
         line = self.hold.stdout.readline()
         if "held" not in line:
             self.release()
-            pytest.fail(f"could not hold host3's slot: {line}")
+            pytest.fail(f"could not hold the training slots of {hosts}: {line}")
 
     def release(self) -> None:
-        if self.hold.poll() is None:
+        if self.hold is not None and self.hold.poll() is None:
             self.hold.stdin.close()
             try:
                 self.hold.wait(timeout=60)
@@ -160,11 +163,35 @@ class Spare:
                 self.hold.kill()
 
 
+def others(testbed, *kept: str) -> list[str]:
+    """The live hosts with a training slot (all but host0) other than RUN_HOSTS and `kept`."""
+    return [name for name, host in testbed.hosts().items()
+            if host["alive"] and name not in ("host0", *RUN_HOSTS, *kept)]  # fmt: skip
+
+
+class Spare:
+    """host3, joined if missing, its training slot held until `release`, and every other extra host's held
+    until `close`: so the run's two workers start on host1 and host2, and only host3 is free when one fails."""
+
+    def __init__(self, testbed):
+        if "host3" not in testbed.hosts():
+            testbed.cli("join", timeout=300)
+        self.extra = Hold(testbed, others(testbed, "host3"))
+        self.spare = Hold(testbed, ["host3"])
+
+    def release(self) -> None:
+        self.spare.release()
+
+    def close(self) -> None:
+        self.spare.release()
+        self.extra.release()
+
+
 @pytest.fixture
 def spare(testbed):
     held = Spare(testbed)
     yield held
-    held.release()
+    held.close()
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +200,8 @@ def reference(testbed_session, store):
     the collective timeout and Ray's health-check window (10-20 s, cluster/README.md): neither changes a
     number, so the failure tests compare their final weights with this run's."""
     run_dir = new_run_dir(store, "reference")
-    hosts = ("host0", "host1", "host2")
+    hosts = ("host0", *RUN_HOSTS)
+    held = Hold(testbed_session, others(testbed_session))  # the workers on host1 and host2: host2 is cut off
     try:
         for host in hosts:
             testbed_session.cli("limit", host, "100mbit")
@@ -185,6 +213,7 @@ def reference(testbed_session, store):
         out = job.finish()
         seconds = time.monotonic() - started
     finally:
+        held.release()
         for host in hosts:
             testbed_session.cli("limit", host, "off", check=False)
     return {"run_dir": run_dir, "out": out, "state": final_state(run_dir), "seconds": seconds, "cut": cut - started}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CLI = ROOT / "cluster" / "testbed"
 HOSTS = 3  # host0 (head) + two hosts for two training workers; tests that need more `join`
+WORKER_IP = re.compile(r"RayTrainWorker pid=\d+, ip=(198\.18\.\d+\.\d+)")  # Ray's prefix on a worker's lines
 
 
 def unavailable() -> str | None:
@@ -63,6 +65,11 @@ class Testbed:
 
     def exec(self, host: str, *cmd: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
         return self.cli("exec", host, "--", *cmd, timeout=timeout, check=check)
+
+    def worker_hosts(self, out: str) -> set[str]:
+        """The hosts whose training workers printed in a job's output `out` (by Ray's line prefix)."""
+        by_ip = {host["ip"]: name for name, host in self.hosts().items()}
+        return {by_ip.get(ip, ip) for ip in WORKER_IP.findall(out)}
 
     def python(self, host: str, code: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return self.exec(host, "python", "-c", code, timeout=timeout)
