@@ -1,7 +1,7 @@
 """Communication at cluster scale, emulated: 1 worker vs 2 workers on separate testbed hosts, link capped.
 
     python benchmarks/comm_speed.py [--up] [--links datacenter commodity] [--steps 12] [--log-every 4]
-                                    [--size 64] [--compressions none fp16 bf16 powersgd powersgd:4]
+                                    [--size 64] [--compressions none none@4 fp16 bf16 powersgd powersgd:4]
                                     [--control] [--baselines 2|3] [--factor F] [--json PATH] [--dry-run]
     python benchmarks/comm_speed.py --project RESULT.json [RESULT.json ...]
 
@@ -134,9 +134,13 @@ def train(env: dict, run_dir: str, args, workers: int, compression: str, log_pat
 
 
 def compression_overrides(compression: str, default_rank: int) -> list[str]:
-    """`none`, `fp16`, `bf16`, `powersgd` or `powersgd:R` (rank R) as config overrides."""
-    name, _, rank = compression.partition(":")
-    return [f"run.grad_compression={name}", f"run.powersgd_rank={rank or default_rank}", "run.powersgd_start_step=2"]
+    """`none`, `fp16`, `bf16`, `powersgd` or `powersgd:R` (rank R) as config overrides; each may end in
+    `@MB`, DDP's bucket size (run.bucket_cap_mb; `none@4`: plain DDP with 4 MB buckets)."""
+    spec, _, bucket_mb = compression.partition("@")
+    name, _, rank = spec.partition(":")
+    bucket = [f"run.bucket_cap_mb={bucket_mb}"] if bucket_mb else []
+    return [f"run.grad_compression={name}", f"run.powersgd_rank={rank or default_rank}", "run.powersgd_start_step=2",
+            *bucket]  # fmt: skip
 
 
 def summarise(lines: list[dict]) -> dict:
@@ -158,7 +162,7 @@ def run_link(link: str, args, env: dict, out_dir: str, stamp: str, factor: float
     result: dict = {"link": link, "one": [], "two": {}}
 
     def one_run(workers: int, compression: str, tag: str = "") -> dict:
-        name = f"{link}-{compression.replace(':', '-r')}-{workers}w-{len(result['one']) if workers == 1 else 0}{tag}"
+        name = f"{link}-{compression.replace(':', '-r').replace('@', '-b')}-{workers}w-{len(result['one']) if workers == 1 else 0}{tag}"
         run_dir = store_dir(env["BEGAN_TESTBED_STORE"], f"{stamp}/{name}-{uuid.uuid4().hex[:6]}")
         before, started = load(), time.time()
         lines = train(env, run_dir, args, workers, compression, os.path.join(out_dir, f"{name}.log"))
@@ -261,7 +265,7 @@ def main() -> int:
     parser.add_argument("--log-every", type=int, default=4, help="steps per log interval (the first is left out)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--compressions", nargs="+", default=["none", "fp16", "bf16", "powersgd"],
-                        help="run.grad_compression values; powersgd:R for rank R")
+                        help="run.grad_compression values; powersgd:R for rank R; VALUE@MB for run.bucket_cap_mb=MB")
     parser.add_argument("--powersgd-rank", type=int, default=1, help="rank of a plain `powersgd`")
     parser.add_argument("--factor", type=float, help="step time here / 12 ms (default: the first 1-worker run's)")
     parser.add_argument("--baselines", type=int, choices=(2, 3), default=3,
