@@ -162,7 +162,8 @@ def run_link(link: str, args, env: dict, out_dir: str, stamp: str, factor: float
     result: dict = {"link": link, "one": [], "two": {}}
 
     def one_run(workers: int, compression: str, tag: str = "") -> dict:
-        name = f"{link}-{compression.replace(':', '-r').replace('@', '-b')}-{workers}w-{len(result['one']) if workers == 1 else 0}{tag}"
+        label = compression.replace(":", "-r").replace("@", "-b")
+        name = f"{link}-{label}-{workers}w-{len(result['one']) if workers == 1 else 0}{tag}"
         run_dir = store_dir(env["BEGAN_TESTBED_STORE"], f"{stamp}/{name}-{uuid.uuid4().hex[:6]}")
         before, started = load(), time.time()
         lines = train(env, run_dir, args, workers, compression, os.path.join(out_dir, f"{name}.log"))
@@ -302,7 +303,8 @@ def main() -> int:
         env = {**base_env, **status["env"]}
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         os.environ.update({k: v for k, v in status["env"].items() if k.startswith("AWS_")})  # pyarrow's S3
-        stamp, out_dir = time.strftime("%Y%m%d-%H%M%S"), os.path.abspath(f"comm_speed-{time.strftime('%H%M%S')}")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out_dir = os.path.abspath(os.path.join("runs", f"comm_speed-{stamp}"))  # runs/: ignored by git
         os.makedirs(out_dir, exist_ok=True)
         print(f"logs in {out_dir}; load average {load()}", flush=True)
         results, factor = [], args.factor
