@@ -144,7 +144,9 @@ class RunConfig:
     powersgd_rank: int = 1  # powersgd: rank of each layer's gradient approximation
     powersgd_start_step: int = 1000  # powersgd: plain all-reduces before compressing (PyTorch's default; >= 2)
     powersgd_min_compression_rate: float = 2.0  # powersgd: layers that would shrink less are sent uncompressed
-    bucket_cap_mb: float = 25.0  # DDP's gradient bucket size, MB (DDP's default)
+    # DDP's gradient bucket size, MB. Not DDP's 25: D's 18 MB of gradients would fill one bucket, ready only
+    # when D's backward ends; 4 MB buckets overlap the all-reduce with it (docs/performance.md, "Bucket size").
+    bucket_cap_mb: float = 4.0
 
 
 @dataclass
