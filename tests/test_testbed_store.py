@@ -81,8 +81,8 @@ def trial_statuses(sweep_dir: str) -> list[str]:
 
 
 def test_sweep_on_the_store_resumes_after_the_driver_is_killed(testbed, store):
-    """A 2-trial sweep run from host0 with its sweep directory on the store, one trial on each of host1 and
-    host2 (train.steps 8 and 40). Once the short one is finished in Tune's state and the long one has a
+    """A 2-trial sweep run from host0 with its sweep directory on the store, the trials on two hosts
+    (train.steps 8 and 40). Once the short one is finished in Tune's state and the long one has a
     checkpoint, the driver gets SIGKILL; `tune --resume` re-runs nothing that finished and continues the
     other from its checkpoint. Tune holds references to the trials' checkpoints, never a second copy."""
     sweep_dir = storage.join(store, "sweep")
@@ -136,7 +136,8 @@ def test_sweep_on_the_store_resumes_after_the_driver_is_killed(testbed, store):
         hosts |= {json.loads(line)["node_ip"] for line in results}
         for checkpoint in storage.glob(entry, "checkpoint_*"):
             assert [name.endswith(".pt.uri") for name in storage.listdir(checkpoint)] == [True], checkpoint
-    # the trials ran on two hosts, neither the head (which hosts are up depends on the tests before)
-    assert len(hosts) == 2 and HEAD_IP not in hosts, hosts
+    # the two trials ran at once on two hosts, neither the head; the resumed one may have gone to a third
+    # (which hosts are up depends on the tests before)
+    assert len(hosts) >= 2 and HEAD_IP not in hosts, hosts
     assert main(["report", sweep_dir]) == 0  # from the machine, outside every host
     assert "data:image/png;base64" in storage.read_text(storage.join(sweep_dir, "report.html"))
