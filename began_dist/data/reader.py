@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Optional
 
 import numpy as np
@@ -164,13 +165,15 @@ class ShardedDataset(ImageDataset):
     then fetched into the node cache when first needed, verified on arrival and
     memory-mapped from there (began_dist/data/cache.py). `follow(sampler)` starts a
     background fetcher that fetches the next `prefetch` shards in the order the sampler
-    will need them.
+    will need them, `fetch_workers` at once; a gather fetches the shards it lacks at once too.
     """
 
     def __init__(self, path: str, limit: int = 0, checksums: bool = True, cache_dir: Optional[str] = None,
-                 cache_gb: float = cache.DEFAULT_GB, prefetch: int = cache.DEFAULT_PREFETCH):
+                 cache_gb: float = cache.DEFAULT_GB, prefetch: int = cache.DEFAULT_PREFETCH,
+                 fetch_workers: int = cache.DEFAULT_WORKERS):
         """`cache_dir`: the node-local verified record and shard cache (None: verified.default_cache_dir)."""
         self.path, self.cache_dir, self.cache_gb, self.prefetch = path, cache_dir, cache_gb, prefetch
+        self.fetch_workers = fetch_workers
         store = DatasetDir(path)
         manifest = self.manifest = store.manifest
         self.remote = not store.local
@@ -247,7 +250,7 @@ class ShardedDataset(ImageDataset):
             self._store = DatasetDir(self.path)
             if self.remote:
                 self._infos = self._check_listing(self._store)
-                self._cache = cache.ShardCache(self.cache_dir, self.cache_gb)
+                self._cache = cache.ShardCache(self.cache_dir, self.cache_gb, self.fetch_workers)
         return self._store
 
     def _shard(self, index: int) -> tuple:
@@ -298,23 +301,34 @@ class ShardedDataset(ImageDataset):
         return list(order)[:count]
 
     def _fetch_ahead(self, cursor, stop: threading.Event) -> None:
-        """Fetch the first not yet cached of the next `prefetch` shards, again and again, following the sampler."""
+        """Keep `fetch_workers` of the next `prefetch` not yet cached shards downloading, following the sampler."""
         store, done, shards = self._store, set(), len(self._shards())
-        while not stop.is_set() and len(done) < shards:  # all fetched once: the cache and the reader take over
+        running: dict[Future, int] = {}
+        with ThreadPoolExecutor(self._cache.workers, thread_name_prefix="began-dist-fetch") as pool:
             try:
-                coming = self.upcoming_shards(cursor, self._follow.position, self.prefetch)
-                todo = [shard for shard in coming if shard not in done]
-                if not todo:
-                    stop.wait(POLL_S)
-                    continue
-                entry = self.manifest["shards"][todo[0]]
-                info = self._infos[entry["file"]]
-                version = self._cache.version(store, entry, info)
-                self._cache.fetch(store, entry, version, self._cache.path(version, entry["file"]))
-                done.add(todo[0])
+                while not stop.is_set() and len(done) < shards:  # all fetched once: the cache and reader take over
+                    coming = self.upcoming_shards(cursor, self._follow.position, self.prefetch)
+                    todo = [shard for shard in coming if shard not in done and shard not in running.values()]
+                    for shard in todo[: self._cache.workers - len(running)]:
+                        entry = self.manifest["shards"][shard]
+                        running[pool.submit(self._cache.get, store, entry, self._infos[entry["file"]])] = shard
+                    if not running:
+                        stop.wait(POLL_S)
+                        continue
+                    for future in wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)[0]:
+                        done.add(running.pop(future))
+                        future.result()
             except Exception as error:  # noqa: BLE001 - the reader fetches it again itself and raises there
                 log.info("%s: fetching ahead stopped: %s", self.path, error)
-                return
+            for future in running:
+                future.cancel()
+
+    def _fetch_missing(self, shards) -> None:
+        """Fetch the shards a gather needs that are not open yet at once, not one after another, when
+        they fit in the cache together (else one at a time, each evicting what the last one left)."""
+        missing = [self.manifest["shards"][int(shard)] for shard in shards if int(shard) not in self._open_shards]
+        if len(missing) > 1 and sum(entry["bytes"] for entry in missing) + self._open_bytes <= self._cache.limit:
+            self._cache.fetch_all(self._store, [(entry, self._infos[entry["file"]]) for entry in missing])
 
     def close(self) -> None:
         """Stop the fetcher and unpin every shard (they may be evicted from then on)."""
@@ -342,6 +356,9 @@ class ShardedDataset(ImageDataset):
         dtype = np.uint8 if name == "image" else np.dtype(m["labels"][name])
         out = np.empty((len(index), *(item_shape[a - 1] for a in axes[1:])), dtype)
         which = np.searchsorted(self._shard_starts, index, side="right") - 1
+        if self.remote:
+            self._context()
+            self._fetch_missing(np.unique(which))
         for shard in np.unique(which):
             rows = np.nonzero(which == shard)[0]
             blocks, starts, _, _ = self._shard(int(shard))
