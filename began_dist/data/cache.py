@@ -35,7 +35,8 @@ import os
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Optional
 
 from began_dist import uris
@@ -52,6 +53,7 @@ DEFAULT_PREFETCH = 8  # shards fetched ahead of use by a reader's background fet
 DEFAULT_WORKERS = 4  # shards one process downloads at once (data.fetch_workers)
 BLOCK = 1 << 24  # bytes per read = per GET request; 64 KB reads ran at 10 MB/s on moto, 16 MB at 360
 FETCHED = {"files": 0, "bytes": 0}  # downloads done by this process (tests and benchmarks read it)
+POLL_S = 0.05  # how often fetching ahead looks again when the shards ahead are all cached
 LOG = "fetches.jsonl"  # CACHE_DIR/<this>: one line per download on this node, by any process
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,29 @@ class ShardCache:
         with ThreadPoolExecutor(min(self.workers, len(shards)), thread_name_prefix="began-dist-fetch") as pool:
             for done in [pool.submit(self.get, store, entry, info) for entry, info in shards]:
                 done.result()  # the first failure is raised (after the others end: bounded by their fetches)
+
+    def fetch_following(self, store, coming: Callable[[], list[tuple[int, dict, object]]], total: int,
+                        stop: threading.Event) -> None:
+        """Keep `workers` of the `coming()` (shard, entry, info) not fetched yet downloading, until `stop` or
+        all `total` shards were fetched once (then the cache and the reader take over)."""
+        done: set[int] = set()
+        running: dict[Future, int] = {}
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="began-dist-fetch") as pool:
+            try:
+                while not stop.is_set() and len(done) < total:
+                    todo = [job for job in coming() if job[0] not in done and job[0] not in running.values()]
+                    for shard, entry, info in todo[: self.workers - len(running)]:
+                        running[pool.submit(self.get, store, entry, info)] = shard
+                    if not running:
+                        stop.wait(POLL_S)
+                        continue
+                    for future in wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)[0]:
+                        done.add(running.pop(future))
+                        future.result()
+            except Exception as error:  # noqa: BLE001 - the reader fetches it again itself and raises there
+                log.info("%s: fetching ahead stopped: %s", store.path, error)
+            for future in running:
+                future.cancel()
 
     def fetch(self, store, entry: dict, version: dict, path: str) -> bool:
         """Download and verify the shard unless the cache has it; True when this call downloaded it."""

@@ -24,7 +24,6 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Optional
 
 import numpy as np
@@ -40,7 +39,6 @@ from began_dist.data.dataset import DataError, ImageDataset
 from began_dist.data.verified import VerifiedRecord, shard_version
 
 HASHED = {"files": 0, "bytes": 0}  # what this process has hashed (tests and benchmarks read it)
-POLL_S = 0.05  # how often the fetcher looks again when the shards ahead are all cached
 log = logging.getLogger(__name__)
 
 
@@ -301,27 +299,13 @@ class ShardedDataset(ImageDataset):
         return list(order)[:count]
 
     def _fetch_ahead(self, cursor, stop: threading.Event) -> None:
-        """Keep `fetch_workers` of the next `prefetch` not yet cached shards downloading, following the sampler."""
-        store, done, shards = self._store, set(), len(self._shards())
-        running: dict[Future, int] = {}
-        with ThreadPoolExecutor(self._cache.workers, thread_name_prefix="began-dist-fetch") as pool:
-            try:
-                while not stop.is_set() and len(done) < shards:  # all fetched once: the cache and reader take over
-                    coming = self.upcoming_shards(cursor, self._follow.position, self.prefetch)
-                    todo = [shard for shard in coming if shard not in done and shard not in running.values()]
-                    for shard in todo[: self._cache.workers - len(running)]:
-                        entry = self.manifest["shards"][shard]
-                        running[pool.submit(self._cache.get, store, entry, self._infos[entry["file"]])] = shard
-                    if not running:
-                        stop.wait(POLL_S)
-                        continue
-                    for future in wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)[0]:
-                        done.add(running.pop(future))
-                        future.result()
-            except Exception as error:  # noqa: BLE001 - the reader fetches it again itself and raises there
-                log.info("%s: fetching ahead stopped: %s", self.path, error)
-            for future in running:
-                future.cancel()
+        """Keep the next `prefetch` shards the sampler reads downloading, `fetch_workers` at once."""
+        def coming() -> list[tuple[int, dict, object]]:
+            shards = self.upcoming_shards(cursor, self._follow.position, self.prefetch)
+            return [(shard, self.manifest["shards"][shard], self._infos[self.manifest["shards"][shard]["file"]])
+                    for shard in shards]
+
+        self._cache.fetch_following(self._store, coming, len(self._shards()), stop)
 
     def _fetch_missing(self, shards) -> None:
         """Fetch the shards a gather needs that are not open yet at once, not one after another, when
