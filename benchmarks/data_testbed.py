@@ -84,18 +84,13 @@ def read_s(open_dataset, batch: int, block: int = 0) -> tuple[float, float]:
     """Seconds to open the dataset and read one epoch of random global batches, and to its first batch
     (cold: random batches read every shard, so that is the time to fetch them all). `block`: the cache's
     read size during it (0: the default)."""
-    from data_speed import read_epoch
+    from data_speed import cache_reads, read_epoch
 
-    from began_dist.data import cache
-
-    started, first, default_block = time.perf_counter(), [], cache.BLOCK
-    cache.BLOCK = block or default_block
-    try:
+    started, first = time.perf_counter(), []
+    with cache_reads(block):
         dataset = open_dataset()
         opened = time.perf_counter() - started
         seconds = read_epoch(dataset, batch, first) + opened
-    finally:
-        cache.BLOCK = default_block
     getattr(dataset, "close", lambda: None)()
     return seconds, first[0] + opened
 
