@@ -177,7 +177,7 @@ class ShardedDataset(ImageDataset):
         self.remote = not store.local
         self.count = min(limit, manifest["count"]) if limit else manifest["count"]
         if self.remote:
-            self._check_listing(store)
+            listing = self._check_listing(store)
         else:
             record = VerifiedRecord(cache_dir) if checksums else None
             for entry in self._shards():
@@ -191,8 +191,8 @@ class ShardedDataset(ImageDataset):
         self.label_names = list(manifest["labels"])
         self._shard_starts = np.cumsum([0] + [entry["count"] for entry in self._shards()])[:-1]
         self._reset()
-        self._labels: Optional[torch.Tensor] = None
-        self._follow = None
+        self._store, self._infos = store, (listing if self.remote else None)  # no second look in this process
+        self._labels, self._follow = None, None  # labels: (N, K) int64 once read
 
     def _reset(self) -> None:
         """Forget this process's open shards (after a fork or unpickling they belong to another process)."""
@@ -246,9 +246,9 @@ class ShardedDataset(ImageDataset):
             self.follow(follow)
         if self._store is None:
             self._store = DatasetDir(self.path)
-            if self.remote:
-                self._infos = self._check_listing(self._store)
-                self._cache = cache.ShardCache(self.cache_dir, self.cache_gb, self.fetch_workers)
+        if self.remote and self._cache is None:
+            self._infos = self._infos or self._check_listing(self._store)
+            self._cache = cache.ShardCache(self.cache_dir, self.cache_gb, self.fetch_workers)
         return self._store
 
     def _shard(self, index: int) -> tuple:
@@ -308,8 +308,7 @@ class ShardedDataset(ImageDataset):
         self._cache.fetch_following(self._store, coming, len(self._shards()), stop)
 
     def _fetch_missing(self, shards) -> None:
-        """Fetch the shards a gather needs that are not open yet at once, not one after another, when
-        they fit in the cache together (else one at a time, each evicting what the last one left)."""
+        """Fetch a gather's shards not open yet at once, when they fit in the cache together."""
         missing = [self.manifest["shards"][int(shard)] for shard in shards if int(shard) not in self._open_shards]
         if len(missing) > 1 and sum(entry["bytes"] for entry in missing) + self._open_bytes <= self._cache.limit:
             self._cache.fetch_all(self._store, [(entry, self._infos[entry["file"]]) for entry in missing])
