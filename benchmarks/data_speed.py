@@ -35,8 +35,11 @@ hashed) and with the record in place (stat only).
 separate process; `pip install -e .[testbed]`): opening the dataset (manifest and
 listing), then one epoch of random global batches from an empty cache (every shard
 fetched and verified on first need) and again with the cache warm (a new reader), beside
-the same shards on local disk; images/s and MB/s of shard data over the epoch. No link
-cap: the loopback, so this measures the cache's own overhead, not a network.
+the same shards on local disk; images/s and MB/s of shard data over the epoch, and the
+time to the first batch (cold: random batches read every shard, so all are fetched before
+it). The cold read runs twice: as before `data.fetch_workers` (one shard after another,
+4 MB reads) and with the defaults (shards fetched at once, 16 MB reads). No link cap: the
+loopback, so this measures the cache's own overhead, not a network.
 
 `prepare`: `began-dist prepare` images/s of a PNG folder (decode, crop, resize, write) in
 one process and as Ray tasks with `--workers` 1 and 2 on a local Ray cluster (started,
@@ -53,13 +56,16 @@ shards through the node cache cold and warm, local shards and an in-RAM tensor; 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
+from typing import Optional
 
 import numpy as np
 import torch
@@ -415,12 +421,43 @@ class S3Server:
         self.process.wait(timeout=30)
 
 
-def read_epoch(dataset, batch: int) -> float:
-    """Seconds to read one epoch of random global batches -> float32 [-1, 1]."""
+def read_epoch(dataset, batch: int, first: Optional[list] = None) -> float:
+    """Seconds to read one epoch of random global batches -> float32 [-1, 1] (`first` gets the first batch's)."""
     sampler, started = GlobalBatchSampler(len(dataset), batch, seed=1), time.perf_counter()
-    for _ in range(len(dataset) // batch):
+    for step in range(len(dataset) // batch):
         to_model_range(dataset.batch(sampler.next_indices()), CPU)
+        if step == 0 and first is not None:
+            first.append(time.perf_counter() - started)
     return time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def cache_reads(block: int):
+    """The node cache's read size set to `block` (0: the default) meanwhile: the "before" rows read as the
+    cache did before data.fetch_workers (4 MB)."""
+    from began_dist.data import cache
+
+    default = cache.BLOCK
+    cache.BLOCK = block or default
+    try:
+        yield
+    finally:
+        cache.BLOCK = default
+
+
+def remote_epoch(path: str, workers: int, block: int, node: str, batch: int, cold: bool) -> tuple:
+    """(open s, first batch s, epoch s, bytes fetched) of one epoch through the node cache at `node`."""
+    from began_dist.data import cache
+
+    if cold:
+        shutil.rmtree(node, ignore_errors=True)
+    fetched, started, first = cache.FETCHED["bytes"], time.perf_counter(), []
+    with cache_reads(block):
+        dataset = ShardedDataset(path, cache_dir=node, fetch_workers=workers)  # the manifest and a listing
+        opened = time.perf_counter() - started
+        seconds = read_epoch(dataset, batch, first)  # cold: every shard fetched on first need, in here
+    dataset.close()
+    return opened, first[0], seconds, cache.FETCHED["bytes"] - fetched
 
 
 def print_remote(args) -> None:
@@ -431,8 +468,9 @@ def print_remote(args) -> None:
         write_folder(synthetic_images(args.images, args.size), source, ".png")
         print(f"\nremote: {args.images} images, {args.size} px RGB, 8 shards; s3:// on moto at 127.0.0.1 (no link "
               f"cap), one epoch of random batches of {args.batch}; load {os.getloadavg()[0]:.2f}")
-        print(f"| {'shards':<32} | {'open':>7} | {'img/s':>8} | {'MB/s':>7} | {'fetched':>8} |")
-        print(f"|{'-' * 34}|{'-' * 9}|{'-' * 10}|{'-' * 9}|{'-' * 10}|")
+        print(f"| {'shards (best of 3)':<45} | {'open':>7} | {'1st batch':>9} | {'img/s':>8} | {'MB/s':>7} | "
+              f"{'fetched':>8} |")
+        print(f"|{'-' * 47}|{'-' * 9}|{'-' * 11}|{'-' * 10}|{'-' * 9}|{'-' * 10}|")
         for fmt_name in ("arrow", "hdf5"):
             local = os.path.join(tmp, fmt_name)
             options = prep.PrepareOptions(format=fmt_name, size=args.size, shards=8, jobs=1)
@@ -441,16 +479,19 @@ def print_remote(args) -> None:
             prep.prepare(source, uri, options)
             size = sum(entry["bytes"] for entry in ShardedDataset(local).manifest["shards"])
             node = os.path.join(tmp, f"cache-{fmt_name}")
-            for label, path in ((f"{fmt_name}, local disk", local), (f"{fmt_name}, s3:// cold cache", uri),
-                                (f"{fmt_name}, s3:// warm cache", uri)):
-                fetched, started = cache.FETCHED["bytes"], time.perf_counter()
-                dataset = ShardedDataset(path, cache_dir=node)  # the manifest and a listing (local: stat)
-                opened = time.perf_counter() - started
-                seconds = read_epoch(dataset, args.batch)  # cold: every shard fetched on first need, in here
-                fetched = cache.FETCHED["bytes"] - fetched
-                print(f"| {label:<32} | {opened:>5.2f} s | {len(dataset) / seconds:>8,.0f} | "
-                      f"{size / seconds / 1e6:>7,.1f} | {fetched / 1e6:>5,.1f} MB |")
-                dataset.close()
+            settings = {"local disk": (local, cache.DEFAULT_WORKERS, cache.BLOCK),
+                        "s3:// cold, before (1 at a time, 4 MB)": (uri, 1, 1 << 22),
+                        "s3:// cold cache": (uri, cache.DEFAULT_WORKERS, cache.BLOCK),
+                        "s3:// warm cache": (uri, cache.DEFAULT_WORKERS, cache.BLOCK)}
+            best: dict[str, tuple] = {}
+            for _ in range(3):  # alternated, best of 3: the load of other jobs falls on every row
+                for label, setting in settings.items():
+                    result = remote_epoch(*setting, node, args.batch, cold="cold" in label)
+                    if label not in best or result[2] < best[label][2]:
+                        best[label] = result
+            for label, (opened, first, seconds, fetched) in best.items():
+                print(f"| {fmt_name + ', ' + label:<45} | {opened:>5.2f} s | {first:>7.2f} s | "
+                      f"{args.images / seconds:>8,.0f} | {size / seconds / 1e6:>7,.1f} | {fetched / 1e6:>5,.1f} MB |")
     print("goal (testbed, capped link): cold-cache read >= 80% of the link's rate; warm cache as fast as local disk")
 
 

@@ -10,7 +10,9 @@ is prepared into the testbed's store (8 Arrow shards). On host1, with its link c
   the store through an empty node cache (cold: every shard fetched and verified on first
   need), the same cache again (warm), local shards on host1's disk and an in-RAM tensor:
   images/s and MB/s of shard data, against the link's rate and what a 12 ms step at batch
-  64 needs;
+  64 needs; the cold read also as before `data.fetch_workers` (one shard at a time, 4 MB
+  reads), and "fetch MB/s": shard bytes over the time to the first batch, which a random
+  batch can only read once every shard is fetched;
 - steps/s of a small BEGAN (`SMALL`, `--size` px, batch `--batch`, one torch thread)
   reading through the `Prefetcher` (depth 2), `--tb-steps` steps after one warm-up: from an
   empty cache (cold; the time includes opening the dataset), local shards, warm cache and
@@ -49,6 +51,7 @@ CPU = torch.device("cpu")
 SMALL = ["model.filters=4", "model.nz=16", "model.nh=16", "model.convs_per_scale=1"]
 LINKS = (("1gbit", "1 Gbit/s", 125e6), ("100mbit", "100 Mbit/s", 12.5e6))
 STEP_NEED = 64 / 0.012  # images/s a 12 ms step at batch 64 consumes
+BEFORE = "s3, cold, before"  # one shard fetched at a time, 4 MB reads: the cache before data.fetch_workers
 
 
 # -- on host1 -----------------------------------------------------------------------------------
@@ -77,15 +80,19 @@ def steps_per_s(open_dataset, model, batch: int, steps: int) -> tuple[float, flo
     return rate, wait
 
 
-def read_s(open_dataset, batch: int) -> float:
-    """Seconds to open the dataset and read one epoch of random global batches."""
-    from data_speed import read_epoch
+def read_s(open_dataset, batch: int, block: int = 0) -> tuple[float, float]:
+    """Seconds to open the dataset and read one epoch of random global batches, and to its first batch
+    (cold: random batches read every shard, so that is the time to fetch them all). `block`: the cache's
+    read size during it (0: the default)."""
+    from data_speed import cache_reads, read_epoch
 
-    started = time.perf_counter()
-    dataset = open_dataset()
-    seconds = read_epoch(dataset, batch) + time.perf_counter() - started
+    started, first = time.perf_counter(), []
+    with cache_reads(block):
+        dataset = open_dataset()
+        opened = time.perf_counter() - started
+        seconds = read_epoch(dataset, batch, first) + opened
     getattr(dataset, "close", lambda: None)()
-    return seconds
+    return seconds, first[0] + opened
 
 
 def host_rows(uri: str, local: str, cache: str, size: int, batch: int, steps: int) -> list[dict]:
@@ -101,17 +108,21 @@ def host_rows(uri: str, local: str, cache: str, size: int, batch: int, steps: in
     ram = InMemoryDataset(local_set.batch(torch.arange(len(local_set))))
     nbytes = sum(entry["bytes"] for entry in local_set.manifest["shards"])
     model = small_began(size, batch)
-    sources = {"s3, cold cache": lambda: ShardedDataset(uri, cache_dir=f"{cache}-read"),
+    sources = {BEFORE: lambda: ShardedDataset(uri, cache_dir=f"{cache}-before", fetch_workers=1),
+               "s3, cold cache": lambda: ShardedDataset(uri, cache_dir=f"{cache}-read"),
                "s3, warm cache": lambda: ShardedDataset(uri, cache_dir=f"{cache}-read"),
                "local shards": lambda: ShardedDataset(local), "in-RAM tensor": lambda: ram}
-    rows = {name: {"source": name, "images": len(ram), "bytes": nbytes, "read_s": read_s(make, batch)}
-            for name, make in sources.items()}  # in this order: the cold read fills the cache
+    rows = {}
+    for name, make in sources.items():  # in this order: the cold read fills the cache
+        seconds, first = read_s(make, batch, 1 << 22 if name == BEFORE else 0)
+        rows[name] = {"source": name, "images": len(ram), "bytes": nbytes, "read_s": seconds, "first_s": first,
+                      "steps": None, "wait": None}
     cold = steps_per_s(lambda: ShardedDataset(uri, cache_dir=f"{cache}-steps"), model, batch, steps)
     rows["s3, cold cache"].update(steps=cold[0], wait=cold[1])
     for _ in range(2):
         for name in ("in-RAM tensor", "s3, warm cache", "local shards"):
             rate, wait = steps_per_s(sources[name], model, batch, steps)
-            if rate > rows[name].get("steps", 0):
+            if rate > (rows[name]["steps"] or 0):
                 rows[name].update(steps=rate, wait=wait)
     return list(rows.values())
 
@@ -204,19 +215,22 @@ def print_results(args, results: dict, prepared: list) -> None:
           f"shards) from the store through its node cache; small BEGAN ({', '.join(SMALL)}), batch {args.batch}, "
           f"{args.tb_steps} steps, prefetch depth 2, 1 torch thread; load {os.getloadavg()[0]:.2f} on "
           f"{os.cpu_count()} CPUs")
-    print("| link | source | read MB/s | of link | read img/s | 12 ms step at batch 64 | steps/s | vs in-RAM | "
-          "wait/step |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| link | source | read MB/s | of link | fetch MB/s | of link | read img/s | 12 ms step at batch 64 | "
+          "steps/s | vs in-RAM | wait/step |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     verdicts = []
     for rate, label, link in LINKS:
         rows = {row["source"]: row for row in results[rate]}
         ram = rows["in-RAM tensor"]["steps"]
         for row in rows.values():
             mb, images = row["bytes"] / row["read_s"] / 1e6, row["images"] / row["read_s"]
-            share = f"{mb * 1e6 / link:.0%}" if row["source"] == "s3, cold cache" else "-"
-            print(f"| {label} | {row['source']} | {mb:,.1f} | {share} | {images:,.0f} | "
-                  f"{'delivers' if images >= STEP_NEED else 'too slow'} | {row['steps']:.2f} | "
-                  f"{row['steps'] / ram:.0%} | {row['wait'] * 1e3:,.0f} ms |")
+            cold, fetch = "cold" in row["source"], row["bytes"] / row["first_s"]
+            share = f"{mb * 1e6 / link:.0%}" if cold else "-"
+            fetched = f"{fetch / 1e6:,.1f} | {fetch / link:.0%}" if cold else "- | -"
+            steps = "- | - | -" if row["steps"] is None else (
+                f"{row['steps']:.2f} | {row['steps'] / ram:.0%} | {row['wait'] * 1e3:,.0f} ms")
+            print(f"| {label} | {row['source']} | {mb:,.1f} | {share} | {fetched} | {images:,.0f} | "
+                  f"{'delivers' if images >= STEP_NEED else 'too slow'} | {steps} |")
         cold = rows["s3, cold cache"]["bytes"] / rows["s3, cold cache"]["read_s"]
         warm = rows["s3, warm cache"]["steps"] / ram
         verdicts.append(f"{label}: cold read {cold / link:.0%} of the link (goal >= 80%: "

@@ -25,6 +25,7 @@ from began_dist.families import FAMILIES
         ("run.collective_timeout_s=0", "run.collective_timeout_s", "positive number of seconds"),
         ("data.source=webdataset", "data.source", "glyphs, shapes, folder, shards"),
         ("data.source=folder", "data.path", "required"),
+        ("data.fetch_workers=0", "data.fetch_workers", "1 (one shard at a time) to 64"),
         ("model.filters=many", "model.filters", "Integer"),
         ("train.gamma=high", "train.gamma", "Float"),
         ("model.nonsense=3", "model.nonsense", "not in"),

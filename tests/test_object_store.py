@@ -8,6 +8,7 @@ Ray tasks, a corrupt shard met mid-run): tests/test_testbed_data.py.
 """
 
 import os
+import threading
 import time
 
 import pyarrow.fs as pafs
@@ -156,6 +157,43 @@ def test_the_cache_is_bounded_and_never_evicts_an_open_shard(remote, node_cache,
     assert shard0 in left and len(left) <= 2  # the pinned shard stayed; others were evicted to fit
     holder.close()
     small.close()
+
+
+@pytest.mark.parametrize("remote", ["arrow"], indirect=True)
+@pytest.mark.parametrize("workers, overlap", [(1, False), (4, True)])
+def test_a_batch_fetches_its_shards_at_once_each_once_per_node_and_verified(remote, node_cache, expected,
+                                                                            monkeypatch, workers, overlap):
+    uri, _ = remote
+    downloads, running, peak, guard = [], [0], [0], threading.Lock()
+    real = cache._download
+
+    def download(store, file, tmp):  # the real download, held 0.3 s so that downloads at once overlap
+        with guard:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            downloads.append(file)
+        time.sleep(0.3)
+        try:
+            return real(store, file, tmp)
+        finally:
+            with guard:
+                running[0] -= 1
+
+    monkeypatch.setattr(cache, "_download", download)
+    readers = [ShardedDataset(uri, fetch_workers=workers) for _ in range(2)]
+    everything, results = torch.arange(COUNT), {}
+    threads = [threading.Thread(target=lambda r=r: results.update({r: r.batch(everything)})) for r in readers]
+    for thread in threads:  # two readers on one node, each needing every shard for its first batch
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(torch.equal(results.get(reader, torch.empty(0)), expected[0]) for reader in readers)
+    assert sorted(downloads) == [f"shard-{i:05d}.arrow" for i in range(3)]  # each shard once per node
+    logged = cache.fetch_log(node_cache)
+    assert len(logged) == 3 and all(entry["verified"] for entry in logged)
+    assert (peak[0] > 1) == overlap
+    for reader in readers:
+        reader.close()
 
 
 @pytest.mark.parametrize("remote", ["hdf5"], indirect=True)

@@ -66,6 +66,7 @@ class DataConfig:
     cache_dir: str = ""  # node-local cache: verified-shard records, fetched remote shards ("" = ~/.cache/began-dist)
     cache_gb: float = 50.0  # size bound of the node-local shard cache, GB (least recently used shards go first)
     fetch_ahead: int = 8  # remote shards fetched into the node cache ahead of use, in the sampler's order
+    fetch_workers: int = 4  # remote shards one process downloads at once (1 = one after another)
     shapes: str = "square+cross,square"  # shapes: CRS classes (docs/multigen.md), or `four` (the harder set)
 
 

@@ -153,6 +153,9 @@ def _check_data(d: DictConfig) -> None:
         raise ConfigError("data.limit must be >= 0 and data.glyphs > 0")
     if d.prefetch < 0 or d.fetch_ahead < 0 or d.cache_gb <= 0:
         raise ConfigError("data.prefetch and data.fetch_ahead must be >= 0 and data.cache_gb > 0")
+    if not 1 <= d.fetch_workers <= 64:
+        raise ConfigError(f"data.fetch_workers={d.fetch_workers}: must be 1 (one shard at a time) to 64; "
+                          "each fetch holds up to 16 MB in memory")
 
 
 def _check_family_keys(cfg: DictConfig) -> None:

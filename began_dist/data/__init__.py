@@ -37,10 +37,11 @@ def cache_dir(d):
 
 
 def sharded(d) -> ShardedDataset:
-    """data.path's dataset with the node cache settings (data.cache_dir, data.cache_gb, data.fetch_ahead)."""
+    """data.path's dataset with the node cache settings (data.cache_dir, cache_gb, fetch_ahead, fetch_workers)."""
     return ShardedDataset(d.path, limit=d.limit, cache_dir=cache_dir(d),
                           cache_gb=float(getattr(d, "cache_gb", None) or cache.DEFAULT_GB),
-                          prefetch=int(getattr(d, "fetch_ahead", cache.DEFAULT_PREFETCH)))
+                          prefetch=int(getattr(d, "fetch_ahead", cache.DEFAULT_PREFETCH)),
+                          fetch_workers=int(getattr(d, "fetch_workers", cache.DEFAULT_WORKERS)))
 
 
 def _check_shards(cfg, dataset: ShardedDataset) -> None:

@@ -39,7 +39,6 @@ from began_dist.data.dataset import DataError, ImageDataset
 from began_dist.data.verified import VerifiedRecord, shard_version
 
 HASHED = {"files": 0, "bytes": 0}  # what this process has hashed (tests and benchmarks read it)
-POLL_S = 0.05  # how often the fetcher looks again when the shards ahead are all cached
 log = logging.getLogger(__name__)
 
 
@@ -164,19 +163,21 @@ class ShardedDataset(ImageDataset):
     then fetched into the node cache when first needed, verified on arrival and
     memory-mapped from there (began_dist/data/cache.py). `follow(sampler)` starts a
     background fetcher that fetches the next `prefetch` shards in the order the sampler
-    will need them.
+    will need them, `fetch_workers` at once; a gather fetches the shards it lacks at once too.
     """
 
     def __init__(self, path: str, limit: int = 0, checksums: bool = True, cache_dir: Optional[str] = None,
-                 cache_gb: float = cache.DEFAULT_GB, prefetch: int = cache.DEFAULT_PREFETCH):
+                 cache_gb: float = cache.DEFAULT_GB, prefetch: int = cache.DEFAULT_PREFETCH,
+                 fetch_workers: int = cache.DEFAULT_WORKERS):
         """`cache_dir`: the node-local verified record and shard cache (None: verified.default_cache_dir)."""
         self.path, self.cache_dir, self.cache_gb, self.prefetch = path, cache_dir, cache_gb, prefetch
+        self.fetch_workers = fetch_workers
         store = DatasetDir(path)
         manifest = self.manifest = store.manifest
         self.remote = not store.local
         self.count = min(limit, manifest["count"]) if limit else manifest["count"]
         if self.remote:
-            self._check_listing(store)
+            listing = self._check_listing(store)
         else:
             record = VerifiedRecord(cache_dir) if checksums else None
             for entry in self._shards():
@@ -190,8 +191,8 @@ class ShardedDataset(ImageDataset):
         self.label_names = list(manifest["labels"])
         self._shard_starts = np.cumsum([0] + [entry["count"] for entry in self._shards()])[:-1]
         self._reset()
-        self._labels: Optional[torch.Tensor] = None
-        self._follow = None
+        self._store, self._infos = store, (listing if self.remote else None)  # no second look in this process
+        self._labels, self._follow = None, None  # labels: (N, K) int64 once read
 
     def _reset(self) -> None:
         """Forget this process's open shards (after a fork or unpickling they belong to another process)."""
@@ -245,9 +246,9 @@ class ShardedDataset(ImageDataset):
             self.follow(follow)
         if self._store is None:
             self._store = DatasetDir(self.path)
-            if self.remote:
-                self._infos = self._check_listing(self._store)
-                self._cache = cache.ShardCache(self.cache_dir, self.cache_gb)
+        if self.remote and self._cache is None:
+            self._infos = self._infos or self._check_listing(self._store)
+            self._cache = cache.ShardCache(self.cache_dir, self.cache_gb, self.fetch_workers)
         return self._store
 
     def _shard(self, index: int) -> tuple:
@@ -298,23 +299,19 @@ class ShardedDataset(ImageDataset):
         return list(order)[:count]
 
     def _fetch_ahead(self, cursor, stop: threading.Event) -> None:
-        """Fetch the first not yet cached of the next `prefetch` shards, again and again, following the sampler."""
-        store, done, shards = self._store, set(), len(self._shards())
-        while not stop.is_set() and len(done) < shards:  # all fetched once: the cache and the reader take over
-            try:
-                coming = self.upcoming_shards(cursor, self._follow.position, self.prefetch)
-                todo = [shard for shard in coming if shard not in done]
-                if not todo:
-                    stop.wait(POLL_S)
-                    continue
-                entry = self.manifest["shards"][todo[0]]
-                info = self._infos[entry["file"]]
-                version = self._cache.version(store, entry, info)
-                self._cache.fetch(store, entry, version, self._cache.path(version, entry["file"]))
-                done.add(todo[0])
-            except Exception as error:  # noqa: BLE001 - the reader fetches it again itself and raises there
-                log.info("%s: fetching ahead stopped: %s", self.path, error)
-                return
+        """Keep the next `prefetch` shards the sampler reads downloading, `fetch_workers` at once."""
+        def coming() -> list[tuple[int, dict, object]]:
+            shards = self.upcoming_shards(cursor, self._follow.position, self.prefetch)
+            return [(shard, self.manifest["shards"][shard], self._infos[self.manifest["shards"][shard]["file"]])
+                    for shard in shards]
+
+        self._cache.fetch_following(self._store, coming, len(self._shards()), stop)
+
+    def _fetch_missing(self, shards) -> None:
+        """Fetch a gather's shards not open yet at once, when they fit in the cache together."""
+        missing = [self.manifest["shards"][int(shard)] for shard in shards if int(shard) not in self._open_shards]
+        if len(missing) > 1 and sum(entry["bytes"] for entry in missing) + self._open_bytes <= self._cache.limit:
+            self._cache.fetch_all(self._store, [(entry, self._infos[entry["file"]]) for entry in missing])
 
     def close(self) -> None:
         """Stop the fetcher and unpin every shard (they may be evicted from then on)."""
@@ -342,6 +339,9 @@ class ShardedDataset(ImageDataset):
         dtype = np.uint8 if name == "image" else np.dtype(m["labels"][name])
         out = np.empty((len(index), *(item_shape[a - 1] for a in axes[1:])), dtype)
         which = np.searchsorted(self._shard_starts, index, side="right") - 1
+        if self.remote:
+            self._context()
+            self._fetch_missing(np.unique(which))
         for shard in np.unique(which):
             rows = np.nonzero(which == shard)[0]
             blocks, starts, _, _ = self._shard(int(shard))
