@@ -261,10 +261,12 @@ def newest_checkpoint_step(run_dir) -> int:
 
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", [1, 2])
-def test_ctrl_c_to_a_sweep_saves_each_running_trial_then_resume_goes_on_bitwise(ray_cluster, tmp_path, workers):
-    """SIGINT to `began-dist tune`: the running trial saves its last completed step (not only the last
-    periodic checkpoint), the sweep exits 130, and --resume continues the trial from that step."""
+@pytest.mark.parametrize("workers, stop", [(1, signal.SIGINT), (2, signal.SIGTERM)],
+                         ids=["one-worker-SIGINT", "nested-SIGTERM"])
+def test_ctrl_c_to_a_sweep_saves_each_running_trial_then_resume_goes_on_bitwise(ray_cluster, tmp_path, workers, stop):
+    """SIGINT (Ctrl-C) or SIGTERM (`ray job stop`) to `began-dist tune`: the running trial saves its last
+    completed step (not only the last periodic checkpoint), the sweep exits 130, and --resume continues
+    the trial from that step."""
     # workers=2: the trial drives a nested TorchTrainer, whose rank 0 reads the stop flag every 2 steps; it
     # logs every 10 steps, as each report reaches Tune through the Train controller (about 2 s on 2 cores)
     steps, every, logged = (300, 20, 1) if workers == 1 else (100, 20, 10)
@@ -287,11 +289,12 @@ def test_ctrl_c_to_a_sweep_saves_each_running_trial_then_resume_goes_on_bitwise(
                 trial = started[0]  # past its first periodic checkpoint
             time.sleep(0.1)
         assert trial is not None, "no trial got past its first checkpoint"
-        driver.send_signal(signal.SIGINT)
+        driver.send_signal(stop)
         output, _ = driver.communicate(timeout=120)
     finally:
         driver.kill()
     assert driver.returncode == 130, output[-3000:]
+    assert f"{stop.name}: 1 running trial(s) save a checkpoint" in output
     (stopped_at,) = map(int, re.findall(r"interrupted at step (\d+): checkpoint", (trial / "log.txt").read_text()))
     assert every < stopped_at < steps, output[-3000:]
     assert newest_checkpoint_step(trial) == stopped_at  # the last completed step, saved

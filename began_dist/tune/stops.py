@@ -72,9 +72,11 @@ class SweepStops(tune.Callback):
         """While Tune runs in this (main) thread: SIGINT and SIGTERM are ours, not Tune's
         (TUNE_DISABLE_SIGINT_HANDLER; Tune leaves SIGTERM alone)."""
         _ACTIVE.append(self)
-        if threading.current_thread() is not threading.main_thread():
+        # Signal handlers can only be set in the main thread (Tune then sets none either); under Ray Client
+        # (ray://) Tune's loop runs on the cluster, where this callback is not the driver's: Ctrl-C stays Ray's.
+        if threading.current_thread() is not threading.main_thread() or ray.util.client.ray.is_connected():
             try:
-                yield  # signal handlers can only be set in the main thread; Tune then sets none either
+                yield
             finally:
                 _ACTIVE.remove(self)
             return
