@@ -232,12 +232,13 @@ def run_config(run, max_failures: int, callbacks: list):
     )
 
 
-def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
+def run_on_ray(cfg, callbacks: tuple = (), stop_flag=None) -> RunResult:
     """Train `cfg` with `cfg.run.workers` Ray Train workers; returns rank 0's RunResult
     (status failed when Ray gives up: workers failed more than run.max_failures times).
 
     `callbacks`: Ray Train callbacks, e.g. Tune's `TuneReportCallback` when this run
-    is a nested Tune trial (its storage, RUN_DIR/ray, is then the trial's own).
+    is a nested Tune trial (its storage, RUN_DIR/ray, is then the trial's own), and
+    `stop_flag` the sweep's StopFlag, which asks it to save and stop (tune/stops.py).
     """
     run = cfg.run
     if not cluster_address(run.address):
@@ -256,7 +257,7 @@ def run_on_ray(cfg, callbacks: tuple = ()) -> RunResult:
         check_placement(run)
         resources = worker_bundle(run)
         token = mark_run_dir(run.dir)
-        stops = DriverStops()  # SIGINT/SIGTERM: the workers save the last completed step, exit 130
+        stops = DriverStops(stop_flag)  # SIGINT/SIGTERM: the workers save the last completed step, exit 130
         trainer = TorchTrainer(
             functools.partial(worker_entry, ray_checkpoints=bool(callbacks), token=token, stop_flag=stops.flag),
             train_loop_config=to_container(cfg),

@@ -42,16 +42,40 @@ JOB_STOP_WAIT_ADVISED_S = 30
 
 @ray.remote(num_cpus=0)
 class StopFlag:
-    """Set by the driver on SIGINT/SIGTERM; read by rank 0 at each stop point."""
+    """Set by the driver on SIGINT/SIGTERM; read by rank 0 at each stop point. In a sweep (tune/stops.py)
+    each trial that saved its last completed step says so here, so the driver knows when to stop Tune."""
 
     def __init__(self):
         self.reason = ""
+        self.saved_steps: dict = {}  # trial id -> the step its stop checkpoint holds
+        self.stopping = False  # the sweep's driver has stopped Tune's loop: the trials may return
 
     def set(self, reason: str) -> None:
         self.reason = self.reason or reason
 
     def get(self) -> str:
         return self.reason
+
+    def saved(self, trial_id: str, step: int) -> None:
+        self.saved_steps[trial_id] = step
+
+    def saved_trials(self) -> dict:
+        return dict(self.saved_steps)
+
+    def stop_tune(self) -> None:
+        self.stopping = True
+
+    def tune_stopped(self) -> bool:
+        return self.stopping
+
+
+def driver_stop_flag():
+    """A StopFlag on the driver's node: placed on a worker's node, the flag died with that node (a lost or
+    preempted host) and took every surviving rank's next stop point with it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return StopFlag.options(scheduling_strategy=here).remote()
 
 
 class WorkerSignals(WorkerCallback):
@@ -102,13 +126,9 @@ def preemption_notice() -> Optional[tuple]:
 class DriverStops:
     """The driver's SIGINT/SIGTERM: ask the workers to save and stop (`fit`), a second one stops at once."""
 
-    def __init__(self):
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        # On the driver's node: placed on a worker's node, the flag died with that node (a lost or
-        # preempted host) and took every surviving rank's next stop point with it.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self.flag = StopFlag.options(scheduling_strategy=here).remote()
+    def __init__(self, flag=None):
+        """`flag`: a sweep's StopFlag when this run is a nested Tune trial (tune/stops.py sets it), else a new one."""
+        self.flag = flag or driver_stop_flag()
 
     def fit(self, trainer):
         """`trainer.fit()`, in a thread when this is the main thread, which then handles the signals."""

@@ -85,9 +85,10 @@ class StopPoints:
 
     @staticmethod
     def _save(trainer) -> None:
-        """A checkpoint of the last completed step, unless the periodic one just wrote it."""
+        """A checkpoint of the last completed step, unless the periodic one just wrote it; reported with the
+        metrics of the last logged step, as a Tune trial's scheduler and results table need the objective."""
         if trainer.saved_step != trainer.step:
-            trainer.save()
+            trainer.save(trainer._last_record)
 
 
 @contextlib.contextmanager

@@ -2,13 +2,16 @@
 
 Tune keeps the checkpoints and decides restores: `tune.get_checkpoint()` is the
 trial's own checkpoint after a restart, or the donor's after a PBT exploit, which
-is told apart by the run directory recorded in the checkpoint's config.
+is told apart by the run directory recorded in the checkpoint's config. The sweep's
+StopFlag (tune/stops.py) asks the trial to save its last completed step and stop.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
+import ray
 from ray import tune
 
 from began_dist import storage
@@ -16,9 +19,23 @@ from began_dist.distributed.reporting import ray_candidate, staged
 from began_dist.train import state as ckpt
 from began_dist.train.reporting import Reporter
 
+# How often a trial asks the sweep's StopFlag (an actor call), at most: the loop has a stop point after
+# every step of a one-worker trial, and a signal to the driver can wait this long.
+STOP_POLL_S = 0.5
+
 
 class TuneReporter(Reporter):
     hands_over_checkpoints = True
+
+    def __init__(self, stop_flag=None):
+        self.stop_flag = stop_flag  # the sweep's StopFlag actor, None outside a sweep driver's trials
+        self.polled = 0.0
+
+    def stop_requested(self) -> bool:
+        if self.stop_flag is None or time.monotonic() - self.polled < STOP_POLL_S:
+            return False
+        self.polled = time.monotonic()
+        return bool(ray.get(self.stop_flag.get.remote(), timeout=60))
 
     def load_latest(self, run_dir: str) -> tuple[Optional[dict], Optional[str]]:
         """Tune's checkpoint when it verifies (it wins even when RUN_DIR has a later step: a PBT exploit

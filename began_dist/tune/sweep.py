@@ -202,16 +202,20 @@ def check_trial_placement(spec: SweepSpec, base: DictConfig) -> None:
         raise ConfigError(f"workers_per_trial/cpus_per_worker/gpus_per_worker: {error}") from None
 
 
-def build_tuner(spec: SweepSpec, base: DictConfig, resume: bool):
+def build_tuner(spec: SweepSpec, base: DictConfig, resume: bool, stops=None):
+    """The Tuner of the sweep (restored from SWEEP_DIR/tune with --resume); `stops`: its SweepStops."""
     from ray import tune
 
     sweep_dir = base.run.dir
+    flag = stops.flag if stops else None
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=to_container(base), spec=spec.to_dict(), sweep_dir=sweep_dir),
+        tune.with_parameters(run_trial, base=to_container(base), spec=spec.to_dict(), sweep_dir=sweep_dir,
+                             stop_flag=flag),
         trial_resources(spec, base),
     )
     experiment = storage.join(sweep_dir, EXPERIMENT)
     if resume:
+        # The restored RunConfig's SweepStops is this driver's (tune/stops.py, active_stops).
         return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
     return tune.Tuner(
         trainable,
@@ -229,6 +233,7 @@ def build_tuner(spec: SweepSpec, base: DictConfig, resume: bool):
             storage_path=sweep_dir,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=tune_checkpoints_to_keep(spec, base)),
             failure_config=tune.FailureConfig(max_failures=base.run.max_failures),
+            callbacks=[stops] if stops else None,
             verbose=1,
         ),
     )
@@ -237,20 +242,23 @@ def build_tuner(spec: SweepSpec, base: DictConfig, resume: bool):
 def run_sweep(spec: SweepSpec, base: DictConfig, resume: bool = False) -> list[dict]:
     """Run (or resume) the sweep; returns the results table, best trial first."""
     from began_dist.distributed.ray_train import connect
+    from began_dist.tune.stops import SweepStops
 
-    if spec.metric != "M":
-        # The objective is known only once a trial has evaluated; earlier results lack it.
-        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # A result may lack the objective: an evaluation metric is known only once a trial has evaluated, and
+    # a trial stopped before its first log step reports its stop checkpoint with the step alone (tune/stops.py).
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     started_here = connect(base.run.address)
     cwd = os.getcwd()
     try:
         check_trial_placement(spec, base)
+        stops = SweepStops()  # SIGINT/SIGTERM: the running trials save their last completed step
         # Under `ray job submit` the driver's working directory is the job's unpacked
         # working_dir, which Ray may delete when the last trial actor using it exits
         # (ray-project/ray#52343); every path here is absolute, so work from the sweep dir
         # (the system's temporary directory when the sweep is on an object store).
         os.chdir(base.run.dir if storage.is_local(base.run.dir) else tempfile.gettempdir())
-        grid = build_tuner(spec, base, resume).fit()
+        with stops.handling():
+            grid = build_tuner(spec, base, resume, stops).fit()
     finally:
         _chdir_back(cwd)
         if started_here:

@@ -9,6 +9,8 @@
                              rank 0's results (ASHA and grid only)
 
 Each trial's run directory is SWEEP_DIR/trials/<trial_id>, with the layout of docs/design.md.
+Either kind reads the sweep's StopFlag at its stop points: a SIGINT/SIGTERM to the driver makes it
+save its last completed step and wait for Tune to stop it (tune/stops.py).
 """
 
 from __future__ import annotations
@@ -26,22 +28,27 @@ def trial_dir(sweep_dir: str, trial_id: str) -> str:
     return storage.join(sweep_dir, "trials", trial_id)
 
 
-def run_trial(params: dict, base: dict, spec: dict, sweep_dir: str) -> None:
-    """The Tune function trainable: `params` is this trial's point of the space."""
+def run_trial(params: dict, base: dict, spec: dict, sweep_dir: str, stop_flag=None) -> None:
+    """The Tune function trainable: `params` is this trial's point of the space; `stop_flag` the sweep's."""
     from ray import tune
 
+    trial_id = tune.get_context().get_trial_id()
     cfg = apply_params(base, params)
-    cfg.run.dir = trial_dir(sweep_dir, tune.get_context().get_trial_id())
+    cfg.run.dir = trial_dir(sweep_dir, trial_id)
     validate(cfg)
     if spec["workers_per_trial"] > 1:
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        result = launch(cfg, callbacks=(TuneReportCallback(),), progress=False)
+        result = launch(cfg, callbacks=(TuneReportCallback(),), progress=False, stop_flag=stop_flag)
     else:
         from began_dist.tune.reporting import TuneReporter
 
-        result = launch(cfg, reporter=TuneReporter(), progress=False)
-    if result.status is Status.non_finite:
+        result = launch(cfg, reporter=TuneReporter(stop_flag), progress=False)
+    if result.status is Status.interrupted and stop_flag is not None:
+        from began_dist.tune.stops import saved_then_wait
+
+        saved_then_wait(stop_flag, trial_id, result.step)
+    elif result.status is Status.non_finite:
         # A NaN run would only NaN again: end the trial as the worst result, with the reason. Tune's
         # results are JSON, so the status travels as its value and is read back as a Status (sweep.py).
         worst = math.inf if spec["mode"] == "min" else -math.inf
