@@ -1,6 +1,6 @@
 """run.grad_compression: PyTorch's DDP communication hooks on three real gloo processes (127.0.0.1).
 
-One spawn of 3 processes runs every check (a process group costs seconds to start): the bytes and
+One start of 3 processes runs every check (a process group costs seconds to start): the bytes and
 the wait on communication each rank measures, each compression's first-step gradients against plain
 DDP's, PowerSGD sending fewer bytes once it starts, its state surviving a save / weights_only load /
 resume, and two of the processes continuing the three's checkpoint (an elastic resize).
@@ -8,13 +8,15 @@ resume, and two of the processes continuing the three's checkpoint (an elastic r
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
 import began_dist.families  # noqa: F401  (registers the families)
@@ -27,8 +29,8 @@ FEWER = 2  # the worker count that continues the checkpoint of WORLD workers (an
 # fp16 keeps 11 significant bits, bf16 8: the all-reduced gradient's relative error (L2) stays below these
 TOLERANCE = {"fp16": 2e-3, "bf16": 1.5e-2}
 LATE_S = 0.5  # rank 1's delay before a step (the comm-wait check)
-# Bounds: a peer that never shows up fails its group's collectives after GROUP_S; the whole spawn after SPAWN_S.
-GROUP_S, SPAWN_S = 120, 600
+# Bounds: a peer that never shows up fails its group's collectives after GROUP_S; the three ranks after SPAWN_S.
+GROUP_S, SPAWN_S = 120, 400
 
 
 def tiny_family(device) -> BeganFamily:
@@ -157,19 +159,46 @@ def _fewer_workers_continue(rank: int, store: str, path: str, reference: list[to
         dist.destroy_process_group()
 
 
+# Each rank is a plain child process (not multiprocessing's spawn) with an environment of its own:
+# the session's Ray cluster sets variables in this process that the ranks have no use for.
+RANK_CODE = """
+import faulthandler, signal, sys
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test's timeout asks each rank where it is
+import test_grad_compression
+test_grad_compression._worker(int(sys.argv[1]), sys.argv[2])
+"""
+KEPT_ENV = ("PATH", "HOME", "LANG", "TMPDIR")
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("comm") / "results.pt")
-    context = mp.start_processes(_worker, args=(out,), nprocs=WORLD, join=False, start_method="spawn")
+    env = {key: os.environ[key] for key in KEPT_ENV if key in os.environ}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), os.path.dirname(os.path.dirname(__file__))])
+    logs = [open(f"{out}.rank{rank}.log", "w+") for rank in range(WORLD)]
+    ranks = [subprocess.Popen([sys.executable, "-c", RANK_CODE, str(rank), out], env=env, stdout=logs[rank],
+                              stderr=subprocess.STDOUT) for rank in range(WORLD)]  # fmt: skip
     deadline = time.monotonic() + SPAWN_S
     try:
-        while not context.join(timeout=1):  # raises if a process failed (the others are then stopped)
-            assert time.monotonic() < deadline, f"the {WORLD} processes did not finish in {SPAWN_S} s"
-    finally:  # also on a timeout: no process may outlive the test (pytest would wait for it at exit)
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-            process.join(timeout=30)
+        while any(rank.poll() is None for rank in ranks) and time.monotonic() < deadline:
+            if any(rank.poll() not in (None, 0) for rank in ranks):
+                break  # one failed: the others would wait for it until GROUP_S
+            time.sleep(0.5)
+        hung = [rank for rank in ranks if rank.poll() is None]
+        for rank in hung:
+            os.kill(rank.pid, signal.SIGUSR1)  # faulthandler: each stack into its log
+        time.sleep(2 if hung else 0)
+    finally:  # no rank may outlive the test
+        for rank in ranks:
+            if rank.poll() is None:
+                rank.kill()
+            rank.wait(timeout=30)
+    output = []
+    for number, log in enumerate(logs):
+        log.seek(0)
+        output.append(f"--- rank {number} (exit {ranks[number].returncode}):\n{log.read()[-6000:]}")
+        log.close()
+    assert all(rank.returncode == 0 for rank in ranks), "\n".join(output)
     return torch.load(out, weights_only=False)
 
 
