@@ -339,10 +339,11 @@ class ShardedDataset(ImageDataset):
         dtype = np.uint8 if name == "image" else np.dtype(m["labels"][name])
         out = np.empty((len(index), *(item_shape[a - 1] for a in axes[1:])), dtype)
         which = np.searchsorted(self._shard_starts, index, side="right") - 1
+        shards = np.unique(which)
         if self.remote:
             self._context()
-            self._fetch_missing(np.unique(which))
-        for shard in np.unique(which):
+            self._fetch_missing(shards)
+        for shard in shards:
             rows = np.nonzero(which == shard)[0]
             blocks, starts, _, _ = self._shard(int(shard))
             local = index[rows] - self._shard_starts[shard]
