@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/data_speed.py --rows testbed
 
-Brings `cluster/testbed up 3` and always down. A dataset of `--images` PNGs at `--size` px
+Brings `cluster/testbed up 3` and always down. A dataset of `--tb-images` PNGs at `--size` px
 is prepared into the testbed's store (8 Arrow shards). On host1, with its link capped at
 1 Gbit/s, then 100 Mbit/s (`cluster/testbed limit`), one process measures, in this order:
 
@@ -14,9 +14,11 @@ is prepared into the testbed's store (8 Arrow shards). On host1, with its link c
   reads), and "fetch MB/s": shard bytes over the time to the first batch, which a random
   batch can only read once every shard is fetched;
 - steps/s of a small BEGAN (`SMALL`, `--size` px, batch `--batch`, one torch thread)
-  reading through the `Prefetcher` (depth 2), `--tb-steps` steps after one warm-up: from an
-  empty cache (cold; the time includes opening the dataset), local shards, warm cache and
-  in-RAM (the last three alternated twice, best of each, so load from other jobs falls on all).
+  reading through the `Prefetcher` (depth 2): the time to the first step (opening the
+  dataset and its first batch: cold, fetching every shard it touches), then `--tb-steps`
+  steps timed after it, the steady state a run sees: from an empty cache (cold), local
+  shards, warm cache and in-RAM (the last three alternated twice, best of each, so load
+  from other jobs falls on all).
 
 `prepare`: `--prepare-images` PNGs at 2x `--size` px in /var/tmp (the machine's files,
 which every host sees) -> 8 Arrow shards in the store: one process on host1, and as Ray
@@ -67,17 +69,23 @@ def small_began(size: int, batch: int):
     return family, latents
 
 
-def steps_per_s(open_dataset, model, batch: int, steps: int) -> tuple[float, float]:
-    """(steps/s, data wait per step) of `steps` training steps; the clock starts before `open_dataset()`."""
+def steps_per_s(open_dataset, model, batch: int, steps: int) -> tuple[float, float, float]:
+    """(seconds to the first step, steps/s and data wait per step after it) of `steps` + 1 training steps.
+
+    The first step's time includes opening the dataset and its first batch (cold: fetching every shard
+    a random batch touches); the rate is the steady state after it, as a run sees it for its whole length."""
     family, latents = model
     started = time.perf_counter()
     dataset = open_dataset()
     with Prefetcher(dataset, GlobalBatchSampler(len(dataset), batch, seed=1), CPU, depth=2) as ahead:
+        family.train_step(ahead.next().real, latents.next(family.latents_per_step, CPU))
+        first, steady = time.perf_counter() - started, time.perf_counter()
+        ahead.take_wait_s()
         for _ in range(steps):
             family.train_step(ahead.next().real, latents.next(family.latents_per_step, CPU))
-        rate, wait = steps / (time.perf_counter() - started), ahead.take_wait_s() / steps
+        rate, wait = steps / (time.perf_counter() - steady), ahead.take_wait_s() / steps
     getattr(dataset, "close", lambda: None)()
-    return rate, wait
+    return first, rate, wait
 
 
 def read_s(open_dataset, batch: int, block: int = 0) -> tuple[float, float]:
@@ -116,14 +124,14 @@ def host_rows(uri: str, local: str, cache: str, size: int, batch: int, steps: in
     for name, make in sources.items():  # in this order: the cold read fills the cache
         seconds, first = read_s(make, batch, 1 << 22 if name == BEFORE else 0)
         rows[name] = {"source": name, "images": len(ram), "bytes": nbytes, "read_s": seconds, "first_s": first,
-                      "steps": None, "wait": None}
-    cold = steps_per_s(lambda: ShardedDataset(uri, cache_dir=f"{cache}-steps"), model, batch, steps)
-    rows["s3, cold cache"].update(steps=cold[0], wait=cold[1])
+                      "steps": None, "wait": None, "first_step_s": None}
+    first, rate, wait = steps_per_s(lambda: ShardedDataset(uri, cache_dir=f"{cache}-steps"), model, batch, steps)
+    rows["s3, cold cache"].update(steps=rate, wait=wait, first_step_s=first)
     for _ in range(2):
         for name in ("in-RAM tensor", "s3, warm cache", "local shards"):
-            rate, wait = steps_per_s(sources[name], model, batch, steps)
+            first, rate, wait = steps_per_s(sources[name], model, batch, steps)
             if rate > (rows[name]["steps"] or 0):
-                rows[name].update(steps=rate, wait=wait)
+                rows[name].update(steps=rate, wait=wait, first_step_s=first)
     return list(rows.values())
 
 
@@ -189,7 +197,7 @@ def print_testbed(args) -> None:
         os.environ.update({key: value for key, value in env.items() if key.startswith("AWS_")})
         run = uris.join(env["BEGAN_TESTBED_STORE"], f"bench-{uuid.uuid4().hex[:8]}")
         with tempfile.TemporaryDirectory() as tmp:
-            write_folder(synthetic_images(args.images, args.size), tmp, ".png")
+            write_folder(synthetic_images(args.tb_images, args.size), tmp, ".png")
             prep.prepare(tmp, uris.join(run, "data"), prep.PrepareOptions(size=args.size, shards=8, jobs=1))
         write_folder(synthetic_images(args.prepare_images, 2 * args.size, seed=1), source, ".png")
         results = {}
@@ -216,8 +224,8 @@ def print_results(args, results: dict, prepared: list) -> None:
           f"{args.tb_steps} steps, prefetch depth 2, 1 torch thread; load {os.getloadavg()[0]:.2f} on "
           f"{os.cpu_count()} CPUs")
     print("| link | source | read MB/s | of link | fetch MB/s | of link | read img/s | 12 ms step at batch 64 | "
-          "steps/s | vs in-RAM | wait/step |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "to 1st step | steps/s | vs in-RAM | wait/step |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     verdicts = []
     for rate, label, link in LINKS:
         rows = {row["source"]: row for row in results[rate]}
@@ -227,8 +235,9 @@ def print_results(args, results: dict, prepared: list) -> None:
             cold, fetch = "cold" in row["source"], row["bytes"] / row["first_s"]
             share = f"{mb * 1e6 / link:.0%}" if cold else "-"
             fetched = f"{fetch / 1e6:,.1f} | {fetch / link:.0%}" if cold else "- | -"
-            steps = "- | - | -" if row["steps"] is None else (
-                f"{row['steps']:.2f} | {row['steps'] / ram:.0%} | {row['wait'] * 1e3:,.0f} ms")
+            steps = "- | - | - | -" if row["steps"] is None else (
+                f"{row['first_step_s']:.2f} s | {row['steps']:.2f} | {row['steps'] / ram:.0%} | "
+                f"{row['wait'] * 1e3:,.0f} ms")
             print(f"| {label} | {row['source']} | {mb:,.1f} | {share} | {fetched} | {images:,.0f} | "
                   f"{'delivers' if images >= STEP_NEED else 'too slow'} | {steps} |")
         cold = rows["s3, cold cache"]["bytes"] / rows["s3, cold cache"]["read_s"]
