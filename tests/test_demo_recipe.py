@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 
+import pytest
 import torch
 
 from began_dist.cli import main
@@ -36,11 +37,12 @@ def test_demo_config_first_steps_lower_the_reconstruction_loss(tmp_path):
     assert sum(l_x[-3:]) / 3 < 0.8 * sum(l_x[:3]) / 3, l_x
 
 
-def test_demo_recipe_sweep_spec_is_refused_nothing():
+@pytest.mark.parametrize("name", ["demo_recipe.yaml", "demo_recipe_round2.yaml"])
+def test_demo_recipe_sweep_spec_is_refused_nothing(name):
     from began_dist.eval.metrics import check_prerequisites, parse_metrics
     from began_dist.tune.spec import load_spec
     from began_dist.tune.sweep import trial_base
 
-    spec, base = load_spec(os.path.join(REPO, "tune", "demo_recipe.yaml"))
+    spec, base = load_spec(os.path.join(REPO, "tune", name))
     assert spec.metric == "kid" and spec.scheduler["type"] == "asha"
     check_prerequisites(parse_metrics(trial_base(spec, base).train.eval_metrics))  # the shipped net is found
