@@ -79,7 +79,8 @@ def steps_per_s(open_dataset, model, batch: int, steps: int) -> tuple[float, flo
     dataset = open_dataset()
     with Prefetcher(dataset, GlobalBatchSampler(len(dataset), batch, seed=1), CPU, depth=2) as ahead:
         family.train_step(ahead.next().real, latents.next(family.latents_per_step, CPU))
-        first, steady = time.perf_counter() - started, time.perf_counter()
+        steady = time.perf_counter()
+        first = steady - started
         ahead.take_wait_s()
         for _ in range(steps):
             family.train_step(ahead.next().real, latents.next(family.latents_per_step, CPU))
