@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("run_dir")
     sample.add_argument("--out", help="output directory (default RUN_DIR/samples/step-XXXXXXXX)")
     sample.add_argument("--n", type=int, default=64, help="images in the sample grid")
-    sample.add_argument("--checkpoint", type=int, help="step of the checkpoint (default: the latest)")
+    sample.add_argument("--checkpoint", type=checkpoint_choice, help=CHECKPOINT_HELP)
     sample.add_argument("--seed", type=int, default=0, help="seed of the latents")
 
     prepare = commands.add_parser("prepare", help="write a sharded dataset (Arrow/HDF5), or --verify one")
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="sample-quality metrics of checkpoints (metric-<name>.jsonl, tb/)")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--metrics", help="comma-separated metric names (default: swd,msssim,ndb,recon)")
-    evaluate.add_argument("--checkpoint", default="latest", help="STEP, 'latest' or 'all'")
+    evaluate.add_argument("--checkpoint", default="latest", help="STEP, 'latest', 'best' or 'all'")
     evaluate.add_argument("--n", type=int, default=2048, help="images per set (real and generated)")
 
     tune = commands.add_parser("tune", help="a Ray Tune sweep of training runs (tune/*.yaml)")
@@ -124,13 +124,25 @@ def build_parser() -> argparse.ArgumentParser:
     decompose = commands.add_parser("decompose", help="multigen: parts of real images, recombinations, each G_k")
     decompose.add_argument("run_dir")
     decompose.add_argument("--out", help="output directory (default RUN_DIR/decompose/step-XXXXXXXX)")
-    decompose.add_argument("--checkpoint", type=int, help="step of the checkpoint (default: the latest)")
+    decompose.add_argument("--checkpoint", type=checkpoint_choice, help=CHECKPOINT_HELP)
     decompose.add_argument("--seed", type=int, default=0, help="seed of the latents and the real images picked")
 
     report = commands.add_parser("report", help="RUN_DIR/report.html: curves, metrics, samples, config")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one run, or several side by side")
     report.add_argument("--out", help="output file (default: RUN_DIR/report.html of the first run)")
     return parser
+
+
+CHECKPOINT_HELP = "STEP, 'latest' (the default) or 'best' (lowest KID, else SWD, its evaluations recorded)"
+
+
+def checkpoint_choice(text: str):
+    """A --checkpoint value: a step, 'latest' or 'best' (argparse refuses anything else, naming the flag)."""
+    if text in ("latest", "best"):
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: give a step, 'latest' or 'best'")
+    return int(text)
 
 
 def _prepare_options(command: argparse.ArgumentParser) -> None:
@@ -160,7 +172,7 @@ def _latent_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--latent", choices=("encoder", "invert"), default="encoder",
                          help="encoder (vaegan: E; BEGAN: D's encoder) or invert (Adam on |x - G(z_r)|)")
     command.add_argument("--out", help="output directory (default RUN_DIR/latent)")
-    command.add_argument("--checkpoint", type=int, help="step of the checkpoint (default: the latest)")
+    command.add_argument("--checkpoint", type=checkpoint_choice, help=CHECKPOINT_HELP)
     command.add_argument("--invert-steps", type=int, default=300, help="Adam steps per z_r inversion")
 
 

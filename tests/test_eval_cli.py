@@ -147,3 +147,38 @@ def test_real_side_work_is_shared_across_checkpoints(evaluated_run):
     compute("swd", MetricContext(cfg, family, dataset, step - 4, 16, cache=cache))
     assert all(cache[key] is value for key, value in shared.items())  # reused, not recomputed
     assert sum(key[0] == "fake" for key in cache) == 1
+
+
+def test_checkpoint_best_is_the_lowest_recorded_score(evaluated_run, tmp_path, capsys):
+    """--checkpoint best: the checkpoint with the lowest KID, else SWD, of its rows with the most images."""
+    rows = [line for line in metric_lines(evaluated_run, "swd") if line["n"] == 32]  # the training-time rows
+    best = min(rows, key=lambda line: line["swd"])["step"]
+    assert main(["sample", evaluated_run, "--checkpoint", "best", "--n", "4", "--out", str(tmp_path / "s")]) == 0
+    assert load_run(evaluated_run, "best")[2] == best
+    # A KID file, once there, decides: here it names the other checkpoint.
+    other = ({4, 8} - {best}).pop()
+    with open(os.path.join(evaluated_run, "metric-kid.jsonl"), "w") as handle:
+        for step, kid in ((best, 2.0), (other, 1.0)):
+            handle.write(json.dumps({"metric": "kid", "step": step, "n": 32, "kid": kid}) + "\n")
+        handle.write(json.dumps({"metric": "kid", "step": best, "n": 16, "kid": 0.5}) + "\n")  # fewer images
+        handle.write('{"metric": "kid", "step": ')  # an append cut short
+    try:
+        assert load_run(evaluated_run, "best")[2] == other
+        assert main(["eval", evaluated_run, "--metrics", "recon", "--checkpoint", "best", "--n", "16"]) == 0
+        assert f"step {other}: recon" in capsys.readouterr().out
+    finally:
+        os.remove(os.path.join(evaluated_run, "metric-kid.jsonl"))
+
+
+def test_checkpoint_best_without_scores_is_refused(evaluated_run, tmp_path, capsys):
+    run_dir = tmp_path / "unscored"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    for name in os.listdir(os.path.join(evaluated_run, "checkpoints")):
+        with open(os.path.join(evaluated_run, "checkpoints", name), "rb") as source:
+            (run_dir / "checkpoints" / name).write_bytes(source.read())
+    assert main(["sample", str(run_dir), "--checkpoint", "best"]) == 2
+    assert "--checkpoint best needs a score" in capsys.readouterr().err
+    assert not (run_dir / "samples").exists()  # refused before any work
+    with pytest.raises(SystemExit) as refused:
+        main(["sample", str(run_dir), "--checkpoint", "newest"])
+    assert refused.value.code == 2 and "give a step, 'latest' or 'best'" in capsys.readouterr().err

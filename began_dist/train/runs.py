@@ -7,20 +7,70 @@ run (sample, eval, interpolate, arithmetic, decompose, report) loads it here.
 
 from __future__ import annotations
 
-from typing import Optional
+import json
+from typing import Union
 
 import torch
 
+from began_dist import storage
 from began_dist.config import from_container
 from began_dist.families import get_family
 from began_dist.train import state as ckpt
 
+# `--checkpoint best`: the checkpoint whose recorded value of the first of these metrics the run has
+# (metric-<name>.jsonl, from `began-dist eval` or train.eval_every) is lowest; lower is better for both.
+BEST_BY = ("kid", "swd")
 
-def load_run(run_dir: str, step: Optional[int] = None, device: str = "cpu"):
-    """(config, family with the checkpoint's weights, step) of a run directory."""
+
+def metric_path(run_dir: str, name: str) -> str:
+    """RUN_DIR/metric-<name>.jsonl: one line per evaluated checkpoint (eval/metrics/evaluate.py writes them)."""
+    return storage.join(run_dir, f"metric-{name}.jsonl")
+
+
+def _scores(path: str, name: str, steps: list[int]) -> dict[int, float]:
+    """step -> recorded `name` of the checkpoints at `steps`: per step the row with the most images (the
+    later one on a tie). A line that is not a JSON object with a number there (an append cut short) is
+    no score."""
+    rows: dict[int, tuple[int, float]] = {}
+    for line in storage.read_text(path).splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(row, dict) or row.get("step") not in steps or not isinstance(row.get(name), (int, float)):
+            continue
+        n = row.get("n", 0) if isinstance(row.get("n"), int) else 0
+        if n >= rows.get(row["step"], (0, 0.0))[0]:
+            rows[row["step"]] = (n, float(row[name]))
+    return {step: value for step, (_, value) in rows.items()}
+
+
+def best_step(run_dir: str, steps: list[int]) -> tuple[int, str, float]:
+    """(step, metric, value): of the checkpoints at `steps`, the one with the lowest recorded value of the
+    first metric in BEST_BY the run has scored them with."""
+    for name in BEST_BY:
+        path = metric_path(run_dir, name)
+        scores = _scores(path, name, steps) if storage.exists(path) else {}
+        if scores:
+            step = min(scores, key=lambda s: (scores[s], s))
+            return step, name, scores[step]
+    raise FileNotFoundError(
+        f"{run_dir}: --checkpoint best needs a score of its checkpoints (metric-kid.jsonl or metric-swd.jsonl "
+        f"with a row for one of steps {steps}); score them with `began-dist eval {run_dir} --metrics kid "
+        "--checkpoint all`, or train with train.eval_every"
+    )
+
+
+def load_run(run_dir: str, step: Union[int, str, None] = None, device: str = "cpu"):
+    """(config, family with the checkpoint's weights, step) of a run directory; `step` may be a step,
+    None or 'latest' (the newest), or 'best' (`best_step`)."""
     found = dict(ckpt.list_checkpoints(run_dir))
     if not found:
         raise FileNotFoundError(f"{run_dir}: no checkpoints to sample from")
+    if step == "best":
+        step = best_step(run_dir, sorted(found))[0]
+    elif step == "latest":
+        step = None
     if step is not None and step not in found:
         raise FileNotFoundError(f"{run_dir}: no checkpoint at step {step} (have {sorted(found)})")
     step = max(found) if step is None else step

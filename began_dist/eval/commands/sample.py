@@ -12,7 +12,7 @@ Writes into OUT (default RUN_DIR/samples/step-XXXXXXXX/):
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -28,7 +28,12 @@ STEPS = 10  # images per interpolation row
 
 
 def write_samples(
-    run_dir: str, out: Optional[str] = None, n: int = 64, seed: int = 0, rows: int = 4, step: Optional[int] = None
+    run_dir: str,
+    out: Optional[str] = None,
+    n: int = 64,
+    seed: int = 0,
+    rows: int = 4,
+    step: Union[int, str, None] = None,
 ) -> list[str]:
     cfg, family, step = load_run(run_dir, step)
     if getattr(family, "needs_labels", False):

@@ -18,17 +18,14 @@ from began_dist.data import build_dataset
 from began_dist.eval.metrics import DEFAULT_METRICS, MetricContext, compute, parse_metrics
 from began_dist.train import state as ckpt
 from began_dist.train.logging import truncate_stats
-from began_dist.train.runs import load_run
+from began_dist.train.runs import best_step, load_run, metric_path
 
 RECORD_KEYS = ("metric", "step", "n", "time_s")  # bookkeeping, not plotted
 
 
-def metric_path(run_dir: str, name: str) -> str:
-    return storage.join(run_dir, f"metric-{name}.jsonl")
-
-
 def checkpoint_steps(run_dir: str, checkpoint: Union[str, int, None]) -> list[int]:
-    """Steps to evaluate: None/'latest' -> the newest, 'all' -> every one, an int -> that one."""
+    """Steps to evaluate: None/'latest' -> the newest, 'all' -> every one, 'best' -> the best scored one
+    (train.runs.best_step), an int -> that one."""
     found = [step for step, _ in ckpt.list_checkpoints(run_dir)]
     if not found:
         raise FileNotFoundError(f"{run_dir}: no checkpoints to evaluate")
@@ -36,8 +33,10 @@ def checkpoint_steps(run_dir: str, checkpoint: Union[str, int, None]) -> list[in
         return found[-1:]
     if checkpoint == "all":
         return found
+    if checkpoint == "best":
+        return [best_step(run_dir, found)[0]]
     if not str(checkpoint).isdigit():
-        raise ConfigError(f"--checkpoint {checkpoint!r}: give a step, 'latest' or 'all'")
+        raise ConfigError(f"--checkpoint {checkpoint!r}: give a step, 'latest', 'best' or 'all'")
     step = int(checkpoint)
     if step not in found:
         raise FileNotFoundError(f"{run_dir}: no checkpoint at step {step} (have {found})")
