@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-CHECKPOINT_HELP = "STEP, 'latest' (the default) or 'best' (lowest KID, else SWD, its evaluations recorded)"
+CHECKPOINT_HELP = "STEP, 'latest' (the default) or 'best' (by the recorded KID, SWD and NDB; docs/evaluation.md)"
 
 
 def checkpoint_choice(text: str):

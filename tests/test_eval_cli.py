@@ -12,7 +12,7 @@ from began_dist.cli import main
 from began_dist.data import build_dataset
 from began_dist.eval.metrics import MetricContext, compute
 from began_dist.families import get_family
-from began_dist.train.runs import load_run
+from began_dist.train.runs import best_step, load_run
 
 EVAL = ["train.eval_every=4", "train.eval_n=32", "train.steps=8"]
 
@@ -149,25 +149,35 @@ def test_real_side_work_is_shared_across_checkpoints(evaluated_run):
     assert sum(key[0] == "fake" for key in cache) == 1
 
 
-def test_checkpoint_best_is_the_lowest_recorded_score(evaluated_run, tmp_path, capsys):
-    """--checkpoint best: the checkpoint with the lowest KID, else SWD, of its rows with the most images."""
-    rows = [line for line in metric_lines(evaluated_run, "swd") if line["n"] == 32]  # the training-time rows
-    best = min(rows, key=lambda line: line["swd"])["step"]
+def write_scores(run_dir, name, values, n=512):
+    with open(os.path.join(run_dir, f"metric-{name}.jsonl"), "a") as handle:
+        for step, value in values.items():
+            handle.write(json.dumps({"metric": name, "step": step, "n": n, name: value}) + "\n")
+
+
+def test_checkpoint_best_weighs_the_recorded_metrics_by_rank(tmp_path):
+    steps = [250, 500, 750]
+    write_scores(tmp_path, "swd", {250: 90.0, 500: 40.0, 750: 60.0})
+    assert best_step(str(tmp_path), steps) == (500, {"swd": 40.0})  # one metric: its lowest
+    # The lowest KID (750) is a collapsed generator that SWD and NDB mark: ranks 1+3+3 against 2+1+1.
+    write_scores(tmp_path, "kid", {250: 7e6, 500: 3e6, 750: 2e6})
+    write_scores(tmp_path, "ndb", {250: 1.0, 500: 0.5, 750: 0.96})
+    assert best_step(str(tmp_path), steps)[0] == 500
+    write_scores(tmp_path, "kid", {500: 9e6}, n=256)  # fewer images: not the basis
+    with open(tmp_path / "metric-kid.jsonl", "a") as handle:
+        handle.write('{"metric": "kid", "step": ')  # an append cut short is no score
+    assert best_step(str(tmp_path), steps) == (500, {"kid": 3e6, "swd": 40.0, "ndb": 0.5})
+    assert best_step(str(tmp_path), [250, 750])[0] == 750  # ranked among the checkpoints still there only
+    with pytest.raises(FileNotFoundError, match="needs scores"):
+        best_step(str(tmp_path), [1000])
+
+
+def test_checkpoint_best_in_the_commands(evaluated_run, tmp_path, capsys):
+    best = best_step(evaluated_run, [4, 8])[0]
     assert main(["sample", evaluated_run, "--checkpoint", "best", "--n", "4", "--out", str(tmp_path / "s")]) == 0
     assert load_run(evaluated_run, "best")[2] == best
-    # A KID file, once there, decides: here it names the other checkpoint.
-    other = ({4, 8} - {best}).pop()
-    with open(os.path.join(evaluated_run, "metric-kid.jsonl"), "w") as handle:
-        for step, kid in ((best, 2.0), (other, 1.0)):
-            handle.write(json.dumps({"metric": "kid", "step": step, "n": 32, "kid": kid}) + "\n")
-        handle.write(json.dumps({"metric": "kid", "step": best, "n": 16, "kid": 0.5}) + "\n")  # fewer images
-        handle.write('{"metric": "kid", "step": ')  # an append cut short
-    try:
-        assert load_run(evaluated_run, "best")[2] == other
-        assert main(["eval", evaluated_run, "--metrics", "recon", "--checkpoint", "best", "--n", "16"]) == 0
-        assert f"step {other}: recon" in capsys.readouterr().out
-    finally:
-        os.remove(os.path.join(evaluated_run, "metric-kid.jsonl"))
+    assert main(["eval", evaluated_run, "--metrics", "recon", "--checkpoint", "best", "--n", "16"]) == 0
+    assert f"step {best}: recon" in capsys.readouterr().out
 
 
 def test_checkpoint_best_without_scores_is_refused(evaluated_run, tmp_path, capsys):
@@ -177,7 +187,7 @@ def test_checkpoint_best_without_scores_is_refused(evaluated_run, tmp_path, caps
         with open(os.path.join(evaluated_run, "checkpoints", name), "rb") as source:
             (run_dir / "checkpoints" / name).write_bytes(source.read())
     assert main(["sample", str(run_dir), "--checkpoint", "best"]) == 2
-    assert "--checkpoint best needs a score" in capsys.readouterr().err
+    assert "--checkpoint best needs scores" in capsys.readouterr().err
     assert not (run_dir / "samples").exists()  # refused before any work
     with pytest.raises(SystemExit) as refused:
         main(["sample", str(run_dir), "--checkpoint", "newest"])

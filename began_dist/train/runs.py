@@ -17,9 +17,10 @@ from began_dist.config import from_container
 from began_dist.families import get_family
 from began_dist.train import state as ckpt
 
-# `--checkpoint best`: the checkpoint whose recorded value of the first of these metrics the run has
-# (metric-<name>.jsonl, from `began-dist eval` or train.eval_every) is lowest; lower is better for both.
-BEST_BY = ("kid", "swd")
+# `--checkpoint best` weighs these metrics (lower is better for each) by rank: on the glyph runs KID
+# alone once picked a checkpoint whose samples had collapsed onto a few shapes, which SWD and NDB
+# both marked (docs/evaluation.md, "--checkpoint best").
+BEST_BY = ("kid", "swd", "ndb")
 
 
 def metric_path(run_dir: str, name: str) -> str:
@@ -45,20 +46,27 @@ def _scores(path: str, name: str, steps: list[int]) -> dict[int, float]:
     return {step: value for step, (_, value) in rows.items()}
 
 
-def best_step(run_dir: str, steps: list[int]) -> tuple[int, str, float]:
-    """(step, metric, value): of the checkpoints at `steps`, the one with the lowest recorded value of the
-    first metric in BEST_BY the run has scored them with."""
+def best_step(run_dir: str, steps: list[int]) -> tuple[int, dict[str, float]]:
+    """(step, its scores): of the checkpoints at `steps` scored with every metric of BEST_BY the run has
+    recorded, the one with the lowest sum of ranks (1 = lowest value), ties to the lower score of the
+    first metric."""
+    scores = {}
     for name in BEST_BY:
         path = metric_path(run_dir, name)
-        scores = _scores(path, name, steps) if storage.exists(path) else {}
-        if scores:
-            step = min(scores, key=lambda s: (scores[s], s))
-            return step, name, scores[step]
-    raise FileNotFoundError(
-        f"{run_dir}: --checkpoint best needs a score of its checkpoints (metric-kid.jsonl or metric-swd.jsonl "
-        f"with a row for one of steps {steps}); score them with `began-dist eval {run_dir} --metrics kid "
-        "--checkpoint all`, or train with train.eval_every"
-    )
+        if storage.exists(path) and (found := _scores(path, name, steps)):
+            scores[name] = found
+    common = sorted(set(steps).intersection(*scores.values())) if scores else []
+    if not common:
+        raise FileNotFoundError(
+            f"{run_dir}: --checkpoint best needs scores of its checkpoints (metric-kid/swd/ndb.jsonl rows for "
+            f"one of steps {steps}); score them with `began-dist eval {run_dir} --metrics kid,swd,ndb "
+            "--checkpoint all`, or train with train.eval_every"
+        )
+    ranks = {name: {step: sorted(values[s] for s in common).index(values[step]) + 1 for step in common}
+             for name, values in scores.items()}
+    first = next(iter(scores))
+    step = min(common, key=lambda s: (sum(rank[s] for rank in ranks.values()), scores[first][s], s))
+    return step, {name: values[step] for name, values in scores.items()}
 
 
 def load_run(run_dir: str, step: Union[int, str, None] = None, device: str = "cpu"):
