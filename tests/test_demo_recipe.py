@@ -47,3 +47,19 @@ def test_demo_recipe_sweep_spec_is_refused_nothing(name):
     spec, base = load_spec(os.path.join(REPO, "tune", name))
     assert spec.metric == "kid" and spec.scheduler["type"] == "asha"
     check_prerequisites(parse_metrics(trial_base(spec, base).train.eval_metrics))  # the shipped net is found
+
+
+def test_readme_recipe_scores_and_keeps_what_checkpoint_best_ranks():
+    """configs/readme_glyphs32.yaml is sampled with --checkpoint best: every checkpoint it writes must be
+    scored with the metrics best ranks, and kept."""
+    import began_dist.families  # noqa: F401  (registers the family rules the loader checks)
+    from began_dist.config import load_config
+    from began_dist.eval.metrics import check_prerequisites, parse_metrics
+    from began_dist.train.runs import BEST_BY
+
+    cfg = load_config(os.path.join(REPO, "configs", "readme_glyphs32.yaml"))
+    names = parse_metrics(cfg.train.eval_metrics)
+    assert set(BEST_BY) <= set(names)
+    assert cfg.train.eval_every == cfg.train.checkpoint_every
+    assert cfg.run.checkpoints_to_keep >= cfg.train.steps // cfg.train.checkpoint_every
+    check_prerequisites(names)  # the shipped GlyphNet is found
