@@ -165,6 +165,7 @@ def test_checkpoint_best_weighs_the_recorded_metrics_by_rank(tmp_path):
     assert best_step(str(tmp_path), steps)[0] == 500
     write_scores(tmp_path, "kid", {500: 9e6}, n=256)  # fewer images: not the basis
     with open(tmp_path / "metric-kid.jsonl", "a") as handle:
+        handle.write('{"metric": "kid", "step": 250, "n": 512, "kid": NaN}\n[250, 1.0]\n')  # no scores
         handle.write('{"metric": "kid", "step": ')  # an append cut short is no score
     assert best_step(str(tmp_path), steps) == (500, {"kid": 3e6, "swd": 40.0, "ndb": 0.5})
     assert best_step(str(tmp_path), [250, 750])[0] == 750  # ranked among the checkpoints still there only

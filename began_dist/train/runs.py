@@ -8,6 +8,7 @@ run (sample, eval, interpolate, arithmetic, decompose, report) loads it here.
 from __future__ import annotations
 
 import json
+import math
 from typing import Union
 
 import torch
@@ -19,7 +20,7 @@ from began_dist.train import state as ckpt
 
 # `--checkpoint best` weighs these metrics (lower is better for each) by rank: on the glyph runs KID
 # alone once picked a checkpoint whose samples had collapsed onto a few shapes, which SWD and NDB
-# both marked (docs/evaluation.md, "--checkpoint best").
+# both marked (docs/evaluation.md, "Commands").
 BEST_BY = ("kid", "swd", "ndb")
 
 
@@ -30,19 +31,22 @@ def metric_path(run_dir: str, name: str) -> str:
 
 def _scores(path: str, name: str, steps: list[int]) -> dict[int, float]:
     """step -> recorded `name` of the checkpoints at `steps`: per step the row with the most images (the
-    later one on a tie). A line that is not a JSON object with a number there (an append cut short) is
-    no score."""
+    later one on a tie). A line that is not a JSON object with a finite number there (an append cut
+    short, a NaN) is no score."""
     rows: dict[int, tuple[int, float]] = {}
     for line in storage.read_text(path).splitlines():
         try:
             row = json.loads(line)
         except ValueError:
             continue
-        if not isinstance(row, dict) or row.get("step") not in steps or not isinstance(row.get(name), (int, float)):
+        if not isinstance(row, dict):
+            continue
+        value = row.get(name)
+        if row.get("step") not in steps or not isinstance(value, (int, float)) or not math.isfinite(value):
             continue
         n = row.get("n", 0) if isinstance(row.get("n"), int) else 0
         if n >= rows.get(row["step"], (0, 0.0))[0]:
-            rows[row["step"]] = (n, float(row[name]))
+            rows[row["step"]] = (n, float(value))
     return {step: value for step, (_, value) in rows.items()}
 
 
