@@ -44,7 +44,7 @@ def _scores(path: str, name: str, steps: list[int]) -> dict[int, float]:
         value = row.get(name)
         if row.get("step") not in steps or not isinstance(value, (int, float)) or not math.isfinite(value):
             continue
-        n = row.get("n", 0) if isinstance(row.get("n"), int) else 0
+        n = row["n"] if isinstance(row.get("n"), int) else 0
         if n >= rows.get(row["step"], (0, 0.0))[0]:
             rows[row["step"]] = (n, float(value))
     return {step: value for step, (_, value) in rows.items()}
@@ -66,10 +66,13 @@ def best_step(run_dir: str, steps: list[int]) -> tuple[int, dict[str, float]]:
             f"one of steps {steps}); score them with `began-dist eval {run_dir} --metrics kid,swd,ndb "
             "--checkpoint all`, or train with train.eval_every"
         )
-    ranks = {name: {step: sorted(values[s] for s in common).index(values[step]) + 1 for step in common}
-             for name, values in scores.items()}
+    rank_sum = dict.fromkeys(common, 0)
+    for values in scores.values():
+        ordered = sorted(values[s] for s in common)
+        for s in common:
+            rank_sum[s] += ordered.index(values[s]) + 1  # equal values share the lower rank
     first = next(iter(scores))
-    step = min(common, key=lambda s: (sum(rank[s] for rank in ranks.values()), scores[first][s], s))
+    step = min(common, key=lambda s: (rank_sum[s], scores[first][s], s))
     return step, {name: values[step] for name, values in scores.items()}
 
 
