@@ -36,6 +36,7 @@ from began_dist.eval.metrics import MetricContext, compute  # noqa: E402
 from began_dist.families import get_family  # noqa: E402
 from began_dist.families.base import LOGGED_LOSSES  # noqa: E402
 from began_dist.families.equilibrium import convergence  # noqa: E402
+from began_dist.models.began import plain_upsample  # noqa: E402
 from began_dist.train.loop import Trainer  # noqa: E402
 from benchmarks.reference_step import reference_step  # noqa: E402
 
@@ -72,6 +73,7 @@ def ours(config: dict, name: str) -> tuple[Timed, object]:
 def reference(cfg, dataset) -> Timed:
     torch.manual_seed(cfg.train.seed)  # as Trainer: the same initial weights
     family = get_family(cfg.model.family)(cfg, torch.device("cpu"))
+    plain_upsample(family.G), plain_upsample(family.D)  # a plain port upsamples, then convolves
     t = cfg.train
     sampler = GlobalBatchSampler(len(dataset), t.batch_size, t.seed)
     latents = LatentSource(t.seed, family.latent_size, t.batch_size)

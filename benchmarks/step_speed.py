@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from began_dist.config import Config  # noqa: E402
 from began_dist.families.began import BeganFamily  # noqa: E402
-from began_dist.models.began import build_networks  # noqa: E402
+from began_dist.models.began import build_networks, plain_upsample  # noqa: E402
 from benchmarks.reference_step import reference_step  # noqa: E402
 
 # What every timing reads: wall time, or this process's CPU time with --clock cpu (`run`).
@@ -190,7 +190,7 @@ def conv_ceiling(args, device: torch.device, size: int, arch: str, cache: dict) 
     with every conv in that one layout, and `peak` the fastest single conv measured.
     """
     cfg = make_config(args, size, arch, "alternating")
-    G, D = (net.to(device) for net in build_networks(cfg.model))
+    G, D = (plain_upsample(net.to(device)) for net in build_networks(cfg.model))  # the paper's conv shapes
     z = torch.rand(args.batch, args.latent, device=device)
     shapes = conv_shapes(G, z) + conv_shapes(D, torch.rand(args.batch, args.channels, size, size, device=device))
     totals = {"flops": 0.0, "best": 0.0, "nchw": 0.0, "cl": 0.0}
@@ -305,17 +305,22 @@ LAYOUTS = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
 
 
 def variant_family(cfg, device: torch.device, seed: int, variant: str) -> BeganFamily:
-    """Our step as `variant` ("" = as configured, "nchw", "cl", "nchw-bf16", "cl-bf16"), from seed `seed`.
+    """Our step as `variant` ("" = as configured, "nchw", "cl", "nchw-bf16", "cl-bf16", "unfused"), from seed `seed`.
+
+    "unfused" upsamples, then convs, as before the decoder's upsample convs ran as one op.
 
     bf16 sets the family's autocast dtype directly: train.precision refuses bf16 on the CPU, and
     this is how the benchmark measures what it would do there (docs/performance.md).
     """
     torch.manual_seed(seed)
     family = BeganFamily(cfg, device)
+    if variant == "unfused":
+        plain_upsample(family.G), plain_upsample(family.D)
+        return family
     layout, _, precision = variant.partition("-")
     if layout:
         if layout not in LAYOUTS or precision not in ("", "fp32", "bf16"):
-            raise SystemExit(f"--variants {variant}: expected nchw|cl, optionally -bf16")
+            raise SystemExit(f"--variants {variant}: expected unfused, or nchw|cl optionally -bf16")
         family.memory_format = LAYOUTS[layout]
         for net in (family.G, family.D):
             net.to(memory_format=family.memory_format)
@@ -329,9 +334,9 @@ def bench_one(args, device: torch.device, size: int, arch: str, order: str, ceil
     cfg = make_config(args, size, arch, order)
     ours = variant_family(cfg, device, args.seed, "nchw" if args.nchw else "")
     variants = {name: variant_family(cfg, device, args.seed, name) for name in args.variants}
-    # The reference starts from our initial weights, in the plain NCHW layout.
-    G = copy.deepcopy(ours.G).to(memory_format=torch.contiguous_format)
-    D = copy.deepcopy(ours.D).to(memory_format=torch.contiguous_format)
+    # The reference starts from our initial weights, in the plain NCHW layout, upsampling then convolving.
+    G = plain_upsample(copy.deepcopy(ours.G).to(memory_format=torch.contiguous_format))
+    D = plain_upsample(copy.deepcopy(ours.D).to(memory_format=torch.contiguous_format))
     adam = dict(lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
     opt_G, opt_D = torch.optim.Adam(G.parameters(), **adam), torch.optim.Adam(D.parameters(), **adam)
     real = torch.rand(args.batch, args.channels, size, size, device=device) * 2 - 1
@@ -353,7 +358,8 @@ def bench_one(args, device: torch.device, size: int, arch: str, order: str, ceil
     our_step = step_of(ours)
     steps = {"ref": ref_step, "ours": our_step, **{name: step_of(family) for name, family in variants.items()}}
 
-    f_G, f_D = forward_flops_per_image(ours.G, ours.D, args.batch, args.latent, device)
+    # Necessary FLOPs are the paper's layers as written (3x3 convs on upsampled maps): the plain networks'
+    f_G, f_D = forward_flops_per_image(G, D, args.batch, args.latent, device)
     result = dict(size=size, arch=arch, order=order, f_G=f_G, f_D=f_D)
     result["flops_ref"], result["flops_ours"] = count_flops(ref_step), count_flops(our_step)
     a, b = NECESSARY[order]

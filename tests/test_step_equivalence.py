@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from began_dist.config import Config, ConfigError, load_config
 from began_dist.families import began
 from began_dist.families.began import BeganFamily, ScaleGrad
+from began_dist.models.began import plain_upsample
 from began_dist.train.preflight import train_config
 from benchmarks.reference_step import reference_step  # the repo root is on pytest's pythonpath (pyproject.toml)
 
@@ -82,8 +83,9 @@ def assert_same_step(a_stats, a_nets, b_stats, b_nets, loss_rtol=1e-5, param_rto
 @pytest.mark.parametrize("arch,residual,k_t", [("repeat", False, 0.3), ("skip", True, 0.3), ("repeat", False, 0.0)])
 def test_our_step_matches_the_reference_step(order, arch, residual, k_t):
     family = make_family(tiny_config(order, arch, residual), k_t=k_t)
-    G = copy.deepcopy(family.G).to(memory_format=torch.contiguous_format)
-    D = copy.deepcopy(family.D).to(memory_format=torch.contiguous_format)
+    # The reference as a plain port writes it: NCHW, upsample then conv
+    G = plain_upsample(copy.deepcopy(family.G).to(memory_format=torch.contiguous_format))
+    D = plain_upsample(copy.deepcopy(family.D).to(memory_format=torch.contiguous_format))
     opt_G = torch.optim.Adam(G.parameters(), lr=family.opt_G.defaults["lr"], betas=family.opt_G.defaults["betas"])
     opt_D = torch.optim.Adam(D.parameters(), lr=family.opt_D.defaults["lr"], betas=family.opt_D.defaults["betas"])
     real, z = batch()

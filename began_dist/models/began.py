@@ -12,6 +12,11 @@ bottleneck, so a size H has log2(H / 8) + 1 scales.
 the first (the paper's skip connections; 1Konny/BEGAN-pytorch's skip_repeat, docs/design.md). The optional
 vanishing residual mixes each same-shape conv as carry * in + (1 - carry) * out,
 carry falling from 1 to 0 over the first `residual_steps` steps (`set_carry`).
+
+The conv after each nearest x2 upsample runs as one stride-2 transposed conv on the
+input before upsampling (`upsample_conv`): the same function, with 4 x 4 = 16 instead of
+(2 x 2) x 9 = 36 multiply-adds per input pixel and channel pair (docs/performance.md,
+"Upsample and conv as one op"). The weights stay the paper's 3 x 3 convs.
 """
 
 from __future__ import annotations
@@ -35,6 +40,29 @@ def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
 
 
+def _fold(weight: torch.Tensor, dim: int) -> torch.Tensor:
+    """3 taps (offsets -1, 0, +1) -> the 4 taps of a stride-2 transposed conv that reads the un-upsampled input.
+
+    Along one axis, output pixel 2i + a of conv3x3(nearest_x2(x)) reads x[i - 1 + a] with the
+    taps that land on it and x[i + a] with the others: a = 0 takes (w[-1]) and (w[0] + w[+1]),
+    a = 1 takes (w[-1] + w[0]) and (w[+1]). Written as the transposed conv's kernel (stride 2,
+    padding 1): [w[+1], w[0] + w[+1], w[-1] + w[0], w[-1]]. Sums, not a matmul, so autocast
+    leaves them in the weights' precision.
+    """
+    before, centre, after = weight.unbind(dim)
+    return torch.stack([after, centre + after, before + centre, before], dim)
+
+
+def upsample_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """conv(nearest_x2(x)) for a 3x3, padding-1 conv, without materialising the upsampled input."""
+    kernel = _fold(_fold(conv.weight, 2), 3).transpose(0, 1)  # (C_in, C_out, 4, 4), as conv_transpose2d wants
+    return F.conv_transpose2d(x, kernel, conv.bias, stride=2, padding=1)
+
+
+def upsample(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
 class ConvStack(nn.Module):
     """r x [conv3x3 + ELU] at one scale, optionally as vanishing residuals."""
 
@@ -44,11 +72,15 @@ class ConvStack(nn.Module):
         self.convs = nn.ModuleList(conv3x3(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.vanishing_residual = vanishing_residual
 
-    def forward(self, x: torch.Tensor, carry: torch.Tensor) -> torch.Tensor:
-        for conv in self.convs:
+    def forward(self, x: torch.Tensor, carry: torch.Tensor, upsampled: bool = False) -> torch.Tensor:
+        """upsampled: the stack's input is nearest_x2(x); its first conv reads x through `upsample_conv`."""
+        for i, conv in enumerate(self.convs):
+            fused = upsampled and i == 0
             # In place: conv's backward needs its input and ELU's its result, so no activation is kept twice
             # (a third less step memory at 64 px; docs/performance.md, "Always").
-            out = F.elu(conv(x), inplace=True)
+            out = F.elu(upsample_conv(x, conv) if fused else conv(x), inplace=True)
+            if fused and self.vanishing_residual and out.shape[1] == x.shape[1]:
+                x = upsample(x)  # the residual's carry term is the upsampled input itself
             # The residual only bridges convs whose input and output shapes agree.
             x = carry * x + (1 - carry) * out if self.vanishing_residual and out.shape == x.shape else out
         return x
@@ -112,6 +144,8 @@ class Decoder(CarryMixin):
         super().__init__()
         self._init_carry()
         self.filters, self.skip, self.tanh = filters, arch == "skip", output == "tanh"
+        # False: upsample, then conv, as a textbook port does (benchmarks/reference_step.py's yardstick)
+        self.fused_upsample = True
         n = filters
         scales = num_scales(image_size)
         self.fc = nn.Linear(latent, BOTTLENECK * BOTTLENECK * n)
@@ -126,10 +160,12 @@ class Decoder(CarryMixin):
         x = h0 = h0.contiguous(memory_format=_layout_of(self.to_image.weight))
         for s, stack in enumerate(self.stacks):
             if s > 0:
-                x = F.interpolate(x, scale_factor=2, mode="nearest")
+                # cat(up(x), up(h0_s)) = up(cat(x, h0_{s-1})): concatenate before upsampling
                 if self.skip:
                     x = torch.cat([x, F.interpolate(h0, size=x.shape[-2:], mode="nearest")], dim=1)
-            x = stack(x, self.carry)
+                if not self.fused_upsample:
+                    x = upsample(x)
+            x = stack(x, self.carry, upsampled=s > 0 and self.fused_upsample)
         x = self.to_image(x)
         return torch.tanh(x) if self.tanh else x
 
@@ -151,6 +187,14 @@ class Discriminator(nn.Module):
     def set_carry(self, value: float) -> None:
         self.encoder.set_carry(value)
         self.decoder.set_carry(value)
+
+
+def plain_upsample(module: nn.Module) -> nn.Module:
+    """Every decoder in `module` upsamples, then convs (the textbook order; same function, more FLOPs)."""
+    for m in module.modules():
+        if isinstance(m, Decoder):
+            m.fused_upsample = False
+    return module
 
 
 def network_args(model) -> tuple[dict, dict]:
