@@ -73,7 +73,8 @@ def ours(config: dict, name: str) -> tuple[Timed, object]:
 def reference(cfg, dataset) -> Timed:
     torch.manual_seed(cfg.train.seed)  # as Trainer: the same initial weights
     family = get_family(cfg.model.family)(cfg, torch.device("cpu"))
-    plain_upsample(family.G), plain_upsample(family.D)  # a plain port upsamples, then convolves
+    for net in (family.G, family.D):
+        plain_upsample(net)  # a plain port upsamples, then convolves
     t = cfg.train
     sampler = GlobalBatchSampler(len(dataset), t.batch_size, t.seed)
     latents = LatentSource(t.seed, family.latent_size, t.batch_size)

@@ -318,7 +318,8 @@ def variant_family(cfg, device: torch.device, seed: int, variant: str) -> BeganF
     torch.manual_seed(seed)
     family = BeganFamily(cfg, device)
     if variant == "unfused":
-        plain_upsample(family.G), plain_upsample(family.D)
+        for net in (family.G, family.D):
+            plain_upsample(net)
         return family
     layout, _, precision = variant.partition("-")
     if layout:
