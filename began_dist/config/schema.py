@@ -94,6 +94,7 @@ class TrainConfig:
     lr: float = 1.0e-4  # base Adam learning rate (G and D); live lr = lr x lr_state multiplier
     beta1: float = 0.5  # Adam beta1
     beta2: float = 0.999  # Adam beta2
+    g_ema_half_life: float = 0.0  # steps; > 0: samples and metrics from a moving average of G (docs/evaluation.md)
     lr_control: str = "m_stall"  # m_stall (paper) | decay (Heumi, docs/design.md) | step (carpedm20) | none
     lr_min: float = 2.0e-5  # floor of the live lr
     lr_decay_factor: Optional[float] = None  # lr multiplier per decision; None: 0.5 (m_stall, step), 0.95 (decay)

@@ -64,6 +64,8 @@ def validate(cfg: DictConfig) -> None:
     for key in ("train.beta1", "train.beta2"):
         if not 0.0 <= OmegaConf.select(cfg, key) < 1.0:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)}: must be in [0, 1)")
+    if not (math.isfinite(t.g_ema_half_life) and t.g_ema_half_life >= 0.0):
+        raise ConfigError(f"train.g_ema_half_life={t.g_ema_half_life}: must be a finite number of steps >= 0 (0: off)")
     if not 0.0 <= t.lr_min <= t.lr:
         raise ConfigError(f"train.lr_min={t.lr_min}: must be in [0, train.lr={t.lr}]")
     if t.lr_decay_factor is not None and not 0.0 < t.lr_decay_factor <= 1.0:

@@ -11,6 +11,7 @@ and registers its config rules with the config layer. Shared helpers (`frozen`,
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Optional
 
 import torch
@@ -62,6 +63,7 @@ class Family:
 
     def __init__(self, cfg: DictConfig, device: torch.device):
         self.cfg, self.device = cfg, device
+        self.G_ema: Optional[torch.nn.Module] = None  # built by track_g_ema() when train.g_ema_half_life > 0
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
@@ -82,13 +84,40 @@ class Family:
         m = self.cfg.model
         if m.vanishing_residual:
             carry = max(0.0, 1.0 - step / m.residual_steps)
-            self.G.set_carry(carry)
-            self.D.set_carry(carry)
+            for network in (self.G, self.D, self.G_ema):
+                if network is not None:
+                    network.set_carry(carry)
+
+    # -- the moving average of G (train.g_ema_half_life) ------------------------------------------
+    def track_g_ema(self) -> None:
+        """Keep G_ema, an exponential moving average of G's weights, when train.g_ema_half_life > 0.
+
+        Not part of BEGAN's objective: nothing in training reads it (the step, k_t and M are
+        the paper's), but samples, metrics and latent commands use it. Averaging the weights
+        over the last few hundred steps evens out the swings a GAN's generator makes at a high
+        learning rate (Karras et al. 2018 and stylegan2-ada-pytorch's G_ema; docs/evaluation.md,
+        "A moving average of G"). Call once G is built, before any step.
+        """
+        half_life = float(self.cfg.train.g_ema_half_life)
+        if half_life > 0:
+            self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
+            self.g_ema_weight = 1.0 - 0.5 ** (1.0 / half_life)  # each step moves G_ema this far towards G
+
+    @torch.no_grad()
+    def update_g_ema(self) -> None:
+        """After an optimiser step: G_ema <- G_ema + w (G - G_ema) for every parameter (a no-op when off)."""
+        if self.G_ema is not None:
+            torch._foreach_lerp_(list(self.G_ema.parameters()), list(self.G.parameters()), self.g_ema_weight)
+
+    @property
+    def G_sample(self) -> torch.nn.Module:
+        """The generator samples and metrics use: G_ema when kept, else G."""
+        return self.G if self.G_ema is None else self.G_ema
 
     # -- images ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, z: torch.Tensor) -> torch.Tensor:
-        return self.G(z.to(self.device))
+        return self.G_sample(z.to(self.device))
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
@@ -109,14 +138,16 @@ class Family:
         m = self.cfg.model
         return f"{m.family} {m.image_size}px {m.arch} n={m.filters} nz={self.latent_size}"
 
-    # -- checkpoints: the entries G, D, opt_G, opt_D, k_t of docs/design.md -----------------------------------
+    # -- checkpoints: the entries G, D, opt_G, opt_D, k_t (and G_ema) of docs/design.md ----------------------
     def state_dict(self) -> dict:
+        ema = {} if self.G_ema is None else {"G_ema": self.G_ema.state_dict()}
         return {
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),
             "opt_G": self.opt_G.state_dict(),
             "opt_D": self.opt_D.state_dict(),
             "k_t": self.k_t.detach().cpu(),
+            **ema,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -125,6 +156,10 @@ class Family:
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
         self.k_t = state["k_t"].to(self.device)
+        if self.G_ema is not None:
+            # A checkpoint written without the average (g_ema_half_life turned on later, a
+            # Tune donor) starts it from G, as a new run starts it from G's initial weights.
+            self.G_ema.load_state_dict(state.get("G_ema", state["G"]))
 
 
 @contextlib.contextmanager

@@ -125,6 +125,7 @@ class BeganFamily(Family):
         self.G_train, self.D_train = self.G, self.D
         self._build_calls()
         self.opt_G, self.opt_D = adam_for(cfg.train, self.G, self.D)
+        self.track_g_ema()
         self.optimizers = (self.opt_G, self.opt_D)
         self.k_t = torch.zeros((), device=device)  # k_0 = 0
         self.autocast_dtype = AUTOCAST_DTYPES[cfg.train.precision]
@@ -165,6 +166,7 @@ class BeganFamily(Family):
             self.scaler.step(self.opt_D)
             self.scaler.step(self.opt_G)
         self.scaler.update()
+        self.update_g_ema()
         return self._equilibrium(loss_real, loss_G, loss_D)
 
     def _d_phase(self, real: torch.Tensor, fake: torch.Tensor):

@@ -152,7 +152,14 @@ class MultigenFamily(Family):
     name = "multigen"
     config_sections = ("model.multigen", "train.multigen")
     # its latent is model.multigen.z_sizes, D's code the same; its step is alternating fp32 eager
-    meaningless_keys = ("model.nz", "model.nh", "train.update_order", "train.compile", "train.precision")
+    meaningless_keys = (
+        "model.nz",
+        "model.nh",
+        "train.update_order",
+        "train.compile",
+        "train.precision",
+        "train.g_ema_half_life",  # samples come from G (no moving average built)
+    )
     latents_per_step = 2  # z_D and z_G
     needs_labels = True  # train_step takes the batch's component labels y (N, K)
 

@@ -82,6 +82,7 @@ class VaeganFamily(Family):
         "train.update_order",
         "train.compile",
         "train.precision",
+        "train.g_ema_half_life",  # samples come from G (no moving average built)
     )
     validate_config = staticmethod(validate_vaegan)
     latents_per_step = 2  # eps and z_p

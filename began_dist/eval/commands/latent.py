@@ -96,9 +96,9 @@ def latent_codec(family, mode: str, invert_steps: int = INVERT_STEPS) -> LatentC
     bound = getattr(family, "latent_bound", 1.0)  # BEGAN's G was trained on U(-1, 1)
 
     def inverted(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
-        return invert(family.G, images, family.latent_size, steps=invert_steps, seed=seed, bound=bound)
+        return invert(family.G_sample, images, family.latent_size, steps=invert_steps, seed=seed, bound=bound)
 
-    return LatentCodec(mode, inverted, lambda z: _no_grad(family.G, z))
+    return LatentCodec(mode, inverted, lambda z: _no_grad(family.G_sample, z))
 
 
 def _no_grad(network, tensor: torch.Tensor) -> torch.Tensor:
