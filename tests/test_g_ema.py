@@ -8,7 +8,7 @@ names, must ride in checkpoints so a resumed run continues it bitwise, and must 
 import pytest
 import torch
 from omegaconf import OmegaConf
-from test_loop import RESUME_KNOBS, assert_bitwise_equal, final_state
+from test_loop import RESUME_KNOBS, assert_bitwise_equal, final_state, straight_and_resumed
 
 from began_dist.config import Config, ConfigError, load_config
 from began_dist.families.began import BeganFamily
@@ -50,16 +50,10 @@ def test_generate_draws_from_the_average_and_off_means_g():
 
 
 def test_the_average_changes_no_training_and_resumes_bitwise(train_cli, tmp_path):
-    knobs = [*RESUME_KNOBS, "train.g_ema_half_life=3"]
     code, plain = train_cli(*RESUME_KNOBS, "train.steps=10", run_dir=tmp_path / "plain")
     assert code == 0
-    code, straight = train_cli(*knobs, "train.steps=10", run_dir=tmp_path / "straight")
-    assert code == 0
-    code, resumed = train_cli(*knobs, "train.steps=5", "train.checkpoint_every=100", run_dir=tmp_path / "resumed")
-    assert code == 0
-    code, _ = train_cli("train.steps=10", run_dir=resumed, resume=True)
-    assert code == 0
-    a, b, off = final_state(straight), final_state(resumed), final_state(plain)
+    a, b, _ = straight_and_resumed(train_cli, tmp_path, [*RESUME_KNOBS, "train.g_ema_half_life=3"], 10)
+    off = final_state(plain)
     assert_bitwise_equal(a["G_ema"], b["G_ema"], "G_ema")  # resume continues the average
     for key in ("G", "D", "opt_G", "opt_D", "k_t"):
         assert_bitwise_equal(a[key], off[key], key)  # training is BEGAN's, average or not

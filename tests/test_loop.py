@@ -44,16 +44,23 @@ def assert_bitwise_equal(a, b, path="state"):
         assert a == b, path
 
 
+def straight_and_resumed(train_cli, tmp_path, knobs, steps: int) -> tuple[dict, dict, str]:
+    """The last checkpoints of a run of `steps` and of one stopped halfway and resumed (checkpoint
+    every 4 steps after the resume), and the resumed run's directory."""
+    code, straight = train_cli(*knobs, f"train.steps={steps}", run_dir=tmp_path / "straight")
+    assert code == 0
+    half = [f"train.steps={steps // 2}", "train.checkpoint_every=100"]
+    code, resumed = train_cli(*knobs, *half, run_dir=tmp_path / "resumed")
+    assert code == 0 and [s for s, _ in ckpt.list_checkpoints(resumed)] == [steps // 2]
+    code, _ = train_cli(f"train.steps={steps}", "train.checkpoint_every=4", run_dir=resumed, resume=True)
+    assert code == 0
+    return final_state(straight), final_state(resumed), resumed
+
+
 @pytest.mark.parametrize("order", ["alternating", "simultaneous"])
 def test_resume_is_bitwise_equal_to_a_straight_run(train_cli, tmp_path, order):
     knobs = [*RESUME_KNOBS, f"train.update_order={order}"]
-    code, straight = train_cli(*knobs, "train.steps=12", run_dir=tmp_path / "straight")
-    assert code == 0
-    code, resumed = train_cli(*knobs, "train.steps=6", "train.checkpoint_every=100", run_dir=tmp_path / "resumed")
-    assert code == 0 and [s for s, _ in ckpt.list_checkpoints(resumed)] == [6]
-    code, _ = train_cli("train.steps=12", "train.checkpoint_every=4", run_dir=resumed, resume=True)
-    assert code == 0
-    a, b = final_state(straight), final_state(resumed)
+    a, b, resumed = straight_and_resumed(train_cli, tmp_path, knobs, 12)
     assert a["step"] == b["step"] == 12
     for key in ("G", "D", "opt_G", "opt_D", "k_t", "lr_state", "data", "rng", "fixed_z"):
         assert_bitwise_equal(a[key], b[key], key)
