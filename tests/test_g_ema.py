@@ -7,20 +7,16 @@ names, must ride in checkpoints so a resumed run continues it bitwise, and must 
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from test_loop import RESUME_KNOBS, assert_bitwise_equal, final_state, straight_and_resumed
+from test_step_equivalence import tiny_config
 
-from began_dist.config import Config, ConfigError, load_config
+from began_dist.config import ConfigError, load_config
 from began_dist.families.began import BeganFamily
 
 
 def tiny_family(half_life: float) -> BeganFamily:
-    cfg = OmegaConf.structured(Config)
-    m = cfg.model
-    m.image_size, m.filters, m.nz, m.nh, m.convs_per_scale = 16, 8, 8, 8, 1
-    cfg.train.g_ema_half_life = float(half_life)
     torch.manual_seed(0)
-    return BeganFamily(cfg, torch.device("cpu"))
+    return BeganFamily(tiny_config(g_ema_half_life=float(half_life)), torch.device("cpu"))
 
 
 def test_the_average_moves_half_way_to_g_in_one_half_life():
