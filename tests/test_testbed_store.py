@@ -77,7 +77,13 @@ def trial_statuses(sweep_dir: str) -> list[str]:
     states = storage.glob(storage.join(sweep_dir, "tune"), "experiment_state-*.json")
     if not states:
         return []
-    return [json.loads(trial)["status"] for trial, _ in json.loads(storage.read_text(states[-1]))["trial_data"]]
+    try:
+        state = json.loads(storage.read_text(states[-1]))
+    except json.JSONDecodeError:
+        # The driver rewrites this object while the test polls it, and a read can see a cut-off
+        # copy (seen once in 'Unterminated string'): not yet readable, so the poll tries again.
+        return []
+    return [json.loads(trial)["status"] for trial, _ in state["trial_data"]]
 
 
 def test_sweep_on_the_store_resumes_after_the_driver_is_killed(testbed, store):
